@@ -1,0 +1,222 @@
+"""Configuration: ``PIXELMIRROR_*`` environment variables, overridable by keywords.
+
+Every setting is checked once, at construction: a bad value raises :class:`ConfigError`
+naming the variable and the form it expects, so a misconfigured app fails at start-up
+rather than on a customer's request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "PIXELMIRROR_"
+MAX_BATCH_SIZE = 1000  # Meta's limit of events per request
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _text(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(name)} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(name)} must be a number of seconds, got {raw!r}") from None
+
+
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _networks(name: str, raw: str | Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    parts = _list(name, raw) if isinstance(raw, str) else raw
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"{env_name(name)} must be comma-separated IP addresses or networks "
+            f"(10.0.0.0/8, ::1), got {raw!r}"
+        ) from None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigError(f"{env_name(name)} must be true or false, got {raw!r}")
+    return value in _TRUE
+
+
+Parser = Callable[[str, str], Any]
+
+
+def _setting(default: Any, parse: Parser, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"parse": parse})
+
+
+_DIGITS = re.compile(r"[0-9]+")
+_API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
+_LETTER = re.compile(r"[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every pixelmirror setting, validated.
+
+    Build it with :meth:`from_env`. Secrets (the access token, signing keys, app secret) are
+    left out of ``repr`` so they cannot reach a log line by accident.
+    """
+
+    #: Pixel (dataset) id. Without it the middleware passes pages through untouched.
+    pixel_id: str | None = _setting(None, _text)
+    #: Conversions API token. Without it pixelmirror runs dry: events are built and
+    #: validated, logged and counted, never sent.
+    access_token: str | None = _setting(None, _text, secret=True)
+    #: Keys that sign the visitor cookie, newest first; older ones still verify.
+    secret_key: tuple[str, ...] = _setting((), _list, secret=True)
+    test_event_code: str | None = _setting(None, _text)
+    partner_agent: str | None = _setting(None, _text)
+    api_version: str = _setting("v26.0", _text)
+    graph_url: str = _setting("https://graph.facebook.com", _text)
+    #: Enables ``appsecret_proof`` on every request.
+    app_secret: str | None = _setting(None, _text, secret=True)
+    outbox: str = _setting("memory://", _text)
+    #: ``thread``: a background thread of this process sends; ``external``: only enqueue,
+    #: a ``pixelmirror worker`` sends.
+    dispatch: str = _setting("thread", _text)
+    trusted_proxies: tuple[IPNetwork, ...] = _setting((), _networks)
+    consent_cookie: str | None = _setting(None, _text)
+    #: Events per request to Meta (at most 1000).
+    batch_size: int = _setting(MAX_BATCH_SIZE, _int)
+    #: Seconds the dispatcher waits for more events before sending a partial batch.
+    flush_interval: float = _setting(1.0, _float)
+    #: Bound of the memory outbox; overflow is dropped, counted and logged.
+    queue_size: int = _setting(100_000, _int)
+    #: Seconds for one request to Meta (connect, read, write).
+    request_timeout: float = _setting(10.0, _float)
+    #: First retry delay in seconds; it doubles per failed attempt, with jitter.
+    retry_backoff: float = _setting(2.0, _float)
+    #: Longest retry delay in seconds.
+    retry_backoff_max: float = _setting(600.0, _float)
+    #: Seconds to wait at exit for pending events to be sent.
+    shutdown_timeout: float = _setting(5.0, _float)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.secret_key, str):  # a keyword override given as "new,old"
+            object.__setattr__(self, "secret_key", _list("secret_key", self.secret_key))
+        # Keyword overrides may give strings; ip_network() also accepts networks as they are.
+        object.__setattr__(
+            self, "trusted_proxies", _networks("trusted_proxies", self.trusted_proxies)
+        )
+        object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
+        self._validate()
+
+    def _validate(self) -> None:
+        def need(ok: bool, name: str, form: str, value: object) -> None:
+            if not ok:
+                raise ConfigError(f"{env_name(name)} must be {form}, got {value!r}")
+
+        if self.pixel_id is not None:
+            need(bool(_DIGITS.fullmatch(self.pixel_id)), "pixel_id", "digits", self.pixel_id)
+        for key in self.secret_key:
+            # Shown as a length only: the key itself must never reach a log or a traceback.
+            need(
+                len(key) >= 16,
+                "secret_key",
+                "keys of at least 16 characters",
+                f"<{len(key)} chars>",
+            )
+        need(
+            bool(_API_VERSION.fullmatch(self.api_version)),
+            "api_version",
+            "a Graph API version like 'v26.0'",
+            self.api_version,
+        )
+        need(
+            self.graph_url.startswith(("http://", "https://")),
+            "graph_url",
+            "an http(s) URL",
+            self.graph_url,
+        )
+        if self.partner_agent is not None:
+            need(
+                len(self.partner_agent) < 23 and len(_LETTER.findall(self.partner_agent)) >= 2,
+                "partner_agent",
+                "under 23 characters with at least two letters",
+                self.partner_agent,
+            )
+        need(
+            self.outbox.startswith(("memory://", "sqlite:///", "redis://", "rediss://")),
+            "outbox",
+            "memory://, sqlite:///path.db or redis://host:6379/0",
+            self.outbox,
+        )
+        need(
+            self.dispatch in ("thread", "external"), "dispatch", "thread or external", self.dispatch
+        )
+        need(
+            1 <= self.batch_size <= MAX_BATCH_SIZE,
+            "batch_size",
+            f"between 1 and {MAX_BATCH_SIZE}",
+            self.batch_size,
+        )
+        need(self.queue_size >= 1, "queue_size", "a positive integer", self.queue_size)
+        for name in (
+            "flush_interval",
+            "request_timeout",
+            "retry_backoff",
+            "retry_backoff_max",
+            "shutdown_timeout",
+        ):
+            value = getattr(self, name)
+            need(value > 0, name, "a positive number of seconds", value)
+
+    @property
+    def dry_run(self) -> bool:
+        """No access token: events are built, validated, logged and counted, not sent."""
+        return self.access_token is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read ``PIXELMIRROR_*`` variables from ``environ`` (default: ``os.environ``).
+
+        Keyword ``overrides`` take precedence and use the field names (``pixel_id=...``).
+        Environment values are parsed from text; overrides are taken as Python values.
+        """
+        environ = os.environ if environ is None else environ
+        settings = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(settings))
+        if unknown:
+            raise TypeError(f"unknown pixelmirror settings: {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, setting in settings.items():
+            raw = environ.get(env_name(name))
+            if raw is not None and raw.strip():
+                values[name] = setting.metadata["parse"](name, raw)
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,264 @@
+"""The dispatcher: background threads that drain an outbox into the Graph API.
+
+Each thread loops claim → send → answer. Batches form naturally: while a request is in
+flight, new events pile up and the next claim takes up to ``batch_size`` of them; an idle
+thread wakes every ``flush_interval`` (or at once on :meth:`Dispatcher.flush`).
+
+What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.graph`):
+
+* accepted → ack;
+* transient → released for a retry after exponential backoff with jitter, or the wait Meta
+  asked for, whichever is longer; the events keep their ids and times, nothing is re-built;
+* access → the pixel is paused (its events stay in the outbox) and tried again rarely;
+* invalid → the batch is split in halves until the bad events stand alone; the good ones are
+  sent, the bad ones dead-lettered with Meta's message.
+
+Events that Meta would refuse as too old are dead-lettered before they can poison a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pixelmirror.config import Config
+from pixelmirror.delivery.graph import (
+    AccessError,
+    GraphClient,
+    InvalidEventsError,
+    TransientError,
+)
+from pixelmirror.outbox.base import Claimed, Outbox
+
+logger = logging.getLogger("pixelmirror")
+
+#: Dead-letter events this close to Meta's age limit rather than risk the whole batch.
+EXPIRY_MARGIN = 60.0
+#: How long a pixel whose token or permission failed waits before the next try.
+PAUSE_SECONDS = 300.0
+#: Poll period while someone waits in :meth:`Dispatcher.flush`.
+FLUSH_POLL = 0.02
+
+
+@dataclass
+class DeliveryCounts:
+    """What this process's dispatcher did, since it started."""
+
+    sent: int = 0
+    retried: int = 0
+    dead: int = 0
+    expired: int = 0
+    batches: int = 0
+
+
+class Dispatcher:
+    """Sends what ``outbox`` holds through ``client`` from ``threads`` background threads.
+
+    Stopping finishes the batch in flight; a batch claimed but not sent is released, so a
+    stop never strands events (and a crash only delays them until their lease runs out).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: GraphClient,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        lease: float = 300.0,
+        retry_backoff: float = 2.0,
+        retry_backoff_max: float = 600.0,
+        pause_seconds: float = PAUSE_SECONDS,
+        threads: int = 1,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.lease = lease
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.pause_seconds = pause_seconds
+        self.thread_count = threads
+        self.counts = DeliveryCounts()
+        self._counts_lock = threading.Lock()
+        self._paused: dict[str, float] = {}  # pixel id -> monotonic time it may try again
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._flushing = 0
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_config(
+        cls, config: Config, outbox: Outbox, client: GraphClient, *, threads: int = 1
+    ) -> Dispatcher:
+        return cls(
+            outbox,
+            client,
+            batch_size=config.batch_size,
+            flush_interval=config.flush_interval,
+            # Long enough for a whole batch to be halved down to its bad event.
+            lease=max(300.0, 30 * config.request_timeout),
+            retry_backoff=config.retry_backoff,
+            retry_backoff_max=config.retry_backoff_max,
+            threads=threads,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"pixelmirror-dispatcher-{n}", daemon=True)
+            for n in range(self.thread_count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop after the batches in flight; returns whether every thread ended in time."""
+        self._stopping.set()
+        self._wakeup.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.running
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Send everything the outbox holds; True once it is all sent or dead-lettered.
+
+        Retry delays and paused pixels are honoured, so a flush during an outage returns
+        False at ``timeout`` with the events still safe in the outbox.
+        """
+        deadline = time.monotonic() + timeout
+        self._flushing += 1
+        try:
+            self._wakeup.set()
+            while self.outbox.counts().unfinished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.running:
+                    return False
+                self._stopping.wait(min(FLUSH_POLL, remaining))
+            return True
+        finally:
+            self._flushing -= 1
+
+    @property
+    def paused_pixels(self) -> tuple[str, ...]:
+        now = time.monotonic()
+        return tuple(sorted(p for p, until in list(self._paused.items()) if until > now))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                busy = self.deliver_next()
+            except Exception:  # never let one bad batch kill the sender
+                logger.exception("pixelmirror dispatcher failed; continuing")
+                busy = False
+            if not busy:
+                self._wakeup.wait(FLUSH_POLL if self._flushing else self.flush_interval)
+                self._wakeup.clear()
+
+    def deliver_next(self) -> bool:
+        """Claim and deliver one batch; False when nothing was due."""
+        claims = self.outbox.claim(
+            self.batch_size, lease=self.lease, skip_pixels=self.paused_pixels
+        )
+        if not claims:
+            return False
+        if self._stopping.is_set():
+            self.outbox.release(claims, delay=0.0, failed=False)
+            return False
+        self._deliver(self._drop_expired(claims))
+        with self._counts_lock:
+            self.counts.batches += 1
+        return True
+
+    def _drop_expired(self, claims: list[Claimed]) -> list[Claimed]:
+        cutoff = time.time() + EXPIRY_MARGIN
+        expired = [c for c in claims if c.event.expires_at <= cutoff]
+        if not expired:
+            return claims
+        self.outbox.bury(expired, "expired: Meta rejects events this old (7 days; 62 in store)")
+        self._count(expired=len(expired), dead=len(expired))
+        logger.error(
+            "pixelmirror dead-lettered %d event(s) that grew too old to send", len(expired)
+        )
+        return [c for c in claims if c.event.expires_at > cutoff]
+
+    def _deliver(self, claims: Sequence[Claimed]) -> None:
+        if not claims:
+            return
+        pixel_id, test_event_code = claims[0].event.batch_key
+        try:
+            self.client.send(
+                pixel_id, [c.event.payload for c in claims], test_event_code=test_event_code
+            )
+        except TransientError as exc:
+            delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
+            self.outbox.release(claims, delay=delay)
+            self._count(retried=len(claims))
+            logger.warning(
+                "pixelmirror: %d event(s) for pixel %s will be retried in %.1fs: %s",
+                len(claims),
+                pixel_id,
+                delay,
+                exc,
+            )
+        except AccessError as exc:
+            self._paused[pixel_id] = time.monotonic() + self.pause_seconds
+            self.outbox.release(claims, delay=self.pause_seconds, failed=False)
+            logger.error(
+                "pixelmirror PAUSED pixel %s for %.0fs, %d event(s) kept in the outbox: %s. "
+                "Check PIXELMIRROR_ACCESS_TOKEN, its permissions on the pixel and "
+                "PIXELMIRROR_API_VERSION.",
+                pixel_id,
+                self.pause_seconds,
+                len(claims),
+                exc,
+            )
+        except InvalidEventsError as exc:
+            if len(claims) == 1:
+                self.outbox.bury(claims, str(exc))
+                self._count(dead=1)
+                logger.error(
+                    "pixelmirror dead-lettered event %s (%s) for pixel %s: %s",
+                    claims[0].event.event_id,
+                    claims[0].event.event_name,
+                    pixel_id,
+                    exc,
+                )
+            else:
+                # Meta rejects the whole batch for one bad event: halve until it stands alone.
+                middle = len(claims) // 2
+                self._deliver(claims[:middle])
+                self._deliver(claims[middle:])
+        else:
+            self.outbox.ack(claims)
+            self._paused.pop(pixel_id, None)
+            self._count(sent=len(claims))
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        exponential = min(self.retry_backoff_max, self.retry_backoff * 2.0**attempts)
+        jittered = exponential * random.uniform(0.5, 1.0)  # spread a fleet's retries apart
+        return max(jittered, retry_after or 0.0)
+
+    def _count(self, **amounts: int) -> None:
+        with self._counts_lock:
+            for name, amount in amounts.items():
+                setattr(self.counts, name, getattr(self.counts, name) + amount)

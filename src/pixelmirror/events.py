@@ -1,0 +1,273 @@
+"""Server events: validation at the API boundary and the payload bytes, made once.
+
+A :class:`ServerEvent` is what the outbox stores and the dispatcher sends: the routing facts
+(pixel, test code, ids, time) beside the event's JSON, serialised exactly once, when the event
+is created. Every retry and every outbox backend ships those same bytes, so ``event_id`` and
+``event_time`` cannot drift between attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pixelmirror.normalize import identifies_user, normalize_user_data
+
+ACTION_SOURCES = frozenset(
+    {
+        "website",
+        "email",
+        "app",
+        "phone_call",
+        "chat",
+        "physical_store",
+        "system_generated",
+        "business_messaging",
+        "other",
+    }
+)
+
+DAY = 86_400
+#: Meta rejects a whole request if any event in it is older than this (seconds).
+MAX_EVENT_AGE = 7 * DAY
+#: ...except offline store events, which get 62 days.
+MAX_PHYSICAL_STORE_AGE = 62 * DAY
+#: Clock skew tolerated for event times a little in the future.
+MAX_FUTURE_SKEW = 10 * 60
+MAX_EVENT_NAME_LENGTH = 50
+
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+def max_age(action_source: str) -> int:
+    """How old (seconds) an event with this ``action_source`` may be when Meta receives it."""
+    return MAX_PHYSICAL_STORE_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+
+
+def new_event_id() -> str:
+    """A fresh, unguessable event id (the dedup key shared by the pixel and CAPI)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """One Conversions API event, validated, normalised, hashed and serialised.
+
+    Build it with :meth:`create`; the constructor trusts its arguments (outboxes use it to
+    rebuild stored events). ``payload`` is the event's JSON object as UTF-8 bytes, ready to
+    be joined into a request body.
+    """
+
+    pixel_id: str
+    event_id: str
+    event_name: str
+    event_time: int
+    action_source: str
+    payload: bytes
+    test_event_code: str | None = None
+
+    @property
+    def expires_at(self) -> int:
+        """Unix time after which Meta would reject this event (and its whole batch)."""
+        return self.event_time + max_age(self.action_source)
+
+    @property
+    def batch_key(self) -> tuple[str, str | None]:
+        """Events share a request only when they share a pixel and a test event code."""
+        return (self.pixel_id, self.test_event_code)
+
+    @classmethod
+    def create(
+        cls,
+        event_name: str,
+        *,
+        pixel_id: str,
+        action_source: str,
+        user_data: Mapping[str, object],
+        custom_data: Mapping[str, object] | None = None,
+        event_time: int | float | None = None,
+        event_id: str | None = None,
+        event_source_url: str | None = None,
+        referrer_url: str | None = None,
+        opt_out: bool = False,
+        data_processing_options: Sequence[str] | None = None,
+        data_processing_options_country: int | None = None,
+        data_processing_options_state: int | None = None,
+        test_event_code: str | None = None,
+        now: float | None = None,
+    ) -> ServerEvent:
+        """Validate the arguments and build the event.
+
+        Raises :class:`ValueError` with a message naming the argument for anything Meta would
+        reject. A ``user_data`` value that cannot be normalised is dropped with a logged
+        warning (see :func:`pixelmirror.normalize.normalize_user_data`); only if nothing
+        identifying is left does this raise.
+        """
+        _check_event_name(event_name)
+        if action_source not in ACTION_SOURCES:
+            raise ValueError(
+                f"action_source must be one of {', '.join(sorted(ACTION_SOURCES))}; "
+                f"got {action_source!r}"
+            )
+        current = time.time() if now is None else now
+        when = _check_event_time(event_time, action_source, current)
+        if event_id is None:
+            event_id = new_event_id()
+        elif not isinstance(event_id, str) or not event_id or len(event_id) > 256:
+            raise ValueError(
+                f"event_id must be a non-empty string of at most 256 characters; got {event_id!r}"
+            )
+
+        wire_user_data = normalize_user_data(user_data)
+        if action_source == "website":
+            if not event_source_url:
+                raise ValueError("event_source_url is required when action_source is 'website'")
+            if "client_user_agent" not in wire_user_data:
+                raise ValueError(
+                    "user_data['client_user_agent'] is required when action_source is 'website'"
+                )
+        if not identifies_user(wire_user_data):
+            raise ValueError(
+                "user_data does not identify the user well enough for Meta "
+                f"(usable keys after normalisation: {sorted(wire_user_data) or 'none'}); "
+                "add an email, phone, external_id, fbp, fbc or client IP"
+            )
+
+        body: dict[str, Any] = {
+            "event_name": event_name,
+            "event_time": when,
+            "event_id": event_id,
+            "action_source": action_source,
+            "user_data": wire_user_data,
+        }
+        for name, url in (("event_source_url", event_source_url), ("referrer_url", referrer_url)):
+            if url is not None:
+                body[name] = _check_url(name, url)
+        if custom_data:
+            body["custom_data"] = _check_custom_data(event_name, custom_data)
+        elif event_name == "Purchase":
+            raise ValueError("a Purchase needs custom_data with value and currency")
+        if opt_out:
+            body["opt_out"] = True
+        if data_processing_options is not None:
+            body.update(
+                _processing_options(
+                    data_processing_options,
+                    data_processing_options_country,
+                    data_processing_options_state,
+                )
+            )
+        return cls(
+            pixel_id=pixel_id,
+            event_id=event_id,
+            event_name=event_name,
+            event_time=when,
+            action_source=action_source,
+            payload=_dump(body),
+            test_event_code=test_event_code or None,
+        )
+
+
+def _dump(body: Mapping[str, Any]) -> bytes:
+    try:
+        text = json.dumps(
+            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+        )
+    except ValueError as exc:  # NaN or infinity somewhere in the data
+        raise ValueError(f"event data must be finite numbers: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"event data must be JSON values: {exc}") from None
+    return text.encode()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _check_event_name(event_name: object) -> None:
+    if not isinstance(event_name, str) or not event_name.strip():
+        raise ValueError(f"event_name must be a non-empty string; got {event_name!r}")
+    if len(event_name) > MAX_EVENT_NAME_LENGTH:
+        raise ValueError(
+            f"event_name must be at most {MAX_EVENT_NAME_LENGTH} characters; got {len(event_name)}"
+        )
+
+
+def _check_event_time(event_time: int | float | None, action_source: str, now: float) -> int:
+    if event_time is None:
+        return int(now)
+    if isinstance(event_time, bool) or not isinstance(event_time, (int, float)):
+        raise ValueError(f"event_time must be Unix seconds (int); got {event_time!r}")
+    if not math.isfinite(event_time):
+        raise ValueError(f"event_time must be finite; got {event_time!r}")
+    when = int(event_time)
+    if when > now + MAX_FUTURE_SKEW:
+        raise ValueError(
+            f"event_time {when} is in the future (now {int(now)}); event_time is Unix seconds, "
+            "not milliseconds"
+        )
+    if when < now - max_age(action_source):
+        days = max_age(action_source) // DAY
+        raise ValueError(
+            f"event_time {when} is more than {days} days old; Meta rejects such events "
+            f"for action_source {action_source!r}"
+        )
+    return when
+
+
+def _check_url(name: str, url: object) -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{name} must be an absolute http(s) URL; got {url!r}")
+    return url
+
+
+def _check_custom_data(event_name: str, custom_data: Mapping[str, object]) -> Mapping[str, object]:
+    if not isinstance(custom_data, Mapping):
+        raise ValueError(f"custom_data must be a mapping; got {type(custom_data).__name__}")
+    value = custom_data.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            raise ValueError(f"custom_data['value'] must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"custom_data['value'] must be finite; got {value!r}")
+    currency = custom_data.get("currency")
+    if currency is not None and not (isinstance(currency, str) and _CURRENCY.fullmatch(currency)):
+        raise ValueError(
+            f"custom_data['currency'] must be a 3-letter ISO 4217 code; got {currency!r}"
+        )
+    if event_name == "Purchase" and (value is None or currency is None):
+        raise ValueError("a Purchase needs custom_data['value'] and custom_data['currency']")
+    return custom_data
+
+
+def _processing_options(
+    options: Sequence[str], country: int | None, state: int | None
+) -> dict[str, object]:
+    if isinstance(options, str) or any(option != "LDU" for option in options):
+        raise ValueError(f"data_processing_options must be [] or ['LDU']; got {options!r}")
+    if not options:
+        return {"data_processing_options": []}
+    # 0 asks Meta to geolocate the user; 1 / 1000 pin the USA / California.
+    country = 0 if country is None else country
+    state = 0 if state is None else state
+    if country not in (0, 1) or state not in (0, 1000):
+        raise ValueError(
+            "data_processing_options_country must be 0 or 1 and "
+            f"data_processing_options_state 0 or 1000; got {country!r}, {state!r}"
+        )
+    return {
+        "data_processing_options": ["LDU"],
+        "data_processing_options_country": country,
+        "data_processing_options_state": state,
+    }

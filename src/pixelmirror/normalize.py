@@ -1,0 +1,473 @@
+"""Meta's documented ``user_data`` normalisation and SHA-256 hashing.
+
+Pure functions, no framework imports. :func:`normalize_user_data` turns the Python API's
+``user_data`` mapping (Meta SDK long names or Meta's short wire keys) into the wire dict the
+Conversions API wants: contact fields normalised by Meta's rules and SHA-256 hashed, technical
+fields (IP, user agent, ``fbp``/``fbc``, ids) checked and kept as they are.
+
+A programming error (unknown key, value of the wrong type) raises :class:`ValueError`. A value
+that is merely unusable (a malformed email, an impossible date of birth) is dropped with a
+``WARNING`` on the ``pixelmirror`` logger that names the key and the reason, never the value:
+it is personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Collection, Mapping
+from datetime import date
+from types import MappingProxyType
+
+from . import _geo
+
+__all__ = [
+    "HASHED_KEYS",
+    "USER_DATA_KEYS",
+    "WIRE_KEYS",
+    "identifies_user",
+    "normalize_user_data",
+    "sha256_hex",
+]
+
+_log = logging.getLogger("pixelmirror")
+
+# Meta rejects an event whose user data is only one of these sets or a subset of one.
+_INSUFFICIENT_SETS: tuple[frozenset[str], ...] = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+
+def identifies_user(wire_keys: Collection[str]) -> bool:
+    """Whether ``user_data`` with these wire keys is enough for Meta to accept the event."""
+    keys = frozenset(wire_keys)
+    return bool(keys) and not any(keys <= weak for weak in _INSUFFICIENT_SETS)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+
+_HASHED_ORDER = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id")
+_PLAIN_ORDER = (
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+    "subscription_id",
+    "fb_login_id",
+    "lead_id",
+)
+
+#: Every wire key, in the order :func:`normalize_user_data` emits them.
+WIRE_KEYS: tuple[str, ...] = _HASHED_ORDER + _PLAIN_ORDER
+
+#: Wire keys whose values are normalised and SHA-256 hashed. They may hold a list of values.
+HASHED_KEYS: frozenset[str] = frozenset(_HASHED_ORDER)
+
+#: Accepted ``user_data`` keys (Meta SDK long names and Meta's wire keys) -> wire key.
+USER_DATA_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "email": "em",
+        "em": "em",
+        "phone": "ph",
+        "ph": "ph",
+        "first_name": "fn",
+        "fn": "fn",
+        "last_name": "ln",
+        "ln": "ln",
+        "date_of_birth": "db",
+        "db": "db",
+        "gender": "ge",
+        "ge": "ge",
+        "city": "ct",
+        "ct": "ct",
+        "state": "st",
+        "st": "st",
+        "zip_code": "zp",
+        "zp": "zp",
+        "country": "country",
+        "country_code": "country",
+        "external_id": "external_id",
+        **{key: key for key in _PLAIN_ORDER},
+    }
+)
+
+_ACCEPTED_KEYS = ", ".join(USER_DATA_KEYS)
+
+# Scalar types each wire key accepts. An int zip code is refused: its leading zeros are gone.
+_TYPES: dict[str, tuple[type, ...]] = {
+    **{key: (str,) for key in WIRE_KEYS},
+    "ph": (str, int),
+    "db": (str, int, date),
+    "external_id": (str, int),
+    "client_ip_address": (str, ipaddress.IPv4Address, ipaddress.IPv6Address),
+    "subscription_id": (str, int),
+    "fb_login_id": (str, int),
+    "lead_id": (str, int),
+}
+_TYPE_NAMES: dict[str, str] = {
+    key: " or ".join(t.__name__ for t in types) for key, types in _TYPES.items()
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Text helpers
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_ASCII_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+_ASCII_NOT_ALNUM_SPACE = re.compile(r"[^a-z0-9\s]+")
+_NON_DIGITS = re.compile(r"\D+")
+
+
+def sha256_hex(value: str) -> str:
+    """Lowercase hex SHA-256 of ``value`` encoded as UTF-8."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _fold(value: str) -> str:
+    """Lookup key: lowercase, accents removed, only letters and digits (any script) kept."""
+    if value.isascii():
+        return _ASCII_NOT_ALNUM.sub("", value.lower())
+    decomposed = unicodedata.normalize("NFKD", value.lower())
+    return "".join(ch for ch in decomposed if ch.isalnum())
+
+
+def _letters(value: str, *, spaces: bool) -> str:
+    """Lowercase, punctuation and symbols removed, letters of any script and digits kept.
+
+    Accents stay (Meta hashes ``valéry``, not ``valery``); text is NFC so a decomposed ``é``
+    hashes like a composed one. With ``spaces`` runs of whitespace become one space, otherwise
+    all whitespace goes. Punctuation is deleted, not turned into a space: ``Mary-Ann`` ->
+    ``maryann``.
+    """
+    if value.isascii():
+        text = _ASCII_NOT_ALNUM_SPACE.sub("", value.lower())
+    else:
+        text = "".join(
+            ch
+            for ch in unicodedata.normalize("NFC", value.lower())
+            if ch.isspace() or unicodedata.category(ch)[0] in "LMN"
+        )
+    return " ".join(text.split()) if spaces else "".join(text.split())
+
+
+class _Drop(Exception):
+    """A value that cannot be normalised; ``reason`` is logged, the value never is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------
+# Lookup tables, built once at import
+
+
+def _build_countries() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for alpha2, alpha3, *names in _geo.COUNTRIES:
+        table[alpha2] = alpha2
+        table[alpha3] = alpha2
+        for name in names:
+            table.setdefault(_fold(name), alpha2)
+    for name, alpha2 in _geo.COUNTRY_ALIASES:
+        table.setdefault(_fold(name), alpha2)
+    return table
+
+
+def _build_states() -> dict[str, str]:
+    table = {_fold(name): code for code, name in _geo.US_STATES}
+    for name, code in _geo.US_STATE_ALIASES:
+        table.setdefault(_fold(name), code)
+    return table
+
+
+_COUNTRIES = _build_countries()
+_US_STATES = _build_states()
+_US_HASH = sha256_hex("us")
+
+_GENDERS = {
+    "f": "f",
+    "female": "f",
+    "woman": "f",
+    "w": "f",
+    "m": "m",
+    "male": "m",
+    "man": "m",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Rules for hashed keys. Each takes the trimmed, non-empty text and whether the user is in the
+# US (True), elsewhere (False) or unknown (None: no country given), and returns the normalised
+# text to hash or raises _Drop.
+
+_Rule = Callable[[str, bool | None], str]
+
+# Meta only asks for "trim, lowercase"; this is a sanity check, not RFC 5322.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+
+
+def _email(text: str, us: bool | None) -> str:
+    text = text.lower()
+    if not _EMAIL.fullmatch(text):
+        raise _Drop("not an email address (expected name@domain.tld)")
+    return text
+
+
+# "+44 (0)20 7946 0000": the bracketed national trunk zero after an international prefix is
+# not dialled from abroad and not part of the E.164 number.
+_TRUNK_ZERO = re.compile(r"(\+\s*\d{1,3}\s*)\(\s*0\s*\)")
+
+
+def _phone(text: str, us: bool | None) -> str:
+    digits = _NON_DIGITS.sub("", _TRUNK_ZERO.sub(r"\1", text))
+    if not digits.isascii():  # other scripts' digits, e.g. Arabic-Indic
+        digits = "".join(str(unicodedata.decimal(ch)) for ch in digits)
+    # Leading zeros go, which also removes a "00" international prefix. We cannot add a
+    # missing country code, so a national number is hashed as given and will not match.
+    digits = digits.lstrip("0")
+    if not 7 <= len(digits) <= 15:
+        raise _Drop(
+            f"phone number has {len(digits)} digits; expected 7 to 15 including the country code"
+        )
+    return digits
+
+
+def _name(text: str, us: bool | None) -> str:
+    # Meta's docs: "lowercase only with no punctuation", UTF-8 for non-Roman letters; they say
+    # nothing about inner spaces (for ct they say "no spaces" explicitly). The Meta pixel hashes
+    # "a b" with its space (hash c8687a08... reported in facebookincubator/ConversionsAPI-Tag-
+    # for-GoogleTagManager#24), so inner spaces are kept, runs of them collapsed to one.
+    name = _letters(text, spaces=True)
+    if not name:
+        raise _Drop("no letters left after removing punctuation")
+    return name
+
+
+def _gender(text: str, us: bool | None) -> str:
+    code = _GENDERS.get(_fold(text))
+    if code is None:
+        raise _Drop("gender must be f or m (female/male)")
+    return code
+
+
+# Accepted dates of birth: YYYYMMDD; year first with one separator (YYYY-MM-DD, YYYY/MM/DD,
+# YYYY.MM.DD); year last with "/" or "-" read as US MM/DD/YYYY unless the first number is over
+# 12 (then DD/MM/YYYY); year last with "." read as European DD.MM.YYYY. Two-digit years are
+# refused: the century is a guess.
+_DB_COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
+_DB_YEAR_FIRST = re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})", re.ASCII)
+_DB_YEAR_LAST = re.compile(r"(\d{1,2})([-/.])(\d{1,2})\2(\d{4})", re.ASCII)
+_MIN_BIRTH_YEAR = 1900
+
+
+def _birth_date(text: str, us: bool | None) -> str:
+    if match := _DB_COMPACT.fullmatch(text):
+        year, month, day = (int(part) for part in match.groups())
+    elif match := _DB_YEAR_FIRST.fullmatch(text):
+        year, month, day = int(match[1]), int(match[3]), int(match[4])
+    elif match := _DB_YEAR_LAST.fullmatch(text):
+        first, second, year = int(match[1]), int(match[3]), int(match[4])
+        if match[2] == "." or first > 12:
+            day, month = first, second
+        else:
+            month, day = first, second
+    else:
+        raise _Drop("date of birth format not recognised (use YYYY-MM-DD or MM/DD/YYYY)")
+    try:
+        born = date(year, month, day)
+    except ValueError:
+        raise _Drop("date of birth is not a real calendar date") from None
+    if year < _MIN_BIRTH_YEAR or born > date.today():
+        raise _Drop("date of birth must be between 1900 and today")
+    return f"{year:04d}{month:02d}{day:02d}"
+
+
+def _city(text: str, us: bool | None) -> str:
+    city = _letters(text, spaces=False)
+    if not city:
+        raise _Drop("no letters left after removing punctuation")
+    return city
+
+
+def _state(text: str, us: bool | None) -> str:
+    # US state names map to their code unless a country other than the US was given
+    # ("Georgia" with country "ge" stays "georgia").
+    if us is not False and (code := _US_STATES.get(_fold(text))):
+        return code
+    state = _letters(text, spaces=False)
+    if not state:
+        raise _Drop("no letters left after removing punctuation")
+    return state
+
+
+_ZIP_JUNK = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
+_US_ZIP = re.compile(r"\d{5}(?:\d{4})?", re.ASCII)
+
+
+def _zip(text: str, us: bool | None) -> str:
+    code = _ZIP_JUNK.sub("", text.lower())
+    if not code:
+        raise _Drop("nothing left after removing spaces and dashes")
+    # US ZIP (5 digits) or ZIP+4: Meta wants the first 5 digits. Unless the country says
+    # otherwise, a 5- or 9-digit code is taken for a US one.
+    if us is not False and _US_ZIP.fullmatch(code):
+        return code[:5]
+    return code
+
+
+def _country(text: str, us: bool | None) -> str:
+    key = _fold(text)
+    code = _COUNTRIES.get(key)
+    if code is None and key.startswith("the"):  # "The Netherlands", "the Bahamas"
+        code = _COUNTRIES.get(key[3:])
+    if code is None:
+        raise _Drop("not a recognised country (use an ISO 3166-1 code or an English name)")
+    return code
+
+
+def _external_id(text: str, us: bool | None) -> str:
+    # Trim and lowercase like Meta's Parameter Builder. The pixel must get the same hash.
+    return text.lower()
+
+
+_RULES: dict[str, _Rule] = {
+    "em": _email,
+    "ph": _phone,
+    "fn": _name,
+    "ln": _name,
+    "db": _birth_date,
+    "ge": _gender,
+    "ct": _city,
+    "st": _state,
+    "zp": _zip,
+    "country": _country,
+    "external_id": _external_id,
+}
+
+
+def _hashed(wire: str, value: object, us: bool | None) -> str | None:
+    if isinstance(value, date):  # datetime is a date too; only db accepts these
+        text = f"{value.year:04d}{value.month:02d}{value.day:02d}"
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        if _SHA256_HEX.fullmatch(text):  # already hashed by the caller
+            return text.lower()
+    return sha256_hex(_RULES[wire](text, us))
+
+
+# --------------------------------------------------------------------------------------------
+# Keys sent in clear
+
+
+def _plain(wire: str, value: object) -> object | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    if wire != "client_ip_address":
+        return value  # user agent, fbp, fbc (case-sensitive!), ids: verbatim
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        ip = value
+    else:
+        try:
+            ip = ipaddress.ip_address(str(value).strip())
+        except ValueError:
+            raise _Drop("not an IPv4 or IPv6 address") from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # "::ffff:1.2.3.4" from a dual-stack socket
+            ip = ip.ipv4_mapped
+        elif ip.scope_id is not None:  # "%zone" names an interface of ours: drop it
+            ip = ipaddress.IPv6Address(int(ip))
+    return ip.compressed
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _check_type(key: str, wire: str, value: object, where: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, _TYPES[wire]):
+        allowed = _TYPE_NAMES[wire]
+        if wire in HASHED_KEYS:
+            allowed += f" (or a list of {allowed})"
+        raise ValueError(f"user_data[{key!r}]{where} must be {allowed}; got {type(value).__name__}")
+
+
+def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
+    """Meta's wire ``user_data`` for this Python API ``user_data``.
+
+    Keys may be Meta SDK long names or wire keys (see :data:`USER_DATA_KEYS`); the result has
+    wire keys only, in :data:`WIRE_KEYS` order. Contact fields are normalised by Meta's rules
+    and SHA-256 hashed; a value that already is 64 hex characters is taken as a hash and only
+    lowercased. A list or tuple of values (allowed for hashed keys) gives a list of distinct
+    hashes, in order; so does giving one key under two names (``email`` and ``em``).
+
+    ``None`` and empty values are skipped. A value that cannot be normalised is dropped with a
+    warning on the ``pixelmirror`` logger naming the key and the reason (never the value); a
+    key whose every value is dropped is left out.
+
+    Raises :class:`ValueError` for an unknown key or a value of the wrong type.
+    """
+    collected: dict[str, list[tuple[str, int, object]]] = {}
+    multi: set[str] = set()
+    for key, value in user_data.items():
+        wire = USER_DATA_KEYS.get(key) if isinstance(key, str) else None
+        if wire is None:
+            raise ValueError(f"unknown user_data key {key!r}; accepted keys: {_ACCEPTED_KEYS}")
+        if value is None:
+            continue
+        if wire in collected:
+            multi.add(wire)
+        slot = collected.setdefault(wire, [])
+        if isinstance(value, (list, tuple)):
+            if wire not in HASHED_KEYS:
+                _check_type(key, wire, value)
+            multi.add(wire)
+            for index, item in enumerate(value):
+                if item is not None:
+                    _check_type(key, wire, item, f"[{index}]")
+                    slot.append((key, index, item))
+        else:
+            _check_type(key, wire, value)
+            slot.append((key, -1, value))
+
+    # Country goes first: the state and zip rules depend on whether the user is in the US.
+    countries = _normalized("country", collected.get("country"), None)
+    us = (_US_HASH in countries) if countries else None
+
+    wire_data: dict[str, object] = {}
+    for wire in WIRE_KEYS:
+        items = collected.get(wire)
+        if not items:
+            continue
+        values = countries if wire == "country" else _normalized(wire, items, us)
+        if values:
+            wire_data[wire] = values if wire in multi else values[0]
+    return wire_data
+
+
+def _normalized(
+    wire: str, items: list[tuple[str, int, object]] | None, us: bool | None
+) -> list[object]:
+    if not items:
+        return []
+    values: list[object] = []
+    for key, index, value in items:
+        try:
+            result = _hashed(wire, value, us) if wire in HASHED_KEYS else _plain(wire, value)
+        except _Drop as drop:
+            where = "" if index < 0 else f"[{index}]"
+            _log.warning("user_data[%r]%s dropped: %s", key, where, drop.reason)
+            continue
+        if result is not None and result not in values:
+            values.append(result)
+    return values

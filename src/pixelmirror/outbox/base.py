@@ -1,0 +1,87 @@
+"""The contract every outbox keeps, whatever stores the events.
+
+An outbox is a queue of :class:`~pixelmirror.events.ServerEvent` with leases: ``claim`` hands
+a batch to one sender for ``lease`` seconds; the sender then ``ack``s it (Meta accepted it),
+``release``s it (try again after a delay) or ``bury``s it (dead letter, with a reason). A
+sender that dies without answering loses nothing: the lease runs out and the events are
+claimed again. Every event ends sent, pending or dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pixelmirror.events import ServerEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event handed to a sender, with the outbox's handle to answer for it."""
+
+    receipt: str
+    event: ServerEvent
+    #: Failed deliveries before this claim.
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event Meta will not take as it is, kept with the reason."""
+
+    event: ServerEvent
+    reason: str
+    died_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCounts:
+    #: Waiting to be claimed, now or after a retry delay.
+    pending: int
+    #: Claimed by a sender and not yet answered for.
+    in_flight: int
+    #: Dead letters kept.
+    dead: int
+    #: Events this process could not enqueue (outbox full or unreachable).
+    dropped: int
+
+    @property
+    def unfinished(self) -> int:
+        return self.pending + self.in_flight
+
+
+class Outbox(Protocol):
+    """A durable-or-not, lease-based event queue shared by the web process and senders."""
+
+    url: str
+
+    def put(self, events: Sequence[ServerEvent]) -> int:
+        """Enqueue events; returns how many were taken. Never raises: failures are counted."""
+
+    def claim(
+        self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` due events sharing one pixel and one test event code."""
+
+    def ack(self, claims: Sequence[Claimed]) -> None:
+        """Forget delivered events."""
+
+    def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
+        """Make events claimable again after ``delay`` seconds; ``failed`` counts an attempt."""
+
+    def bury(self, claims: Sequence[Claimed], reason: str) -> None:
+        """Move events to the dead letters, with the reason."""
+
+    def counts(self) -> OutboxCounts: ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    def replay_dead(self) -> int:
+        """Move every dead letter back to pending; returns how many."""
+
+    def after_fork(self) -> None:
+        """Reset what a forked child must not share with its parent (connections, locks)."""
+
+    def close(self) -> None: ...

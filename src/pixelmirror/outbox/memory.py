@@ -1,0 +1,163 @@
+"""An in-process outbox: fast, bounded, and gone with the process."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Collection, Sequence
+
+from pixelmirror.events import ServerEvent
+from pixelmirror.outbox.base import Claimed, DeadLetter, OutboxCounts
+
+logger = logging.getLogger("pixelmirror")
+
+_BatchKey = tuple[str, "str | None"]
+
+
+class MemoryOutbox:
+    """Keeps up to ``max_events`` events (pending, delayed and in flight) in memory.
+
+    When full, ``put`` drops the new events, counts them and logs: memory stays bounded and
+    the request never waits. Events still here when the process exits are lost; use the
+    SQLite or Redis outbox when that matters. Up to ``max_dead`` dead letters are kept.
+    """
+
+    url = "memory://"
+
+    def __init__(self, *, max_events: int = 100_000, max_dead: int = 10_000) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be positive; got {max_events}")
+        self.max_events = max_events
+        self._max_dead = max_dead
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        # One FIFO per batch key, so a claim never scans events it cannot take.
+        self._ready: OrderedDict[_BatchKey, deque[tuple[ServerEvent, int]]] = OrderedDict()
+        self._delayed: list[tuple[float, int, ServerEvent, int]] = []
+        self._leased: dict[str, tuple[float, ServerEvent, int]] = {}
+        self._dead: deque[DeadLetter] = deque(maxlen=self._max_dead)
+        self._size = 0
+        self._dropped = 0
+
+    def put(self, events: Sequence[ServerEvent]) -> int:
+        with self._lock:
+            room = self.max_events - self._size
+            taken = events[:room] if room < len(events) else events
+            for event in taken:
+                self._ready.setdefault(event.batch_key, deque()).append((event, 0))
+            self._size += len(taken)
+            overflow = len(events) - len(taken)
+            self._dropped += overflow
+        if overflow:
+            logger.error(
+                "pixelmirror outbox full (%d events): dropped %d event(s); %d dropped so far",
+                self.max_events,
+                overflow,
+                self._dropped,
+            )
+        return len(taken)
+
+    def claim(
+        self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
+    ) -> list[Claimed]:
+        now = time.monotonic()
+        with self._lock:
+            self._promote(now)
+            for key in list(self._ready):
+                if key[0] in skip_pixels:
+                    continue
+                queue = self._ready[key]
+                claims: list[Claimed] = []
+                while queue and len(claims) < limit:
+                    event, attempts = queue.popleft()
+                    receipt = str(next(self._ids))
+                    self._leased[receipt] = (now + lease, event, attempts)
+                    claims.append(Claimed(receipt, event, attempts))
+                if queue:
+                    self._ready.move_to_end(key)  # round-robin between pixels
+                else:
+                    del self._ready[key]
+                return claims
+            return []
+
+    def _promote(self, now: float) -> None:
+        """Move due retries and expired leases back to the ready queues."""
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, event, attempts = heapq.heappop(self._delayed)
+            self._ready.setdefault(event.batch_key, deque()).append((event, attempts))
+        expired = [receipt for receipt, (until, _, _) in self._leased.items() if until <= now]
+        # Receipts are in claim order; put them back at the front in that same order.
+        for receipt in reversed(expired):
+            _, event, attempts = self._leased.pop(receipt)
+            self._ready.setdefault(event.batch_key, deque()).appendleft((event, attempts))
+
+    def _take(self, claims: Sequence[Claimed]) -> list[tuple[ServerEvent, int]]:
+        """Remove still-leased claims; a claim whose lease ran out belongs to someone else."""
+        taken = []
+        for claim in claims:
+            lease = self._leased.pop(claim.receipt, None)
+            if lease is not None:
+                taken.append(lease[1:])
+        return taken
+
+    def ack(self, claims: Sequence[Claimed]) -> None:
+        with self._lock:
+            self._size -= len(self._take(claims))
+
+    def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
+        due = time.monotonic() + delay
+        with self._lock:
+            for event, attempts in self._take(claims):
+                entry = (due, next(self._ids), event, attempts + failed)
+                heapq.heappush(self._delayed, entry)
+
+    def bury(self, claims: Sequence[Claimed], reason: str) -> None:
+        now = time.time()
+        with self._lock:
+            taken = self._take(claims)
+            self._size -= len(taken)
+            evicted = max(0, len(self._dead) + len(taken) - self._max_dead)
+            self._dropped += evicted
+            self._dead.extend(DeadLetter(event, reason, now) for event, _ in taken)
+        if evicted:
+            logger.error(
+                "pixelmirror: more than %d dead letters; the %d oldest were dropped",
+                self._max_dead,
+                evicted,
+            )
+
+    def counts(self) -> OutboxCounts:
+        now = time.monotonic()
+        with self._lock:
+            in_flight = sum(1 for until, _, _ in self._leased.values() if until > now)
+            return OutboxCounts(
+                pending=self._size - in_flight,
+                in_flight=in_flight,
+                dead=len(self._dead),
+                dropped=self._dropped,
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._lock:
+            return list(itertools.islice(reversed(self._dead), limit))
+
+    def replay_dead(self) -> int:
+        with self._lock:
+            # Only as many as fit: the rest stay dead rather than being dropped.
+            room = min(len(self._dead), self.max_events - self._size)
+            replayed = [self._dead.popleft().event for _ in range(room)]
+        return self.put(replayed)
+
+    def after_fork(self) -> None:
+        # The parent still owns (and will send) what it had queued: start empty.
+        self._reset()
+
+    def close(self) -> None:
+        """Nothing to release; events still queued are lost with the process."""

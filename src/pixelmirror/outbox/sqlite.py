@@ -1,0 +1,497 @@
+"""A durable outbox in one SQLite file, shared by the processes of one machine."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Collection, Iterator, Sequence
+from typing import Literal, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pixelmirror.events import ServerEvent
+from pixelmirror.outbox.base import Claimed, DeadLetter, OutboxCounts
+
+logger = logging.getLogger("pixelmirror")
+
+Synchronous = Literal["normal", "full"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pixel_id TEXT NOT NULL,
+        test_event_code TEXT,
+        event_id TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_time INTEGER NOT NULL,
+        action_source TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due REAL NOT NULL,
+        claim_token INTEGER
+    )""",
+    # Serves the claim: due rows in (due, id) order, batch key read from the index alone.
+    "CREATE INDEX IF NOT EXISTS events_claim ON events (due, id, pixel_id, test_event_code)",
+    """CREATE TABLE IF NOT EXISTS dead (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pixel_id TEXT NOT NULL,
+        test_event_code TEXT,
+        event_id TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_time INTEGER NOT NULL,
+        action_source TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        died_at REAL NOT NULL
+    )""",
+)
+_EVENT_COLUMNS = (
+    "pixel_id, test_event_code, event_id, event_name, event_time, action_source, payload"
+)
+_CLAIMED_COLUMNS = f"id, {_EVENT_COLUMNS}, attempts"
+_ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, int]
+
+# RETURNING arrived in 3.35.0; the first releases had bugs fixed by 3.35.5.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 5)
+
+# Connections inherited over fork(): never used, and never closed either, since closing
+# one in the child could disturb locks or the WAL the parent still holds.
+_inherited: list[sqlite3.Connection] = []
+
+# Outboxes of this process. Before a fork each one's lock is taken, so no thread of ours is
+# inside SQLite's C code at that instant: a mutex SQLite held then would stay locked forever
+# in the child, and its first connect() would hang.
+_open_outboxes: weakref.WeakSet[SQLiteOutbox] = weakref.WeakSet()
+
+
+_held_over_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for outbox in list(_open_outboxes):
+        outbox._lock.acquire()
+        _held_over_fork.append(outbox._lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().release()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    # The child's outboxes replace their locks in after_fork(); these copies stay held.
+    after_in_child=_held_over_fork.clear,
+)
+
+#: How stale (seconds) the row count behind ``max_events`` may be before a put recounts.
+_RECOUNT_INTERVAL = 1.0
+
+
+class SQLiteOutbox:
+    """Events in a SQLite file in WAL mode, shared by the threads and processes of one host.
+
+    Durability: once :meth:`put` returns, its events are committed to the write-ahead log
+    and survive the process being killed (SIGKILL, the OOM killer, a crash). With the default
+    ``synchronous="normal"`` an OS crash or power loss may lose the last commits (the file
+    stays intact); ``synchronous="full"`` (``?synchronous=full``) fsyncs every commit and
+    survives those too, at the cost of one fsync per put. Network filesystems are not
+    supported: WAL needs shared memory, so every process must be on the same machine.
+
+    Each claim takes the write lock (``BEGIN IMMEDIATE``) and stamps its rows with a fresh
+    claim token and a lease (``due = now + lease``), so two claimers never get the same row
+    and a dead sender's rows come due again when its lease runs out. The receipt carries the
+    token: answering a claim whose rows were since claimed again changes nothing.
+
+    A put that fails (disk full, the database locked beyond ``timeout`` seconds, more than
+    ``max_events`` stored) logs an error, counts the events as dropped and never raises: it
+    runs on the request path. ``max_events`` is checked against a row count at most
+    one second old, so other processes' puts may overshoot it briefly.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "normal",
+        max_events: int | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full'; got {synchronous!r}")
+        if max_events is not None and max_events < 1:
+            raise ValueError(f"max_events must be positive; got {max_events}")
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds; got {timeout}")
+        self.path = os.fspath(path)
+        self.url = f"sqlite:///{self.path}"
+        self.synchronous = synchronous
+        self.max_events = max_events
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._dropped = 0
+        self._size_hint = 0
+        self._size_checked = -_RECOUNT_INTERVAL
+        self._conn: sqlite3.Connection | None = self._connect()
+        _open_outboxes.add(self)
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteOutbox:
+        """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+        Query options: ``synchronous`` (``normal`` or ``full``), ``max_events`` (a positive
+        integer) and ``timeout`` (seconds to wait for another process's lock).
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"a SQLite outbox URL looks like sqlite:///path.db; got {url!r}")
+        path = unquote(parts.path[1:])
+        if not path:
+            raise ValueError(f"the SQLite outbox URL names no file; got {url!r}")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - {"synchronous", "max_events", "timeout"})
+        if unknown:
+            raise ValueError(
+                f"unknown SQLite outbox option(s) {', '.join(unknown)} in {url!r}; "
+                "expected synchronous, max_events or timeout"
+            )
+        synchronous = options.get("synchronous", "normal").lower()
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full'; got {synchronous!r}")
+        try:
+            max_events = int(options["max_events"]) if "max_events" in options else None
+            timeout = float(options.get("timeout", 5.0))
+        except ValueError:
+            raise ValueError(
+                f"max_events must be an integer and timeout a number of seconds; got {url!r}"
+            ) from None
+        outbox = cls(
+            path,
+            synchronous=cast(Synchronous, synchronous),
+            max_events=max_events,
+            timeout=timeout,
+        )
+        outbox.url = url
+        return outbox
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; threads share it under
+        # self._lock, hence check_same_thread=False.
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":
+                logger.warning("pixelmirror outbox %s: WAL unavailable, using %s", self.url, mode)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            conn.execute("BEGIN IMMEDIATE")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has outbox schema {version}; this pixelmirror knows "
+                    f"{_SCHEMA_VERSION}: upgrade pixelmirror"
+                )
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        if self._pid != os.getpid():  # forked and nobody called after_fork(): do it now
+            self.after_fork()
+        with self._lock:
+            if self._conn is None:
+                raise sqlite3.ProgrammingError(f"outbox {self.url} is closed")
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: a read upgraded to a write in WAL mode
+        # fails at once with SQLITE_BUSY instead of waiting out the busy timeout.
+        with self._locked() as conn:
+            conn.execute(begin)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                raise
+
+    def put(self, events: Sequence[ServerEvent]) -> int:
+        if not events:
+            return 0
+        now = time.time()
+        try:
+            with self._transaction() as conn:
+                taken = events[: self._room(conn, len(events))]
+                conn.executemany(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            e.pixel_id,
+                            e.test_event_code,
+                            e.event_id,
+                            e.event_name,
+                            e.event_time,
+                            e.action_source,
+                            e.payload,
+                            now,
+                        )
+                        for e in taken
+                    ],
+                )
+                self._size_hint += len(taken)
+        except Exception as exc:  # the request path must never see an outbox failure
+            self._drop(len(events), f"{type(exc).__name__}: {exc}", exc)
+            return 0
+        if len(taken) < len(events):
+            self._drop(len(events) - len(taken), f"outbox full ({self.max_events} events)")
+        return len(taken)
+
+    def _room(self, conn: sqlite3.Connection, wanted: int) -> int:
+        """How many of ``wanted`` new events fit under ``max_events``."""
+        if self.max_events is None:
+            return wanted
+        clock = time.monotonic()
+        # Recount when the hint is stale or says no: a drop is decided on a fresh count.
+        if (
+            clock - self._size_checked >= _RECOUNT_INTERVAL
+            or self._size_hint + wanted > self.max_events
+        ):
+            (self._size_hint,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+            self._size_checked = clock
+        return max(0, min(wanted, self.max_events - self._size_hint))
+
+    def _drop(self, count: int, why: str, exc: Exception | None = None) -> None:
+        with self._lock:
+            self._dropped += count
+            total = self._dropped
+        logger.error(
+            "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
+            self.url,
+            count,
+            why,
+            total,
+            # A traceback only for the unexpected; a full disk or a lock needs none.
+            exc_info=exc if exc is not None and not isinstance(exc, sqlite3.Error) else None,
+        )
+
+    def claim(
+        self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
+    ) -> list[Claimed]:
+        if limit < 1:
+            return []
+        now = time.time()
+        skip = list(skip_pixels)
+        find_key = (
+            "SELECT pixel_id, test_event_code FROM events WHERE due <= ?"
+            + (f" AND pixel_id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
+            + " ORDER BY due, id LIMIT 1"
+        )
+        # The oldest due rows of the batch key that has waited longest.
+        pick = (
+            "SELECT id FROM events WHERE due <= ? AND pixel_id = ? AND test_event_code IS ?"
+            " ORDER BY due, id LIMIT ?"
+        )
+        with self._locked() as conn:
+            # Look before taking the write lock: an idle poll never blocks a put.
+            if conn.execute(find_key, (now, *skip)).fetchone() is None:
+                return []
+        token = secrets.randbits(63)
+        until = now + lease
+        rows: list[_ClaimedRow]
+        with self._transaction() as conn:
+            key = conn.execute(find_key, (now, *skip)).fetchone()
+            if key is None:
+                return []
+            if _RETURNING:
+                rows = conn.execute(
+                    f"UPDATE events SET due = ?, claim_token = ? WHERE id IN ({pick})"
+                    f" RETURNING {_CLAIMED_COLUMNS}",
+                    (until, token, now, *key, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_CLAIMED_COLUMNS} FROM events WHERE id IN ({pick})",
+                    (now, *key, limit),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE events SET due = ?, claim_token = ? WHERE id = ?",
+                    [(until, token, row[0]) for row in rows],
+                )
+        rows.sort()  # RETURNING promises no order; ids are enqueue order
+        return [
+            Claimed(
+                f"{row_id}:{token}",
+                ServerEvent(
+                    pixel_id=pixel_id,
+                    test_event_code=test_event_code,
+                    event_id=event_id,
+                    event_name=event_name,
+                    event_time=event_time,
+                    action_source=action_source,
+                    payload=payload,
+                ),
+                attempts,
+            )
+            for (
+                row_id,
+                pixel_id,
+                test_event_code,
+                event_id,
+                event_name,
+                event_time,
+                action_source,
+                payload,
+                attempts,
+            ) in rows
+        ]
+
+    def ack(self, claims: Sequence[Claimed]) -> None:
+        if not claims:
+            return
+        with self._transaction() as conn:
+            conn.executemany(
+                "DELETE FROM events WHERE id = ? AND claim_token = ?", _receipts(claims)
+            )
+
+    def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
+        if not claims:
+            return
+        due = time.time() + delay
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE events SET due = ?, attempts = attempts + ?, claim_token = NULL"
+                " WHERE id = ? AND claim_token = ?",
+                [(due, int(failed), *receipt) for receipt in _receipts(claims)],
+            )
+
+    def bury(self, claims: Sequence[Claimed], reason: str) -> None:
+        if not claims:
+            return
+        now = time.time()
+        receipts = _receipts(claims)
+        with self._transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO dead ({_EVENT_COLUMNS}, attempts, reason, died_at)"
+                f" SELECT {_EVENT_COLUMNS}, attempts, ?, ? FROM events"
+                " WHERE id = ? AND claim_token = ?",
+                [(reason, now, *receipt) for receipt in receipts],
+            )
+            conn.executemany("DELETE FROM events WHERE id = ? AND claim_token = ?", receipts)
+
+    def counts(self) -> OutboxCounts:
+        now = time.time()
+        with self._transaction("BEGIN") as conn:  # one snapshot for both tables
+            stored, in_flight = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(claim_token IS NOT NULL AND due > ?), 0)"
+                " FROM events",
+                (now,),
+            ).fetchone()
+            (dead,) = conn.execute("SELECT COUNT(*) FROM dead").fetchone()
+        with self._lock:
+            dropped = self._dropped
+        return OutboxCounts(
+            pending=stored - in_flight, in_flight=in_flight, dead=dead, dropped=dropped
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS}, reason, died_at FROM dead ORDER BY id DESC LIMIT ?",
+                (max(limit, 0),),
+            ).fetchall()
+        return [
+            DeadLetter(
+                ServerEvent(
+                    pixel_id=pixel_id,
+                    test_event_code=test_event_code,
+                    event_id=event_id,
+                    event_name=event_name,
+                    event_time=event_time,
+                    action_source=action_source,
+                    payload=payload,
+                ),
+                reason,
+                died_at,
+            )
+            for (
+                pixel_id,
+                test_event_code,
+                event_id,
+                event_name,
+                event_time,
+                action_source,
+                payload,
+                reason,
+                died_at,
+            ) in rows
+        ]
+
+    def replay_dead(self) -> int:
+        now = time.time()
+        with self._transaction() as conn:
+            moved = conn.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}, due)"
+                f" SELECT {_EVENT_COLUMNS}, ? FROM dead ORDER BY id",
+                (now,),
+            ).rowcount
+            conn.execute("DELETE FROM dead")
+        return moved
+
+    def after_fork(self) -> None:
+        """Give a forked child its own connection; the parent's is left untouched.
+
+        A no-op in the process that opened the outbox, so calling it twice is harmless.
+        """
+        if self._pid != os.getpid() and self._disown_parent():
+            self._conn = self._connect()
+
+    def _disown_parent(self) -> bool:
+        """Forget the parent's connection and lock; True if the outbox was open."""
+        inherited, self._conn = self._conn, None
+        if inherited is not None:
+            _inherited.append(inherited)
+        # One of the parent's threads may have held the lock at fork time.
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._dropped = 0
+        self._size_checked = -_RECOUNT_INTERVAL
+        return inherited is not None
+
+    def close(self) -> None:
+        """Close the connection; events stay in the file. Closing twice is harmless."""
+        if self._pid != os.getpid():
+            self._disown_parent()  # a forked child closes nothing of its parent's
+            return
+        with self._lock:
+            conn, self._conn = self._conn, None
+        _open_outboxes.discard(self)
+        if conn is not None:
+            conn.close()
+
+
+def _receipts(claims: Sequence[Claimed]) -> list[tuple[int, int]]:
+    """``(rowid, claim token)`` pairs from receipts ``"<rowid>:<token>"``."""
+    pairs = []
+    for claim in claims:
+        row_id, _, token = claim.receipt.partition(":")
+        pairs.append((int(row_id), int(token)))
+    return pairs

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from pixelmirror.config import Config, ConfigError
+
+KEY = "k" * 32
+
+
+def test_defaults_without_environment() -> None:
+    config = Config.from_env({})
+    assert config.pixel_id is None
+    assert config.dry_run
+    assert config.api_version == "v26.0"
+    assert config.graph_url == "https://graph.facebook.com"
+    assert config.outbox == "memory://"
+    assert config.dispatch == "thread"
+    assert config.batch_size == 1000
+
+
+def test_every_variable_is_read() -> None:
+    environ = {
+        "PIXELMIRROR_PIXEL_ID": "1234567890",
+        "PIXELMIRROR_ACCESS_TOKEN": "EAAtoken",
+        "PIXELMIRROR_SECRET_KEY": f"{KEY}new, {KEY}old",
+        "PIXELMIRROR_TEST_EVENT_CODE": "TEST123",
+        "PIXELMIRROR_PARTNER_AGENT": "acmeshop",
+        "PIXELMIRROR_API_VERSION": "v25.0",
+        "PIXELMIRROR_GRAPH_URL": "http://127.0.0.1:9/",
+        "PIXELMIRROR_APP_SECRET": "appsecret",
+        "PIXELMIRROR_OUTBOX": "sqlite:///tmp/x.db",
+        "PIXELMIRROR_DISPATCH": "external",
+        "PIXELMIRROR_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+        "PIXELMIRROR_CONSENT_COOKIE": "consent=yes",
+        "PIXELMIRROR_BATCH_SIZE": "500",
+        "PIXELMIRROR_FLUSH_INTERVAL": "0.5",
+        "PIXELMIRROR_QUEUE_SIZE": "10",
+        "PIXELMIRROR_REQUEST_TIMEOUT": "3",
+        "PIXELMIRROR_RETRY_BACKOFF": "0.1",
+        "PIXELMIRROR_RETRY_BACKOFF_MAX": "30",
+        "PIXELMIRROR_SHUTDOWN_TIMEOUT": "2",
+    }
+    config = Config.from_env(environ)
+    assert config.pixel_id == "1234567890"
+    assert config.access_token == "EAAtoken"
+    assert config.secret_key == (f"{KEY}new", f"{KEY}old")
+    assert config.test_event_code == "TEST123"
+    assert config.partner_agent == "acmeshop"
+    assert config.api_version == "v25.0"
+    assert config.graph_url == "http://127.0.0.1:9"
+    assert config.app_secret == "appsecret"
+    assert config.outbox == "sqlite:///tmp/x.db"
+    assert config.dispatch == "external"
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1"),
+    )
+    assert config.consent_cookie == "consent=yes"
+    assert (config.batch_size, config.queue_size) == (500, 10)
+    assert (config.flush_interval, config.request_timeout) == (0.5, 3.0)
+    assert (config.retry_backoff, config.retry_backoff_max, config.shutdown_timeout) == (
+        0.1,
+        30.0,
+        2.0,
+    )
+    assert not config.dry_run
+
+
+def test_keywords_override_environment() -> None:
+    config = Config.from_env(
+        {"PIXELMIRROR_PIXEL_ID": "111", "PIXELMIRROR_BATCH_SIZE": "5"},
+        pixel_id="222",
+        secret_key=f"{KEY}a,{KEY}b",
+        trusted_proxies=["192.168.0.1"],
+    )
+    assert config.pixel_id == "222"
+    assert config.batch_size == 5
+    assert config.secret_key == (f"{KEY}a", f"{KEY}b")
+    assert config.trusted_proxies == (ipaddress.ip_network("192.168.0.1/32"),)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        pytest.param(
+            "PIXEL_ID", "abc", "PIXELMIRROR_PIXEL_ID must be digits, got 'abc'", id="pixel-id"
+        ),
+        pytest.param(
+            "API_VERSION",
+            "26",
+            "PIXELMIRROR_API_VERSION must be a Graph API version",
+            id="api-version",
+        ),
+        pytest.param(
+            "GRAPH_URL",
+            "graph.facebook.com",
+            "PIXELMIRROR_GRAPH_URL must be an http(s) URL",
+            id="graph-url",
+        ),
+        pytest.param("OUTBOX", "postgres://x", "PIXELMIRROR_OUTBOX must be memory://", id="outbox"),
+        pytest.param(
+            "DISPATCH", "process", "PIXELMIRROR_DISPATCH must be thread or external", id="dispatch"
+        ),
+        pytest.param(
+            "BATCH_SIZE",
+            "1001",
+            "PIXELMIRROR_BATCH_SIZE must be between 1 and 1000",
+            id="batch-too-big",
+        ),
+        pytest.param(
+            "BATCH_SIZE",
+            "ten",
+            "PIXELMIRROR_BATCH_SIZE must be an integer, got 'ten'",
+            id="batch-not-int",
+        ),
+        pytest.param(
+            "QUEUE_SIZE", "0", "PIXELMIRROR_QUEUE_SIZE must be a positive integer", id="queue-size"
+        ),
+        pytest.param(
+            "FLUSH_INTERVAL",
+            "soon",
+            "PIXELMIRROR_FLUSH_INTERVAL must be a number",
+            id="interval-text",
+        ),
+        pytest.param(
+            "REQUEST_TIMEOUT",
+            "0",
+            "PIXELMIRROR_REQUEST_TIMEOUT must be a positive number",
+            id="timeout-zero",
+        ),
+        pytest.param(
+            "TRUSTED_PROXIES", "10.0.0.0/33", "PIXELMIRROR_TRUSTED_PROXIES must be", id="proxies"
+        ),
+        pytest.param(
+            "PARTNER_AGENT", "x" * 23, "PIXELMIRROR_PARTNER_AGENT must be under 23", id="agent-long"
+        ),
+        pytest.param(
+            "PARTNER_AGENT",
+            "a1",
+            "PIXELMIRROR_PARTNER_AGENT must be under 23",
+            id="agent-one-letter",
+        ),
+        pytest.param(
+            "SECRET_KEY",
+            "short",
+            "PIXELMIRROR_SECRET_KEY must be keys of at least 16",
+            id="key-short",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Config.from_env({f"PIXELMIRROR_{variable}": value})
+
+
+def test_secrets_stay_out_of_repr_and_errors() -> None:
+    config = Config.from_env(
+        {}, access_token="EAAsecret", secret_key=KEY, app_secret="appsecret123"
+    )
+    text = repr(config)
+    assert "EAAsecret" not in text
+    assert KEY not in text
+    assert "appsecret123" not in text
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({}, secret_key="tooshortsecret")
+    assert "tooshortsecret" not in str(caught.value)
+
+
+def test_unknown_keyword_is_an_error() -> None:
+    with pytest.raises(TypeError, match="unknown pixelmirror settings: pixelid"):
+        Config.from_env({}, pixelid="1")

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from pixelmirror.events import DAY, ServerEvent
+
+NOW = 1_800_000_000.0
+UA = "Mozilla/5.0 (X11; Linux x86_64)"
+
+
+def build(event_name: str = "Lead", **overrides: Any) -> ServerEvent:
+    arguments: dict[str, Any] = {
+        "pixel_id": "1234",
+        "action_source": "system_generated",
+        "user_data": {"email": "Ann@Example.com "},
+        "now": NOW,
+    }
+    arguments.update(overrides)
+    return ServerEvent.create(event_name, **arguments)
+
+
+def wire(event: ServerEvent) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(event.payload)
+    return body
+
+
+def test_payload_carries_every_field_once_serialised() -> None:
+    event = build(
+        "Purchase",
+        action_source="website",
+        event_id="evt-1",
+        event_time=NOW - 60,
+        event_source_url="https://shop.example/thanks",
+        referrer_url="https://shop.example/cart",
+        user_data={"email": "ann@example.com", "client_user_agent": UA, "fbp": "fb.1.1.2"},
+        custom_data={"value": Decimal("49.99"), "currency": "USD", "contents": ({"id": "A"},)},
+        opt_out=True,
+        test_event_code="TEST42",
+    )
+    body = wire(event)
+    assert body == {
+        "event_name": "Purchase",
+        "event_time": int(NOW - 60),
+        "event_id": "evt-1",
+        "action_source": "website",
+        "user_data": {
+            "em": body["user_data"]["em"],
+            "client_user_agent": UA,
+            "fbp": "fb.1.1.2",
+        },
+        "event_source_url": "https://shop.example/thanks",
+        "referrer_url": "https://shop.example/cart",
+        "custom_data": {"value": 49.99, "currency": "USD", "contents": [{"id": "A"}]},
+        "opt_out": True,
+    }
+    assert len(body["user_data"]["em"]) == 64
+    assert (event.pixel_id, event.event_id, event.event_time) == ("1234", "evt-1", int(NOW - 60))
+    assert event.batch_key == ("1234", "TEST42")
+
+
+def test_event_id_and_time_default_to_fresh_values() -> None:
+    first, second = build(), build()
+    assert first.event_id != second.event_id
+    assert len(first.event_id) == 32
+    assert first.event_time == int(NOW)
+
+
+def test_limited_data_use_defaults_to_geolocation() -> None:
+    body = wire(build(data_processing_options=["LDU"]))
+    assert body["data_processing_options"] == ["LDU"]
+    assert body["data_processing_options_country"] == 0
+    assert body["data_processing_options_state"] == 0
+    assert wire(build(data_processing_options=[]))["data_processing_options"] == []
+
+
+@pytest.mark.parametrize(
+    ("action_source", "age_days", "accepted"),
+    [
+        pytest.param("website", 6.9, True, id="website-6.9-days"),
+        pytest.param("system_generated", 7.1, False, id="system-7.1-days"),
+        pytest.param("physical_store", 61, True, id="store-61-days"),
+        pytest.param("physical_store", 63, False, id="store-63-days"),
+    ],
+)
+def test_age_window_by_action_source(action_source: str, age_days: float, accepted: bool) -> None:
+    extra: dict[str, Any] = {"event_time": NOW - age_days * DAY, "action_source": action_source}
+    if action_source == "website":
+        extra.update(
+            event_source_url="https://a.example/",
+            user_data={"email": "a@b.example", "client_user_agent": UA},
+        )
+    if accepted:
+        event = build(**extra)
+        assert event.expires_at > NOW
+    else:
+        with pytest.raises(ValueError, match="days old"):
+            build(**extra)
+
+
+@pytest.mark.parametrize(
+    ("event_name", "overrides", "message"),
+    [
+        pytest.param("", {}, "event_name must be a non-empty string", id="empty-name"),
+        pytest.param("x" * 51, {}, "at most 50 characters", id="long-name"),
+        pytest.param(
+            "Lead", {"action_source": "web"}, "action_source must be one of", id="action-source"
+        ),
+        pytest.param("Lead", {"event_time": NOW * 1000}, "not milliseconds", id="milliseconds"),
+        pytest.param(
+            "Lead", {"event_time": math.inf}, "event_time must be finite", id="infinite-time"
+        ),
+        pytest.param(
+            "Lead", {"event_time": "now"}, "event_time must be Unix seconds", id="text-time"
+        ),
+        pytest.param(
+            "Lead", {"event_id": ""}, "event_id must be a non-empty string", id="empty-id"
+        ),
+        pytest.param(
+            "Lead",
+            {"action_source": "website", "user_data": {"client_user_agent": UA}},
+            "event_source_url is required",
+            id="website-url",
+        ),
+        pytest.param(
+            "Lead",
+            {"action_source": "website", "event_source_url": "https://a.example/"},
+            "client_user_agent'] is required",
+            id="website-ua",
+        ),
+        pytest.param("Lead", {"event_source_url": "/relative"}, "absolute http", id="relative-url"),
+        pytest.param("Purchase", {}, "Purchase needs custom_data", id="purchase-no-data"),
+        pytest.param(
+            "Purchase",
+            {"custom_data": {"value": 5}},
+            "Purchase needs custom_data",
+            id="purchase-no-currency",
+        ),
+        pytest.param(
+            "Lead", {"custom_data": {"value": math.nan}}, "must be finite", id="nan-value"
+        ),
+        pytest.param("Lead", {"custom_data": {"value": "5"}}, "must be a number", id="text-value"),
+        pytest.param("Lead", {"custom_data": {"value": True}}, "must be a number", id="bool-value"),
+        pytest.param(
+            "Lead", {"custom_data": {"margin": math.inf}}, "finite numbers", id="nested-inf"
+        ),
+        pytest.param("Lead", {"custom_data": {"when": object()}}, "JSON values", id="not-json"),
+        pytest.param(
+            "Lead", {"custom_data": {"currency": "US"}}, "3-letter ISO 4217", id="currency"
+        ),
+        pytest.param("Lead", {"user_data": {"mail": "a@b.example"}}, "mail", id="unknown-user-key"),
+        pytest.param(
+            "Lead",
+            {"user_data": {"gender": "f", "first_name": "Ann"}},
+            "does not identify",
+            id="weak-user-data",
+        ),
+        pytest.param(
+            "Lead",
+            {"data_processing_options": ["GDPR"]},
+            "must be \\[\\] or \\['LDU'\\]",
+            id="ldu-option",
+        ),
+        pytest.param(
+            "Lead",
+            {"data_processing_options": ["LDU"], "data_processing_options_state": 5},
+            "0 or 1000",
+            id="ldu-state",
+        ),
+    ],
+)
+def test_programmer_errors_raise_clear_value_errors(
+    event_name: str, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(event_name, **overrides)
+
+
+def test_unusable_value_is_dropped_not_fatal_when_others_identify() -> None:
+    body = wire(build(user_data={"email": "not-an-email", "external_id": "cust-9"}))
+    assert set(body["user_data"]) == {"external_id"}

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixelmirror import PixelMirror
+from pixelmirror.testing import FakeGraphAPI
+
+TOKEN = "EAA-mirror-token"
+PIXEL = "1234567890"
+
+
+@pytest.fixture
+def fake() -> FakeGraphAPI:
+    return FakeGraphAPI(access_tokens={TOKEN})
+
+
+@pytest.fixture
+def make_mirror(fake: FakeGraphAPI) -> Iterator[Any]:
+    made: list[PixelMirror] = []
+
+    def make(**settings: Any) -> PixelMirror:
+        options: dict[str, Any] = {
+            "pixel_id": PIXEL,
+            "access_token": TOKEN,
+            "flush_interval": 0.05,
+            "retry_backoff": 0.001,
+            "retry_backoff_max": 0.01,
+            "transport": fake.transport,
+        }
+        options.update(settings)
+        mirror = PixelMirror(**options)
+        made.append(mirror)
+        return mirror
+
+    yield make
+    for mirror in made:
+        mirror.close(timeout=1)
+
+
+def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
+    arguments: dict[str, Any] = {
+        "action_source": "system_generated",
+        "user_data": {"external_id": f"cust-{n}", "email": "ann@example.com"},
+        "custom_data": {"value": n},
+    }
+    arguments.update(overrides)
+    return mirror.send("Approval", **arguments)
+
+
+def test_send_reaches_meta_hashed_with_its_id(make_mirror: Any, fake: FakeGraphAPI) -> None:
+    mirror = make_mirror(test_event_code="TEST77")
+    event_id = approval(mirror, 9, custom_data={"value": 1, "currency": "USD"})
+    assert mirror.flush(timeout=10)
+    (received,) = fake.events
+    assert received.pixel_id == PIXEL
+    assert received.test_event_code == "TEST77"
+    assert received.event_id == event_id
+    assert received.user_data["em"] == hashlib.sha256(b"ann@example.com").hexdigest()
+    assert "ann@example.com" not in json.dumps(received.data)
+    stats = mirror.stats()
+    assert (stats.queued, stats.sent, stats.pending, stats.dead) == (1, 1, 0, 0)
+
+
+def test_ten_thousand_events_survive_a_flaky_meta(make_mirror: Any) -> None:
+    flaky = FakeGraphAPI(access_tokens={TOKEN}, failure_rate=0.3, seed=7)
+    mirror = make_mirror(transport=flaky.transport, queue_size=20_000)
+    sent_ids = [approval(mirror, n) for n in range(10_000)]
+    assert mirror.flush(timeout=120)
+    received = collections.Counter(flaky.event_ids())
+    assert set(received) == set(sent_ids)
+    assert max(received.values()) == 1  # each event_id exactly once
+    statuses = collections.Counter(r.status for r in flaky.requests)
+    assert {500, 503, 429} <= set(statuses)  # the faults really happened
+    stats = mirror.stats()
+    assert (stats.sent, stats.dead, stats.dropped, stats.pending) == (10_000, 0, 0, 0)
+    assert stats.retried > 0
+
+
+def test_dry_run_builds_logs_and_counts_without_sending(
+    make_mirror: Any, fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(access_token=None)
+    with caplog.at_level(logging.INFO, logger="pixelmirror"):
+        event_id = approval(mirror)
+    assert mirror.dispatcher is None
+    assert fake.requests == []
+    assert mirror.stats().dry_run == 1
+    assert event_id in caplog.text
+    assert "ann@example.com" not in caplog.text
+    with pytest.raises(ValueError, match="action_source"):
+        approval(mirror, action_source="web")
+
+
+def test_memory_outbox_overflow_is_counted_and_logged(
+    make_mirror: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(queue_size=2, dispatch="external")
+    with caplog.at_level(logging.ERROR, logger="pixelmirror"):
+        for n in range(3):
+            approval(mirror, n)
+    stats = mirror.stats()
+    assert (stats.queued, stats.dropped, stats.pending) == (2, 1, 2)
+    assert "outbox full" in caplog.text
+
+
+def test_close_is_idempotent_and_flushes(make_mirror: Any, fake: FakeGraphAPI) -> None:
+    mirror = make_mirror(flush_interval=3600)
+    approval(mirror)
+    mirror.close(timeout=5)
+    mirror.close(timeout=5)
+    assert len(fake.events) == 1
+    assert mirror.dispatcher is not None
+    assert not mirror.dispatcher.running
+
+
+@pytest.mark.parametrize(
+    ("fault", "ok", "hint"),
+    [
+        pytest.param(None, True, None, id="accepted"),
+        pytest.param(
+            {"status": 400, "error": FakeGraphAPI.graph_error(190, "Session has expired")},
+            False,
+            "access token is invalid",
+            id="bad-token",
+        ),
+        pytest.param(
+            {"status": 400, "error": FakeGraphAPI.graph_error(2635, "deprecated version")},
+            False,
+            "PIXELMIRROR_API_VERSION",
+            id="dead-version",
+        ),
+        pytest.param(
+            {"status": 503, "body": "Service Unavailable"}, False, "try again", id="outage"
+        ),
+    ],
+)
+def test_check_reports_meta_answer(
+    make_mirror: Any, fake: FakeGraphAPI, fault: dict[str, Any] | None, ok: bool, hint: str | None
+) -> None:
+    mirror = make_mirror(dispatch="external")
+    if fault:
+        fake.fail_next(**fault)
+    result = mirror.check(test_event_code="TEST1")
+    assert result.ok is ok
+    if ok:
+        assert result.events_received == 1
+        assert fake.events[0].test_event_code == "TEST1"
+    else:
+        assert hint is not None
+        assert result.hint is not None
+        assert hint in result.hint
+        assert TOKEN not in (result.error or "")
+
+
+def run_python(code: str, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_sqlite_outbox_survives_sigkill_and_the_next_process_delivers_once(
+    tmp_path: Path,
+) -> None:
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as graph_url:
+        env = {
+            "PIXELMIRROR_PIXEL_ID": PIXEL,
+            "PIXELMIRROR_ACCESS_TOKEN": TOKEN,
+            "PIXELMIRROR_GRAPH_URL": graph_url,
+            "PIXELMIRROR_OUTBOX": f"sqlite:///{tmp_path / 'outbox.db'}",
+        }
+        writer = run_python(
+            """
+            import sys, time
+            from pixelmirror import PixelMirror
+            mirror = PixelMirror(dispatch="external")
+            for n in range(200):
+                event_id = mirror.send("Approval", action_source="system_generated",
+                                       user_data={"external_id": f"cust-{n}"})
+                print(event_id, flush=True)
+            print("queued", flush=True)
+            time.sleep(60)
+            """,
+            env,
+        )
+        assert writer.stdout is not None
+        ids = []
+        for line in writer.stdout:
+            if line.strip() == "queued":
+                break
+            ids.append(line.strip())
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
+        assert writer.returncode == -signal.SIGKILL
+        assert len(ids) == 200
+        assert fake.requests == []
+
+        sender = run_python(
+            """
+            from pixelmirror import PixelMirror
+            mirror = PixelMirror(flush_interval=0.05)
+            print(mirror.flush(timeout=30), mirror.stats().sent, flush=True)
+            """,
+            env,
+        )
+        out, _ = sender.communicate(timeout=60)
+    assert out.split() == ["True", "200"]
+    received = collections.Counter(fake.event_ids())
+    assert set(received) == set(ids)
+    assert max(received.values()) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_dispatcher(make_mirror: Any, tmp_path: Path) -> None:
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as graph_url:
+        mirror = make_mirror(
+            transport=None, graph_url=graph_url, outbox=f"sqlite:///{tmp_path / 'o.db'}"
+        )
+        parent_dispatcher = mirror.dispatcher
+        pid = os.fork()
+        if pid == 0:  # the child: like a gunicorn worker forked after the app was built
+            signal.alarm(30)  # a hung child must not hang the suite
+            try:
+                approval(mirror, 1)
+                ok = mirror.flush(timeout=20) and mirror.dispatcher is not parent_dispatcher
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(fake.events) == 1
+        assert mirror.dispatcher is parent_dispatcher
+        assert parent_dispatcher.running

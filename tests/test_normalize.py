@@ -1,0 +1,761 @@
+"""Tests for pixelmirror.normalize: Meta's user_data normalisation and hashing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+from types import MappingProxyType
+
+import pytest
+
+from pixelmirror import _geo
+from pixelmirror.normalize import (
+    HASHED_KEYS,
+    USER_DATA_KEYS,
+    WIRE_KEYS,
+    identifies_user,
+    normalize_user_data,
+    sha256_hex,
+)
+
+
+def h(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def one(key: str, value: object, **extra: object) -> object:
+    """The wire value that ``normalize_user_data`` makes of ``{key: value, **extra}``."""
+    wire = normalize_user_data({key: value, **extra})
+    return wire.get(USER_DATA_KEYS[key])
+
+
+# --------------------------------------------------------------------------------------------
+# sha256_hex and Meta's worked examples
+
+
+def test_sha256_hex_is_lowercase_hex_of_utf8() -> None:
+    assert sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert sha256_hex("valéry") == h("valéry")
+    assert sha256_hex("X") == sha256_hex("X").lower()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        pytest.param(
+            "em",
+            "John_Smith@gmail.com",
+            "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f",
+            id="em-John_Smith",
+        ),
+        pytest.param(
+            "ph",
+            "+1 (650) 555-1212",
+            "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176",
+            id="ph-us-number",
+        ),
+        pytest.param(
+            "fn",
+            "Mary",
+            "6915771be1c5aa0c886870b6951b03d7eafc121fea0e80a5ea83beb7c449f4ec",
+            id="fn-Mary",
+        ),
+        pytest.param(
+            "fn",
+            "정",
+            "8fa8cd9c440be61d0151429310034083132b35975c4bea67fdd74158eb51db14",
+            id="fn-korean",
+        ),
+        pytest.param(
+            "fn",
+            "Valéry",
+            "08e1996b5dd49e62a4b4c010d44e4345592a863bb9f8e3976219bac29417149c",
+            id="fn-Valery-accent",
+        ),
+        pytest.param(
+            "ge",
+            "f",
+            "252f10c83610ebca1a059c0bae8255eba2f95be4d1d7bcfa89d7248a82d9f111",
+            id="ge-f",
+        ),
+        pytest.param(
+            "country",
+            "US",
+            "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621",
+            id="country-US",
+        ),
+    ],
+)
+def test_worked_hashes_from_meta_docs(key: str, value: str, expected: str) -> None:
+    assert normalize_user_data({key: value}) == {key: expected}
+
+
+def test_worked_examples_together() -> None:
+    wire = normalize_user_data(
+        {
+            "email": "John_Smith@gmail.com",
+            "phone": "+1 (650) 555-1212",
+            "first_name": "Mary",
+            "gender": "f",
+            "country": "US",
+            "date_of_birth": "2/16/1997",
+            "city": "San Francisco",
+            "state": "CA",
+            "zip_code": "94025-1234",
+        }
+    )
+    assert wire == {
+        "em": "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f",
+        "ph": "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176",
+        "fn": "6915771be1c5aa0c886870b6951b03d7eafc121fea0e80a5ea83beb7c449f4ec",
+        "db": h("19970216"),
+        "ge": "252f10c83610ebca1a059c0bae8255eba2f95be4d1d7bcfa89d7248a82d9f111",
+        "ct": h("sanfrancisco"),
+        "st": h("ca"),
+        "zp": h("94025"),
+        "country": "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Rule tables, one per hashed key: (input key, raw value, normalised text before hashing)
+
+EMAIL_RULES = [
+    pytest.param("email", "John_Smith@gmail.com", "john_smith@gmail.com", id="long-name"),
+    pytest.param("em", "  Person@Example.COM\t", "person@example.com", id="trim-lower"),
+    pytest.param(
+        "em", "a.b+tag@sub.example.co.uk", "a.b+tag@sub.example.co.uk", id="plus-subdomain"
+    ),
+    pytest.param("em", "ÉLODIE@exemple.fr", "élodie@exemple.fr", id="unicode-local"),
+]
+
+PHONE_RULES = [
+    pytest.param("phone", "+1 (650) 555-1212", "16505551212", id="us-formatted"),
+    pytest.param("ph", "1.650.555.1212", "16505551212", id="dots"),
+    pytest.param("ph", "001 650 555 1212", "16505551212", id="double-zero-prefix"),
+    pytest.param("ph", "+44 844 412 4653", "448444124653", id="uk"),
+    pytest.param("ph", "tel: +49 30-1234567", "49301234567", id="letters-and-symbols"),
+    pytest.param("ph", "+44 (0)20 7946 0000", "442079460000", id="bracketed-trunk-zero"),
+    pytest.param("ph", "+49(0)30 1234567", "49301234567", id="bracketed-trunk-zero-tight"),
+    pytest.param("ph", 16505551212, "16505551212", id="int"),
+    pytest.param(
+        "ph",
+        "+\u0669\u0667\u0661 \u0665\u0660 \u0661\u0662\u0663 \u0664\u0665\u0666\u0667",
+        "971501234567",
+        id="arabic-indic-digits",
+    ),
+    pytest.param("ph", "1234567", "1234567", id="seven-digits-min"),
+    pytest.param("ph", "123456789012345", "123456789012345", id="fifteen-digits-max"),
+]
+
+NAME_RULES = [
+    pytest.param("first_name", "Mary", "mary", id="fn-long-name"),
+    pytest.param("fn", "  MARY  ", "mary", id="fn-trim-lower"),
+    pytest.param("ln", "O'Brien", "obrien", id="ln-apostrophe"),
+    pytest.param("last_name", "Smith-Jones", "smithjones", id="ln-hyphen"),
+    pytest.param("fn", "Mary  Ann", "mary ann", id="fn-inner-space-collapsed"),
+    pytest.param("fn", "Mary - Ann", "mary ann", id="fn-spaced-dash"),
+    pytest.param("fn", "José.", "josé", id="fn-accent-kept"),
+    pytest.param("fn", "Vale\u0301ry", "valéry", id="fn-decomposed-accent-nfc"),
+    pytest.param("ln", "Müller", "müller", id="ln-umlaut"),
+    pytest.param("ln", "Ιωάννου", "ιωάννου", id="ln-greek"),
+    pytest.param("fn", "गीता", "गीता", id="fn-devanagari-marks-kept"),
+    pytest.param("fn", "Mary_Ann!", "maryann", id="fn-underscore-bang"),
+]
+
+GENDER_RULES = [
+    pytest.param("gender", "f", "f", id="f"),
+    pytest.param("ge", "F", "f", id="F"),
+    pytest.param("ge", " Female ", "f", id="female"),
+    pytest.param("ge", "WOMAN", "f", id="woman"),
+    pytest.param("ge", "m", "m", id="m"),
+    pytest.param("ge", "Male", "m", id="male"),
+    pytest.param("ge", "man", "m", id="man"),
+    pytest.param("ge", "M.", "m", id="M-dot"),
+]
+
+DOB_RULES = [
+    pytest.param("date_of_birth", "2/16/1997", "19970216", id="us-worked-example"),
+    pytest.param("db", "02/16/1997", "19970216", id="us-padded"),
+    pytest.param("db", "02-16-1997", "19970216", id="us-dashes"),
+    pytest.param("db", "03/04/1997", "19970304", id="ambiguous-reads-us"),
+    pytest.param("db", "16/02/1997", "19970216", id="day-over-12-reads-dmy"),
+    pytest.param("db", "16.02.1997", "19970216", id="european-dots"),
+    pytest.param("db", "3.4.1997", "19970403", id="european-dots-short"),
+    pytest.param("db", "19970216", "19970216", id="compact"),
+    pytest.param("db", "1997-02-16", "19970216", id="iso"),
+    pytest.param("db", "1997/2/16", "19970216", id="year-first-slashes"),
+    pytest.param("db", " 1997.02.16 ", "19970216", id="year-first-dots-trimmed"),
+    pytest.param("db", dt.date(1997, 2, 16), "19970216", id="date"),
+    pytest.param("db", dt.datetime(1997, 2, 16, 13, 30), "19970216", id="datetime"),
+    pytest.param("db", 19970216, "19970216", id="int"),
+    pytest.param("db", "1900-01-01", "19000101", id="earliest"),
+    pytest.param("db", "2/29/2000", "20000229", id="leap-day"),
+]
+
+CITY_RULES = [
+    pytest.param("city", "San Francisco", "sanfrancisco", id="worked-example"),
+    pytest.param("ct", "St. Louis", "stlouis", id="punctuation"),
+    pytest.param("ct", "Winston-Salem", "winstonsalem", id="hyphen"),
+    pytest.param("ct", "São Paulo", "sãopaulo", id="accent-kept"),
+    pytest.param("ct", "  NEW   york ", "newyork", id="spaces"),
+    pytest.param("ct", "東京", "東京", id="cjk"),
+]
+
+STATE_RULES = [
+    pytest.param("state", "CA", {}, "ca", id="code-upper"),
+    pytest.param("st", "California", {}, "ca", id="us-name"),
+    pytest.param("st", " new york ", {}, "ny", id="us-name-spaces"),
+    pytest.param("st", "District of Columbia", {}, "dc", id="dc"),
+    pytest.param("st", "Washington D.C.", {}, "dc", id="washington-dc"),
+    pytest.param("st", "Washington", {}, "wa", id="washington-state"),
+    pytest.param("st", "Puerto Rico", {}, "pr", id="territory"),
+    pytest.param("st", "California", {"country": "US"}, "ca", id="us-name-country-us"),
+    pytest.param("st", "Georgia", {}, "ga", id="georgia-no-country"),
+    pytest.param("st", "Georgia", {"country": "GE"}, "georgia", id="georgia-country-ge"),
+    pytest.param("st", "Île-de-France", {"country": "FR"}, "îledefrance", id="non-us-name"),
+    pytest.param("st", "Ontario", {"country": "ca"}, "ontario", id="canada-name"),
+    pytest.param("st", "ON", {"country": "ca"}, "on", id="canada-code"),
+]
+
+ZIP_RULES = [
+    pytest.param("zip_code", "94025-1234", {}, "94025", id="zip4-no-country"),
+    pytest.param("zp", "940251234", {}, "94025", id="zip4-compact-no-country"),
+    pytest.param("zp", " 94025 ", {}, "94025", id="zip5-trimmed"),
+    pytest.param("zp", "94025-1234", {"country": "us"}, "94025", id="zip4-us"),
+    pytest.param("zp", "94025 1234", {"country": "USA"}, "94025", id="zip4-space-us"),
+    pytest.param("zp", "94025", {"country": h("us")}, "94025", id="zip5-hashed-us"),
+    pytest.param("zp", "SW1A 1AA", {"country": "GB"}, "sw1a1aa", id="uk-postcode"),
+    pytest.param("zp", "SW1A 1AA", {}, "sw1a1aa", id="uk-postcode-no-country"),
+    pytest.param("zp", "01310-100", {"country": "br"}, "01310100", id="brazil-cep"),
+    pytest.param("zp", "12345-6789", {"country": "ca"}, "123456789", id="non-us-nine-digits-kept"),
+    pytest.param("zp", "K1A 0B1", {"country": "ca"}, "k1a0b1", id="canada"),
+]
+
+COUNTRY_RULES = [
+    pytest.param("country", "US", "us", id="alpha2-upper"),
+    pytest.param("country_code", "us", "us", id="country_code-alias"),
+    pytest.param("country", "USA", "us", id="alpha3"),
+    pytest.param("country", "U.S.A.", "us", id="alpha3-dots"),
+    pytest.param("country", "United States", "us", id="name"),
+    pytest.param("country", "united states of america", "us", id="official-name"),
+    pytest.param("country", "United Kingdom", "gb", id="uk-name"),
+    pytest.param("country", "UK", "gb", id="uk-alias"),
+    pytest.param("country", "GBR", "gb", id="gbr"),
+    pytest.param("country", "Deutschland", "de", id="deutschland"),
+    pytest.param("country", "Germany", "de", id="germany"),
+    pytest.param("country", "The Netherlands", "nl", id="the-prefix"),
+    pytest.param("country", "Cote d'Ivoire", "ci", id="accent-folded"),
+    pytest.param("country", "Côte d\u2019Ivoire", "ci", id="accent-curly-apostrophe"),
+    pytest.param("country", "South Korea", "kr", id="common-name"),
+    pytest.param("country", "Россия", "ru", id="native-cyrillic"),
+    pytest.param("country", " fr ", "fr", id="trimmed"),
+]
+
+EXTERNAL_ID_RULES = [
+    pytest.param("external_id", " User-123 ", "user-123", id="trim-lower"),
+    pytest.param("external_id", 12345, "12345", id="int"),
+    pytest.param(
+        "external_id",
+        "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
+        "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
+        id="md5-like-is-hashed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), EMAIL_RULES)
+def test_email(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), PHONE_RULES)
+def test_phone(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), NAME_RULES)
+def test_names(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), GENDER_RULES)
+def test_gender(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), DOB_RULES)
+def test_date_of_birth(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), CITY_RULES)
+def test_city(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "extra", "normalised"), STATE_RULES)
+def test_state(key: str, value: object, extra: dict[str, object], normalised: str) -> None:
+    assert one(key, value, **extra) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "extra", "normalised"), ZIP_RULES)
+def test_zip(key: str, value: object, extra: dict[str, object], normalised: str) -> None:
+    assert one(key, value, **extra) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), COUNTRY_RULES)
+def test_country(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+@pytest.mark.parametrize(("key", "value", "normalised"), EXTERNAL_ID_RULES)
+def test_external_id(key: str, value: object, normalised: str) -> None:
+    assert one(key, value) == h(normalised)
+
+
+def test_every_iso_country_code_and_alpha3_is_known() -> None:
+    for alpha2, alpha3, *_names in _geo.COUNTRIES:
+        assert one("country", alpha2.upper()) == h(alpha2)
+        assert one("country", alpha3.upper()) == h(alpha2)
+    assert len(_geo.COUNTRIES) == 249
+
+
+def test_every_us_state_name_maps_to_its_code() -> None:
+    for code, name in _geo.US_STATES:
+        assert one("st", name) == h(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Values that are already SHA-256 hashes
+
+HASH = "62A14E44F765419D10FEA99367361A727C12365E2520F32218D505ED9AA0F62F"
+
+
+@pytest.mark.parametrize("key", sorted(HASHED_KEYS), ids=sorted(HASHED_KEYS))
+def test_sha256_hex_passes_through_lowercased(key: str) -> None:
+    assert normalize_user_data({key: HASH}) == {key: HASH.lower()}
+    assert normalize_user_data({key: f"  {HASH.lower()} "}) == {key: HASH.lower()}
+
+
+def test_sha256_in_a_list_passes_through() -> None:
+    assert normalize_user_data({"em": [HASH, "john_smith@gmail.com"]}) == {"em": [HASH.lower()]}
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-valued keys
+
+
+@pytest.mark.parametrize(
+    ("user_data", "expected"),
+    [
+        pytest.param(
+            {"email": ["a@example.com", "b@example.com"]},
+            {"em": [h("a@example.com"), h("b@example.com")]},
+            id="list",
+        ),
+        pytest.param(
+            {"em": ("b@example.com", "a@example.com")},
+            {"em": [h("b@example.com"), h("a@example.com")]},
+            id="tuple-order-kept",
+        ),
+        pytest.param(
+            {"em": ["A@Example.com", "a@example.com ", "b@example.com"]},
+            {"em": [h("a@example.com"), h("b@example.com")]},
+            id="deduplicated-after-normalising",
+        ),
+        pytest.param(
+            {"ph": ["+1 650 555 1212"]},
+            {"ph": [h("16505551212")]},
+            id="one-element-list-stays-a-list",
+        ),
+        pytest.param(
+            {"em": "a@example.com"},
+            {"em": h("a@example.com")},
+            id="single-value-is-a-string",
+        ),
+        pytest.param(
+            {"email": "a@example.com", "em": "b@example.com"},
+            {"em": [h("a@example.com"), h("b@example.com")]},
+            id="two-names-for-one-key-merge",
+        ),
+        pytest.param(
+            {"em": [None, "a@example.com", None]},
+            {"em": [h("a@example.com")]},
+            id="none-items-skipped",
+        ),
+        pytest.param(
+            {"country": ["US", "USA", "United States"]},
+            {"country": [h("us")]},
+            id="country-aliases-dedup",
+        ),
+        pytest.param(
+            {"ge": ["female", "f", "F"], "fn": ["Mary", "Ann"]},
+            {"fn": [h("mary"), h("ann")], "ge": [h("f")]},
+            id="several-keys",
+        ),
+        pytest.param({"em": []}, {}, id="empty-list-absent"),
+    ],
+)
+def test_multi_valued(user_data: dict[str, object], expected: dict[str, object]) -> None:
+    assert normalize_user_data(user_data) == expected
+
+
+def test_list_with_some_values_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        wire = normalize_user_data({"em": ["garbage-address", "a@example.com"]})
+    assert wire == {"em": [h("a@example.com")]}
+    assert "user_data['em'][0]" in caplog.text
+    assert "garbage-address" not in caplog.text
+
+
+def test_list_with_every_value_dropped_is_absent(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        wire = normalize_user_data({"em": ["garbage-one", "garbage-two"], "fbp": "fb.1.1.1"})
+    assert wire == {"fbp": "fb.1.1.1"}
+    assert len(caplog.records) == 2
+    assert "garbage" not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Dropped values: key absent, warning logged, raw value never in the log
+
+FUTURE = (dt.date.today() + dt.timedelta(days=2)).strftime("%Y-%m-%d")
+
+DROPPED = [
+    pytest.param("email", "not-an-email-address", "email address", id="em-no-at"),
+    pytest.param("em", "someone@localhost", "email address", id="em-no-tld"),
+    pytest.param("em", "two@ats@example.com", "email address", id="em-two-ats"),
+    pytest.param("em", "spaced out@example.com", "email address", id="em-space"),
+    pytest.param("phone", "55-1212", "digits", id="ph-too-short"),
+    pytest.param("ph", "+1 234 567 890 123 456 789", "digits", id="ph-too-long"),
+    pytest.param("ph", "call-me-maybe", "digits", id="ph-no-digits"),
+    pytest.param("ph", "000000000", "digits", id="ph-only-zeros"),
+    pytest.param("fn", "!!!---", "punctuation", id="fn-only-punctuation"),
+    pytest.param("ln", "...", "punctuation", id="ln-only-dots"),
+    pytest.param("gender", "nonbinary-xyz", "gender", id="ge-unknown-word"),
+    pytest.param("ge", "q", "gender", id="ge-unknown-letter"),
+    pytest.param("db", "1899-12-31", "1900", id="db-before-1900"),
+    pytest.param("db", FUTURE, "1900 and today", id="db-future"),
+    pytest.param("db", "2/30/1997", "calendar", id="db-feb-30"),
+    pytest.param("db", "13/13/1997", "calendar", id="db-month-13"),
+    pytest.param("db", "1997-02-16T10:00:00", "format", id="db-iso-datetime"),
+    pytest.param("db", "97-02-16", "format", id="db-two-digit-year"),
+    pytest.param("db", "Feb 16 1997", "format", id="db-words"),
+    pytest.param("db", "1997-02/16", "format", id="db-mixed-separators"),
+    pytest.param("db", dt.date(1850, 5, 5), "1900", id="db-date-too-old"),
+    pytest.param("ct", "--- ...", "punctuation", id="ct-only-punctuation"),
+    pytest.param("st", "?!", "punctuation", id="st-only-punctuation"),
+    pytest.param("zp", " - - ", "dashes", id="zp-only-dashes"),
+    pytest.param("country", "Narnia", "country", id="country-unknown-name"),
+    pytest.param("country", "XX", "country", id="country-unassigned-code"),
+    pytest.param("country", "ZZZ", "country", id="country-unknown-alpha3"),
+    pytest.param("client_ip_address", "999.1.2.3", "IP", id="ip-octet-out-of-range"),
+    pytest.param("client_ip_address", "not.an.ip.addr", "IP", id="ip-garbage"),
+    pytest.param("client_ip_address", "2001:db8::g", "IP", id="ipv6-bad-hex"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), DROPPED)
+def test_unusable_value_is_dropped_with_warning(
+    caplog: pytest.LogCaptureFixture, key: str, value: object, reason: str
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="pixelmirror"):
+        wire = normalize_user_data({key: value, "fbp": "fb.1.1554763741205.1098115397"})
+    assert USER_DATA_KEYS[key] not in wire
+    assert wire == {"fbp": "fb.1.1554763741205.1098115397"}
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    record = caplog.records[0]
+    assert record.name == "pixelmirror"
+    message = record.getMessage()
+    assert f"user_data[{key!r}]" in message
+    assert reason in message
+    assert str(value) not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Skipped silently: None and empty values
+
+
+def test_none_and_empty_values_skipped_silently(caplog: pytest.LogCaptureFixture) -> None:
+    user_data: dict[str, object] = {
+        "em": None,
+        "ph": "",
+        "fn": "   ",
+        "ln": [],
+        "db": (),
+        "ct": [None, ""],
+        "client_user_agent": "",
+        "fbc": "  ",
+        "lead_id": None,
+    }
+    with caplog.at_level(logging.DEBUG, logger="pixelmirror"):
+        assert normalize_user_data(user_data) == {}
+    assert caplog.records == []
+
+
+def test_empty_mapping() -> None:
+    assert normalize_user_data({}) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# Programming errors: unknown key, wrong type
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["mail", "EMAIL", "zip", "ip", "user_agent", "phone_number", ""],
+    ids=["mail", "EMAIL-upper", "zip", "ip", "user_agent", "phone_number", "empty"],
+)
+def test_unknown_key_raises(key: str) -> None:
+    with pytest.raises(ValueError, match="unknown user_data key") as info:
+        normalize_user_data({"em": "a@example.com", key: "x"})
+    message = str(info.value)
+    assert repr(key) in message
+    for accepted in ("email", "em", "client_ip_address", "country_code", "fbc"):
+        assert accepted in message
+
+
+def test_non_string_key_raises() -> None:
+    bad: dict[object, object] = {1: "x"}
+    with pytest.raises(ValueError, match="unknown user_data key 1"):
+        normalize_user_data(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("em", 123, id="em-int"),
+        pytest.param("email", b"a@example.com", id="em-bytes"),
+        pytest.param("em", {"a": 1}, id="em-dict"),
+        pytest.param("em", ["a@example.com", ["nested@example.com"]], id="em-nested-list"),
+        pytest.param("em", {"a@example.com"}, id="em-set"),
+        pytest.param("ph", 1.5, id="ph-float"),
+        pytest.param("fn", True, id="fn-bool"),
+        pytest.param("ph", True, id="ph-bool"),
+        pytest.param("zp", 94025, id="zp-int-loses-leading-zeros"),
+        pytest.param("db", 1997.0, id="db-float"),
+        pytest.param("ge", dt.date(2000, 1, 1), id="ge-date"),
+        pytest.param("country", 840, id="country-int"),
+        pytest.param("client_user_agent", ["Mozilla/5.0"], id="ua-list"),
+        pytest.param("client_user_agent", 5, id="ua-int"),
+        pytest.param("fbc", 1, id="fbc-int"),
+        pytest.param("fbp", ["fb.1.1.1"], id="fbp-list"),
+        pytest.param("client_ip_address", 3232235777, id="ip-int"),
+        pytest.param("lead_id", 1.0, id="lead_id-float"),
+        pytest.param("subscription_id", ["1"], id="subscription_id-list"),
+    ],
+)
+def test_wrong_type_raises_naming_the_key(key: str, value: object) -> None:
+    with pytest.raises(ValueError, match="must be") as info:
+        normalize_user_data({key: value})
+    assert f"user_data[{key!r}]" in str(info.value)
+
+
+def test_wrong_type_message_does_not_echo_the_value() -> None:
+    with pytest.raises(ValueError, match="bytes") as info:
+        normalize_user_data({"email": b"secret@example.com"})
+    assert "secret" not in str(info.value)
+    assert "bytes" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys sent in clear
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("fbc", "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz", id="fbc-case-kept"),
+        pytest.param("fbc", "fb.1.1554763741205.IwAR2F4-dbP0l7Mn.Ab12Cd34", id="fbc-appendix"),
+        pytest.param("fbp", "fb.1.1596403881668.1116446470", id="fbp"),
+        pytest.param(
+            "client_user_agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+            id="user-agent",
+        ),
+        pytest.param("subscription_id", "Sub-ABC-123", id="subscription_id"),
+        pytest.param("fb_login_id", "1234567890", id="fb_login_id"),
+        pytest.param("lead_id", 1234567890123456, id="lead_id-int"),
+        pytest.param("lead_id", "1234567890123456", id="lead_id-str"),
+        pytest.param("fbc", HASH, id="fbc-64-hex-not-lowercased"),
+    ],
+)
+def test_never_hashed_kept_verbatim(key: str, value: object) -> None:
+    assert normalize_user_data({key: value}) == {key: value}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            "2001:0DB8:0000:0000:0000:0000:0000:0001", "2001:db8::1", id="ipv6-compressed"
+        ),
+        pytest.param("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1", id="ipv6-first-zero-run"),
+        pytest.param("FE80::1%eth0", "fe80::1", id="ipv6-zone-dropped"),
+        pytest.param("::ffff:203.0.113.7", "203.0.113.7", id="ipv4-mapped-unwrapped"),
+        pytest.param(" 203.0.113.7 ", "203.0.113.7", id="ipv4-trimmed"),
+        pytest.param("::1", "::1", id="ipv6-loopback"),
+        pytest.param(ipaddress.ip_address("2001:db8::5"), "2001:db8::5", id="ipv6-object"),
+        pytest.param(ipaddress.ip_address("198.51.100.1"), "198.51.100.1", id="ipv4-object"),
+    ],
+)
+def test_client_ip_address(value: object, expected: str) -> None:
+    assert normalize_user_data({"client_ip_address": value}) == {"client_ip_address": expected}
+
+
+# --------------------------------------------------------------------------------------------
+# Keys and output order
+
+
+def test_user_data_keys_cover_every_wire_key() -> None:
+    assert set(USER_DATA_KEYS.values()) == set(WIRE_KEYS)
+    for wire in WIRE_KEYS:
+        assert USER_DATA_KEYS[wire] == wire
+    long_names = {
+        "email": "em",
+        "phone": "ph",
+        "first_name": "fn",
+        "last_name": "ln",
+        "date_of_birth": "db",
+        "gender": "ge",
+        "city": "ct",
+        "state": "st",
+        "zip_code": "zp",
+        "country_code": "country",
+    }
+    for name, wire in long_names.items():
+        assert USER_DATA_KEYS[name] == wire
+    assert {
+        "em",
+        "ph",
+        "fn",
+        "ln",
+        "db",
+        "ge",
+        "ct",
+        "st",
+        "zp",
+        "country",
+        "external_id",
+    } == HASHED_KEYS
+
+
+def test_output_follows_wire_key_order_whatever_the_input_order() -> None:
+    user_data: dict[str, object] = {
+        "lead_id": 1,
+        "fb_login_id": "2",
+        "subscription_id": "3",
+        "fbp": "fb.1.1.1",
+        "fbc": "fb.1.1.abc",
+        "client_user_agent": "UA",
+        "client_ip_address": "203.0.113.7",
+        "external_id": "u1",
+        "country": "us",
+        "zip_code": "94025",
+        "state": "ca",
+        "city": "Menlo Park",
+        "gender": "m",
+        "date_of_birth": "1990-01-01",
+        "last_name": "Smith",
+        "first_name": "John",
+        "phone": "16505551212",
+        "email": "john@example.com",
+    }
+    wire = normalize_user_data(user_data)
+    assert list(wire) == list(WIRE_KEYS)
+    assert list(normalize_user_data(dict(reversed(user_data.items())))) == list(WIRE_KEYS)
+
+
+def test_input_mapping_not_modified_and_any_mapping_accepted() -> None:
+    user_data = {"email": ["A@example.com"], "country": "US"}
+    wire = normalize_user_data(MappingProxyType(user_data))
+    assert wire == {"em": [h("a@example.com")], "country": h("us")}
+    assert user_data == {"email": ["A@example.com"], "country": "US"}
+
+
+# --------------------------------------------------------------------------------------------
+# identifies_user: Meta's insufficient sets
+
+_WEAK_SETS = [
+    pytest.param({"ct", "country", "st", "zp", "ge", "client_user_agent"}, id="location-set"),
+    pytest.param({"db", "client_user_agent"}, id="db-ua-set"),
+    pytest.param({"fn", "ge"}, id="fn-ge-set"),
+    pytest.param({"ln", "ge"}, id="ln-ge-set"),
+]
+
+
+@pytest.mark.parametrize("keys", _WEAK_SETS)
+def test_identifies_user_rejects_each_insufficient_set_exactly(keys: set[str]) -> None:
+    assert not identifies_user(keys)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param({"ct", "zp"}, id="location-subset"),
+        pytest.param({"client_user_agent"}, id="ua-alone"),
+        pytest.param({"db"}, id="db-alone"),
+        pytest.param({"fn"}, id="fn-alone"),
+        pytest.param({"ge"}, id="ge-alone"),
+    ],
+)
+def test_identifies_user_rejects_subsets(keys: set[str]) -> None:
+    assert not identifies_user(keys)
+
+
+@pytest.mark.parametrize(
+    "user_data",
+    [
+        pytest.param(
+            {
+                "city": "Menlo Park",
+                "country": "US",
+                "state": "CA",
+                "zip_code": "94025",
+                "gender": "f",
+                "client_user_agent": "UA",
+                "email": "mary@example.com",
+            },
+            id="location-set-plus-em",
+        ),
+        pytest.param(
+            {"date_of_birth": "1990-01-01", "client_user_agent": "UA", "em": "m@example.com"},
+            id="db-ua-set-plus-em",
+        ),
+        pytest.param({"fn": "Mary", "ge": "f", "em": "mary@example.com"}, id="fn-ge-plus-em"),
+        pytest.param({"ln": "Smith", "ge": "f", "email": "mary@example.com"}, id="ln-ge-plus-em"),
+    ],
+)
+def test_identifies_user_accepts_superset_with_valid_email(user_data: dict[str, object]) -> None:
+    wire = normalize_user_data(user_data)
+    assert "em" in wire
+    assert identifies_user(wire)
+
+
+def test_identifies_user_invalid_email_does_not_rescue_a_weak_set() -> None:
+    wire = normalize_user_data({"fn": "Mary", "ge": "f", "em": "not-an-email"})
+    assert "em" not in wire
+    assert not identifies_user(wire)
+
+
+def test_identifies_user_rejects_empty() -> None:
+    assert not identifies_user(set())
+    assert not identifies_user(normalize_user_data({}))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param({"em"}, id="em"),
+        pytest.param({"ph"}, id="ph"),
+        pytest.param({"external_id"}, id="external_id"),
+        pytest.param({"fbp", "client_user_agent"}, id="fbp-ua"),
+        pytest.param({"fn", "ln"}, id="fn-ln"),
+        pytest.param({"client_ip_address", "client_user_agent"}, id="ip-ua"),
+    ],
+)
+def test_identifies_user_accepts_identifying_keys(keys: set[str]) -> None:
+    assert identifies_user(keys)

@@ -1,0 +1,653 @@
+"""The outbox contract, run against every backend, then what only SQLite promises.
+
+A new backend joins the contract suite with one entry in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pixelmirror.events import ServerEvent
+from pixelmirror.outbox import Claimed, MemoryOutbox, Outbox, OutboxCounts, open_outbox
+from pixelmirror.outbox import sqlite as sqlite_outbox
+from pixelmirror.outbox.sqlite import SQLiteOutbox
+
+MakeEvent = Callable[..., ServerEvent]
+OutboxFactory = Callable[..., Outbox]
+HOUR = 3600.0
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | None) -> Outbox:
+    return MemoryOutbox() if max_events is None else MemoryOutbox(max_events=max_events)
+
+
+def _sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | None) -> Outbox:
+    return SQLiteOutbox(tmp_path / "outbox.db", max_events=max_events)
+
+
+def _sqlite_no_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | None
+) -> Outbox:
+    # The SELECT-then-UPDATE claim used where SQLite predates RETURNING.
+    monkeypatch.setattr(sqlite_outbox, "_RETURNING", False)
+    return _sqlite(tmp_path, monkeypatch, max_events)
+
+
+BACKENDS: dict[str, Callable[[Path, pytest.MonkeyPatch, int | None], Outbox]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "sqlite-no-returning": _sqlite_no_returning,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def outbox_factory(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OutboxFactory]:
+    opened: list[Outbox] = []
+
+    def make(*, max_events: int | None = None) -> Outbox:
+        outbox = BACKENDS[backend](tmp_path, monkeypatch, max_events)
+        opened.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in opened:
+        outbox.close()
+
+
+@pytest.fixture
+def outbox(outbox_factory: OutboxFactory) -> Outbox:
+    return outbox_factory()
+
+
+def ids(items: Iterable[Claimed | ServerEvent]) -> list[str]:
+    return [(item if isinstance(item, ServerEvent) else item.event).event_id for item in items]
+
+
+def counts(pending: int = 0, in_flight: int = 0, dead: int = 0, dropped: int = 0) -> OutboxCounts:
+    return OutboxCounts(pending=pending, in_flight=in_flight, dead=dead, dropped=dropped)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+
+def test_claim_returns_events_unchanged_in_put_order(outbox: Outbox, make_event: MakeEvent) -> None:
+    first = make_event(payload='{"name": "Zoë"}'.encode(), test_event_code=None)
+    rest = [make_event(), make_event()]
+    assert outbox.put([first]) == 1
+    assert outbox.put(rest) == 2
+
+    claims = outbox.claim(10, lease=HOUR)
+
+    assert [claim.event for claim in claims] == [first, *rest]
+    assert [claim.attempts for claim in claims] == [0, 0, 0]
+    assert len({claim.receipt for claim in claims}) == 3
+    assert outbox.claim(10, lease=HOUR) == []
+
+
+def test_put_of_nothing_takes_nothing(outbox: Outbox) -> None:
+    assert outbox.put([]) == 0
+    assert outbox.counts() == counts()
+
+
+def test_a_claim_holds_one_pixel_and_one_test_code(outbox: Outbox, make_event: MakeEvent) -> None:
+    events = [
+        make_event("1", event_id="a1"),
+        make_event("2", event_id="b1"),
+        make_event("1", event_id="a2"),
+        make_event("1", "TEST42", event_id="t1"),
+        make_event("1", event_id="a3"),
+    ]
+    outbox.put(events)
+
+    assert ids(outbox.claim(10, lease=HOUR)) == ["a1", "a2", "a3"]  # oldest batch key first
+    assert ids(outbox.claim(10, lease=HOUR)) == ["b1"]
+    test_batch = outbox.claim(10, lease=HOUR)
+    assert ids(test_batch) == ["t1"]
+    assert test_batch[0].event.test_event_code == "TEST42"
+    assert outbox.claim(10, lease=HOUR) == []
+
+
+def test_claim_takes_at_most_limit(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event(event_id=f"e{n}") for n in range(5)])
+
+    assert outbox.claim(0, lease=HOUR) == []
+    assert ids(outbox.claim(2, lease=HOUR)) == ["e0", "e1"]
+    assert ids(outbox.claim(2, lease=HOUR)) == ["e2", "e3"]
+    assert ids(outbox.claim(2, lease=HOUR)) == ["e4"]
+
+
+def test_claim_never_takes_a_skipped_pixel(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event("1", event_id="a"), make_event("2", event_id="b")])
+
+    assert ids(outbox.claim(10, lease=HOUR, skip_pixels={"1"})) == ["b"]
+    assert outbox.claim(10, lease=HOUR, skip_pixels=["1", "3"]) == []
+    assert ids(outbox.claim(10, lease=HOUR)) == ["a"]
+
+
+def test_ack_forgets(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event(), make_event()])
+    claims = outbox.claim(10, lease=HOUR)
+
+    outbox.ack(claims[:1])
+    assert outbox.counts() == counts(in_flight=1)
+    outbox.ack(claims)  # acking twice is harmless
+    assert outbox.counts() == counts()
+    assert outbox.claim(10, lease=0) == []
+
+
+def test_release_makes_events_claimable_after_the_delay(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    outbox.put([make_event(event_id="soon"), make_event(event_id="later")])
+    soon, later = outbox.claim(10, lease=HOUR)
+
+    outbox.release([soon], delay=0)
+    outbox.release([later], delay=HOUR)
+
+    assert outbox.counts() == counts(pending=2)
+    assert ids(outbox.claim(10, lease=HOUR)) == ["soon"]
+    assert outbox.claim(10, lease=HOUR) == []
+    assert outbox.counts() == counts(pending=1, in_flight=1)
+
+
+def test_failed_attempts_are_counted(outbox: Outbox, make_event: MakeEvent) -> None:
+    event = make_event()
+    outbox.put([event])
+
+    attempts = []
+    for failed in (True, False, True):
+        (claim,) = outbox.claim(1, lease=HOUR)
+        assert claim.event == event  # same event_id, event_time and bytes on every retry
+        attempts.append(claim.attempts)
+        outbox.release([claim], delay=0, failed=failed)
+    attempts.append(outbox.claim(1, lease=HOUR)[0].attempts)
+
+    assert attempts == [0, 1, 1, 2]
+
+
+def test_an_expired_lease_is_claimed_again_and_the_stale_receipt_changes_nothing(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    outbox.put([make_event(event_id="e")])
+    (stale,) = outbox.claim(10, lease=0)  # this sender "dies": its lease is already over
+
+    (fresh,) = outbox.claim(10, lease=HOUR)
+    assert fresh.event == stale.event
+    assert fresh.receipt != stale.receipt
+
+    outbox.ack([stale])
+    outbox.release([stale], delay=0)
+    outbox.bury([stale], "too late")
+    assert outbox.counts() == counts(in_flight=1)
+    assert outbox.claim(10, lease=HOUR) == []
+
+    outbox.ack([fresh])
+    assert outbox.counts() == counts()
+
+
+def test_expired_leases_come_back_in_order(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event(event_id=f"e{n}") for n in range(3)])
+    outbox.claim(10, lease=0)
+
+    assert ids(outbox.claim(10, lease=HOUR)) == ["e0", "e1", "e2"]
+
+
+def test_bury_keeps_dead_letters_and_replay_brings_them_back(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    outbox.put([make_event(event_id=f"e{n}") for n in range(3)])
+    first = outbox.claim(10, lease=HOUR)
+    outbox.release(first[:1], delay=0)  # one failed attempt before it dies
+    e1, e2 = first[1:]
+    (e0,) = outbox.claim(10, lease=HOUR)
+    assert e0.attempts == 1
+
+    before = time.time()
+    outbox.bury([e0], "bad value")
+    outbox.bury([e1], "bad currency")
+    after = time.time()
+
+    assert outbox.counts() == counts(in_flight=1, dead=2)
+    letters = outbox.dead_letters()
+    assert [(letter.event.event_id, letter.reason) for letter in letters] == [
+        ("e1", "bad currency"),
+        ("e0", "bad value"),
+    ]  # newest first
+    assert letters[1].event == e0.event
+    assert all(before <= letter.died_at <= after for letter in letters)
+    assert ids([letter.event for letter in outbox.dead_letters(limit=1)]) == ["e1"]
+
+    assert outbox.replay_dead() == 2
+    assert outbox.dead_letters() == []
+    assert outbox.counts() == counts(pending=2, in_flight=1)
+    replayed = outbox.claim(10, lease=HOUR)
+    assert ids(replayed) == ["e0", "e1"]
+    assert [claim.attempts for claim in replayed] == [0, 0]  # a replay starts afresh
+    outbox.ack([*replayed, e2])
+    assert outbox.counts() == counts()
+
+
+def test_replay_with_no_dead_letters(outbox: Outbox) -> None:
+    assert outbox.dead_letters() == []
+    assert outbox.replay_dead() == 0
+
+
+def test_counts_at_each_step(outbox: Outbox, make_event: MakeEvent) -> None:
+    assert outbox.counts() == counts()
+    outbox.put([make_event() for _ in range(4)])
+    assert outbox.counts() == counts(pending=4)
+    claims = outbox.claim(3, lease=HOUR)
+    assert outbox.counts() == counts(pending=1, in_flight=3)
+    outbox.ack(claims[:1])
+    assert outbox.counts() == counts(pending=1, in_flight=2)
+    outbox.release(claims[1:2], delay=HOUR)
+    assert outbox.counts() == counts(pending=2, in_flight=1)
+    outbox.bury(claims[2:], "rejected")
+    assert outbox.counts() == counts(pending=2, dead=1)
+    assert counts(pending=2, in_flight=1).unfinished == 3
+
+
+def test_a_full_outbox_drops_and_counts(
+    outbox_factory: OutboxFactory, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = outbox_factory(max_events=2)
+
+    with caplog.at_level(logging.ERROR, logger="pixelmirror"):
+        assert outbox.put([make_event(event_id=f"e{n}") for n in range(3)]) == 2
+
+    assert outbox.counts() == counts(pending=2, dropped=1)
+    assert "dropped 1 event" in caplog.text
+    outbox.ack(outbox.claim(1, lease=HOUR))
+    assert outbox.put([make_event(event_id="e3"), make_event(event_id="e4")]) == 1
+    assert outbox.counts() == counts(pending=2, dropped=2)
+    assert ids(outbox.claim(10, lease=HOUR)) == ["e1", "e3"]
+
+
+def test_threads_claim_disjoint_batches(outbox: Outbox, make_event: MakeEvent) -> None:
+    expected = {f"e{n}" for n in range(400)}
+    outbox.put([make_event(event_id=event_id) for event_id in sorted(expected)])
+    seen: list[list[str]] = [[] for _ in range(4)]
+
+    def drain(mine: list[str]) -> None:
+        while batch := outbox.claim(7, lease=HOUR):
+            mine.extend(ids(batch))
+            outbox.ack(batch)
+
+    threads = [threading.Thread(target=drain, args=(mine,)) for mine in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    everything = [event_id for mine in seen for event_id in mine]
+    assert len(everything) == len(set(everything)) == len(expected)
+    assert set(everything) == expected
+    assert outbox.counts() == counts()
+
+
+def test_close_twice(outbox: Outbox) -> None:
+    outbox.close()
+    outbox.close()
+
+
+# -- SQLite only ----------------------------------------------------------------------------
+
+
+def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    relative = open_outbox("sqlite:///data/rel.db")
+    assert isinstance(relative, SQLiteOutbox)
+    assert relative.url == "sqlite:///data/rel.db"
+    assert (tmp_path / "data" / "rel.db").exists()
+    relative.close()
+
+    absolute = SQLiteOutbox.from_url(
+        f"sqlite:///{tmp_path}/abs.db?synchronous=full&max_events=10&timeout=0.5"
+    )
+    assert str(tmp_path).startswith("/")
+    assert absolute.path == f"{tmp_path}/abs.db"
+    assert (absolute.max_events, absolute.timeout) == (10, 0.5)
+    conn = absolute._conn
+    assert conn is not None
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    absolute.close()
+
+    default = SQLiteOutbox(tmp_path / "default.db")
+    assert default.url == f"sqlite:///{tmp_path}/default.db"
+    assert default._conn is not None
+    assert default._conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    default.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("sqlite://host/x.db", "looks like"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///x.db?max_evnts=5", "unknown SQLite outbox option"),
+        ("sqlite:///x.db?synchronous=off", "synchronous"),
+        ("sqlite:///x.db?max_events=ten", "max_events"),
+        ("sqlite:///x.db?max_events=0", "max_events must be positive"),
+        ("sqlite:///x.db?timeout=-1", "timeout"),
+    ],
+    ids=[
+        "host",
+        "no-path",
+        "unknown-option",
+        "synchronous",
+        "max-events-nan",
+        "max-events-0",
+        "timeout",
+    ],
+)
+def test_bad_urls_fail_at_construction(
+    url: str, complaint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=complaint):
+        SQLiteOutbox.from_url(url)
+
+
+def test_an_unopenable_path_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        SQLiteOutbox(tmp_path)  # a directory
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    SQLiteOutbox(tmp_path / "o.db").close()
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="upgrade pixelmirror"):
+        SQLiteOutbox(tmp_path / "o.db")
+
+
+def test_everything_survives_reopening(tmp_path: Path, make_event: MakeEvent) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    outbox.put([make_event(event_id=f"e{n}", test_event_code="T1") for n in range(4)])
+    claims = outbox.claim(3, lease=HOUR)
+    outbox.bury(claims[:1], "rejected")
+    outbox.release(claims[1:2], delay=0)
+    outbox.close()
+
+    reopened = SQLiteOutbox(tmp_path / "o.db")
+    assert reopened.counts() == counts(pending=2, in_flight=1, dead=1)
+    assert [letter.reason for letter in reopened.dead_letters()] == ["rejected"]
+    reopened.ack(claims[2:])  # receipts outlive the connection that issued them
+    again = reopened.claim(10, lease=HOUR)
+    assert ids(again) == ["e1", "e3"]
+    assert [claim.attempts for claim in again] == [1, 0]
+    assert again[0].event == claims[1].event
+    reopened.close()
+
+
+def test_lease_expiry_counts_as_pending(tmp_path: Path, make_event: MakeEvent) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    outbox.put([make_event(), make_event()])
+    outbox.claim(1, lease=0)
+    outbox.claim(1, lease=HOUR)
+    assert outbox.counts() == counts(pending=1, in_flight=1)
+    outbox.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_lease_runs_on_the_wall_clock(
+    tmp_path: Path, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(sqlite_outbox, "time", clock)  # this module's clock only
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    outbox.put([make_event()])
+    (claim,) = outbox.claim(1, lease=30)
+
+    clock.now += 29.9
+    assert outbox.claim(1, lease=30) == []
+    assert outbox.counts() == counts(in_flight=1)
+    clock.now += 0.1
+    assert outbox.counts() == counts(pending=1)
+    outbox.release([claim], delay=10)  # the owner answers in time: still its claim
+    clock.now += 9.9
+    assert outbox.claim(1, lease=30) == []
+    clock.now += 0.1
+    assert len(outbox.claim(1, lease=30)) == 1
+    outbox.close()
+
+
+def _run_python(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+CLAIMER = """
+import json, sys
+from pixelmirror.outbox.sqlite import SQLiteOutbox
+
+outbox = SQLiteOutbox(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+seen = []
+while batch := outbox.claim(int(sys.argv[2]), lease=3600):
+    seen += [claim.event.event_id for claim in batch]
+    outbox.ack(batch)
+outbox.close()
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_processes_claim_disjoint_batches(tmp_path: Path, make_event: MakeEvent) -> None:
+    path = tmp_path / "o.db"
+    outbox = SQLiteOutbox(path)
+    expected = {f"e{n}" for n in range(600)}
+    assert outbox.put([make_event(event_id=event_id) for event_id in sorted(expected)]) == 600
+
+    workers = [_run_python(CLAIMER, str(path), "7") for _ in range(3)]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "ready\n"
+    for worker in workers:  # start them together
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    seen = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0
+        seen.append(json.loads(out.splitlines()[-1]))
+
+    everything = [event_id for mine in seen for event_id in mine]
+    assert len(everything) == len(set(everything)) == len(expected)
+    assert set(everything) == expected
+    assert outbox.counts() == counts()
+    outbox.close()
+
+
+PUTTER = """
+import sys, time
+from pixelmirror.events import ServerEvent
+from pixelmirror.outbox.sqlite import SQLiteOutbox
+
+outbox = SQLiteOutbox(sys.argv[1])
+for n in range(int(sys.argv[2])):
+    event = ServerEvent(
+        pixel_id="1", event_id=f"k{n}", event_name="Lead", event_time=int(time.time()),
+        action_source="website", payload=b'{"n": %d}' % n,
+    )
+    assert outbox.put([event]) == 1
+    print(event.event_id, flush=True)
+sys.stdin.read()  # connection open, nothing checkpointed: wait for SIGKILL
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_put_that_returned_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    SQLiteOutbox(path).close()  # create the file before the child opens it
+    child = _run_python(PUTTER, str(path), "50")
+    assert child.stdout is not None
+    acknowledged = [child.stdout.readline().strip() for _ in range(50)]
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert (tmp_path / "o.db-wal").stat().st_size > 0  # the events live in the WAL
+
+    reopened = SQLiteOutbox(path)
+    assert ids(reopened.claim(1000, lease=HOUR)) == acknowledged == [f"k{n}" for n in range(50)]
+    reopened.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("explicit", [True, False], ids=["after_fork", "detected"])
+def test_a_forked_child_gets_its_own_connection(
+    explicit: bool, tmp_path: Path, make_event: MakeEvent
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    outbox.put([make_event(event_id="parent")])
+    inherited = outbox._conn
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            if explicit:
+                outbox.after_fork()
+            if outbox.put([make_event(event_id="child")]) == 1 and outbox._conn is not inherited:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert outbox._conn is inherited
+    assert sorted(ids(outbox.claim(10, lease=HOUR))) == ["child", "parent"]
+    outbox.close()
+
+
+def test_after_fork_in_the_same_process_changes_nothing(tmp_path: Path) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    conn = outbox._conn
+    outbox.after_fork()
+    assert outbox._conn is conn
+    outbox.close()
+
+
+def test_put_on_a_locked_database_drops_and_does_not_raise(
+    tmp_path: Path, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db", timeout=0)
+    blocker = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    with caplog.at_level(logging.ERROR, logger="pixelmirror"):
+        assert outbox.put([make_event(), make_event()]) == 0
+    assert outbox.counts() == counts(dropped=2)  # WAL readers are not blocked by a writer
+    assert "database is locked" in caplog.text
+
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert outbox.put([make_event()]) == 1
+    assert outbox.counts() == counts(pending=1, dropped=2)
+    outbox.close()
+
+
+def test_put_on_a_full_disk_drops_and_does_not_raise(
+    tmp_path: Path, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    conn = outbox._conn
+    assert conn is not None
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk
+
+    with caplog.at_level(logging.ERROR, logger="pixelmirror"):
+        assert outbox.put([make_event(payload=b"x" * 100_000)]) == 0
+    assert outbox.counts() == counts(dropped=1)
+    assert "full" in caplog.text
+    outbox.close()
+
+
+def test_put_after_close_drops_and_does_not_raise(tmp_path: Path, make_event: MakeEvent) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    outbox.close()
+    assert outbox.put([make_event()]) == 0
+    assert outbox._dropped == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_closing_leaves_the_parent_working(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            outbox.close()
+            code = 0 if outbox.put([make_event()]) == 0 else 1  # closed in the child only
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert outbox.put([make_event()]) == 1
+    assert outbox.counts() == counts(pending=1)
+    outbox.close()
+
+
+def test_memory_dead_letters_past_the_bound_are_counted_as_dropped(make_event: MakeEvent) -> None:
+    outbox = MemoryOutbox(max_events=10, max_dead=2)
+    outbox.put([make_event(event_id=f"e{n}") for n in range(3)])
+    outbox.bury(outbox.claim(10, lease=HOUR), "rejected")
+    assert [letter.event.event_id for letter in outbox.dead_letters()] == ["e2", "e1"]
+    assert (outbox.counts().dead, outbox.counts().dropped) == (2, 1)
+
+
+def test_memory_replay_leaves_what_does_not_fit_dead(make_event: MakeEvent) -> None:
+    outbox = MemoryOutbox(max_events=2)
+    outbox.put([make_event(event_id=f"e{n}") for n in range(2)])
+    outbox.bury(outbox.claim(10, lease=HOUR), "rejected")
+    outbox.put([make_event(event_id="busy")])
+    assert outbox.replay_dead() == 1
+    counts = outbox.counts()
+    assert (counts.pending, counts.dead, counts.dropped) == (2, 1, 0)
