@@ -5,11 +5,57 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
 
+from pixelmirror import PixelMirror
 from pixelmirror.events import ServerEvent
+from pixelmirror.testing import FakeGraphAPI
+
+TOKEN = "EAA-test-token"
+PIXEL = "1234567890"
+SECRET = "s3cret-signing-key-for-tests"
+
+MakeMirror = Callable[..., PixelMirror]
+
+
+@pytest.fixture
+def fake() -> FakeGraphAPI:
+    """A Graph API that accepts :data:`TOKEN` for any pixel."""
+    return FakeGraphAPI(access_tokens={TOKEN})
+
+
+@pytest.fixture
+def make_mirror(fake: FakeGraphAPI) -> Iterator[MakeMirror]:
+    """Build PixelMirrors on ``fake`` with quick retries; all are closed afterwards."""
+    made: list[PixelMirror] = []
+
+    def make(**settings: Any) -> PixelMirror:
+        options: dict[str, Any] = {
+            "pixel_id": PIXEL,
+            "access_token": TOKEN,
+            "secret_key": SECRET,
+            "cookie_secure": False,
+            "flush_interval": 0.05,
+            "retry_backoff": 0.001,
+            "retry_backoff_max": 0.01,
+            "transport": fake.transport,
+        }
+        options.update(settings)
+        mirror = PixelMirror(**options)
+        made.append(mirror)
+        return mirror
+
+    yield make
+    for mirror in made:
+        mirror.close(timeout=1)
+
+
+@pytest.fixture
+def mirror(make_mirror: MakeMirror) -> PixelMirror:
+    return make_mirror()
 
 
 class MakeEvent(Protocol):

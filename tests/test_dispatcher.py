@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
+from conftest import TOKEN
 from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import DAY, ServerEvent
 from pixelmirror.outbox.base import Claimed
 from pixelmirror.outbox.memory import MemoryOutbox
 from pixelmirror.testing import FakeGraphAPI
-
-TOKEN = "EAA-dispatcher-token"
 
 
 class RecordingOutbox(MemoryOutbox):
@@ -28,11 +27,6 @@ class RecordingOutbox(MemoryOutbox):
     def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
         self.delays.append(delay)
         super().release(claims, delay=delay, failed=failed)
-
-
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens={TOKEN})
 
 
 @pytest.fixture

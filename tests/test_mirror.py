@@ -9,45 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror
 from pixelmirror.testing import FakeGraphAPI
-
-TOKEN = "EAA-mirror-token"
-PIXEL = "1234567890"
-
-
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens={TOKEN})
-
-
-@pytest.fixture
-def make_mirror(fake: FakeGraphAPI) -> Iterator[Any]:
-    made: list[PixelMirror] = []
-
-    def make(**settings: Any) -> PixelMirror:
-        options: dict[str, Any] = {
-            "pixel_id": PIXEL,
-            "access_token": TOKEN,
-            "flush_interval": 0.05,
-            "retry_backoff": 0.001,
-            "retry_backoff_max": 0.01,
-            "transport": fake.transport,
-        }
-        options.update(settings)
-        mirror = PixelMirror(**options)
-        made.append(mirror)
-        return mirror
-
-    yield make
-    for mirror in made:
-        mirror.close(timeout=1)
 
 
 def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
@@ -60,7 +29,7 @@ def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
     return mirror.send("Approval", **arguments)
 
 
-def test_send_reaches_meta_hashed_with_its_id(make_mirror: Any, fake: FakeGraphAPI) -> None:
+def test_send_reaches_meta_hashed_with_its_id(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
     mirror = make_mirror(test_event_code="TEST77")
     event_id = approval(mirror, 9, custom_data={"value": 1, "currency": "USD"})
     assert mirror.flush(timeout=10)
@@ -74,7 +43,7 @@ def test_send_reaches_meta_hashed_with_its_id(make_mirror: Any, fake: FakeGraphA
     assert (stats.queued, stats.sent, stats.pending, stats.dead) == (1, 1, 0, 0)
 
 
-def test_ten_thousand_events_survive_a_flaky_meta(make_mirror: Any) -> None:
+def test_ten_thousand_events_survive_a_flaky_meta(make_mirror: MakeMirror) -> None:
     flaky = FakeGraphAPI(access_tokens={TOKEN}, failure_rate=0.3, seed=7)
     mirror = make_mirror(transport=flaky.transport, queue_size=20_000)
     sent_ids = [approval(mirror, n) for n in range(10_000)]
@@ -90,7 +59,7 @@ def test_ten_thousand_events_survive_a_flaky_meta(make_mirror: Any) -> None:
 
 
 def test_dry_run_builds_logs_and_counts_without_sending(
-    make_mirror: Any, fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
+    make_mirror: MakeMirror, fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     mirror = make_mirror(access_token=None)
     with caplog.at_level(logging.INFO, logger="pixelmirror"):
@@ -105,7 +74,7 @@ def test_dry_run_builds_logs_and_counts_without_sending(
 
 
 def test_memory_outbox_overflow_is_counted_and_logged(
-    make_mirror: Any, caplog: pytest.LogCaptureFixture
+    make_mirror: MakeMirror, caplog: pytest.LogCaptureFixture
 ) -> None:
     mirror = make_mirror(queue_size=2, dispatch="external")
     with caplog.at_level(logging.ERROR, logger="pixelmirror"):
@@ -116,7 +85,7 @@ def test_memory_outbox_overflow_is_counted_and_logged(
     assert "outbox full" in caplog.text
 
 
-def test_close_is_idempotent_and_flushes(make_mirror: Any, fake: FakeGraphAPI) -> None:
+def test_close_is_idempotent_and_flushes(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
     mirror = make_mirror(flush_interval=3600)
     approval(mirror)
     mirror.close(timeout=5)
@@ -148,7 +117,11 @@ def test_close_is_idempotent_and_flushes(make_mirror: Any, fake: FakeGraphAPI) -
     ],
 )
 def test_check_reports_meta_answer(
-    make_mirror: Any, fake: FakeGraphAPI, fault: dict[str, Any] | None, ok: bool, hint: str | None
+    make_mirror: MakeMirror,
+    fake: FakeGraphAPI,
+    fault: dict[str, Any] | None,
+    ok: bool,
+    hint: str | None,
 ) -> None:
     mirror = make_mirror(dispatch="external")
     if fault:
@@ -228,7 +201,7 @@ def test_sqlite_outbox_survives_sigkill_and_the_next_process_delivers_once(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_its_own_dispatcher(make_mirror: Any, tmp_path: Path) -> None:
+def test_a_forked_child_gets_its_own_dispatcher(make_mirror: MakeMirror, tmp_path: Path) -> None:
     fake = FakeGraphAPI(access_tokens={TOKEN})
     with fake.serve() as graph_url:
         mirror = make_mirror(

@@ -5,6 +5,7 @@ Both copies of an event carry the same ``event_id``, so Meta counts it once.
 
 from __future__ import annotations
 
+from pixelmirror.asgi import PixelMirrorMiddleware
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.delivery.graph import (
     AccessError,
@@ -14,9 +15,13 @@ from pixelmirror.delivery.graph import (
     TransientError,
 )
 from pixelmirror.events import ServerEvent
-from pixelmirror.mirror import CheckResult, PixelMirror, Stats
+from pixelmirror.facts import RequestFacts
+from pixelmirror.mirror import EVENTS_HEADER, CheckResult, PixelMirror, Stats
+from pixelmirror.tracking import TrackedEvent, current_event, current_visit, track
+from pixelmirror.wsgi import PixelMirrorWSGI
 
 __all__ = [
+    "EVENTS_HEADER",
     "AccessError",
     "CheckResult",
     "Config",
@@ -25,9 +30,16 @@ __all__ = [
     "GraphResponse",
     "InvalidEventsError",
     "PixelMirror",
+    "PixelMirrorMiddleware",
+    "PixelMirrorWSGI",
+    "RequestFacts",
     "ServerEvent",
     "Stats",
+    "TrackedEvent",
     "TransientError",
+    "current_event",
+    "current_visit",
+    "track",
 ]
 
 __version__ = "0.1.0"

@@ -82,6 +82,7 @@ def _setting(default: Any, parse: Parser, *, secret: bool = False) -> Any:
 _DIGITS = re.compile(r"[0-9]+")
 _API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
 _LETTER = re.compile(r"[A-Za-z]")
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,26 @@ class Config:
     retry_backoff_max: float = _setting(600.0, _float)
     #: Seconds to wait at exit for pending events to be sent.
     shutdown_timeout: float = _setting(5.0, _float)
+    #: The signed first-party visitor id cookie.
+    cookie_name: str = _setting("_pm_vid", _text)
+    #: ``Domain`` of the visitor cookie; default: none (host-only, the safest).
+    cookie_domain: str | None = _setting(None, _text)
+    #: ``Secure`` on the visitor cookie; set false only for local http development.
+    cookie_secure: bool = _setting(True, _bool)
+    #: Lifetime of the visitor cookie in seconds (about 13 months).
+    cookie_max_age: int = _setting(34_000_000, _int)
+    #: Mirror each injected page's PageView to CAPI.
+    pageview: bool = _setting(True, _bool)
+    #: Set ``_fbp`` / ``_fbc`` from the server, so even a visit's first event carries them.
+    fb_cookies: bool = _setting(True, _bool)
+    #: Limited Data Use on both channels (Meta geolocates the user).
+    ldu: bool = _setting(False, _bool)
+    #: Send no server events for crawlers (Meta's own included): they run no JavaScript.
+    bot_filter: bool = _setting(True, _bool)
+    #: Let the pixel send automatic button-click and page-metadata events.
+    auto_config: bool = _setting(True, _bool)
+    #: Bytes of a streamed HTML body held back while looking for ``</head>``.
+    max_buffer: int = _setting(512 * 1024, _int)
 
     def __post_init__(self) -> None:
         if isinstance(self.secret_key, str):  # a keyword override given as "new,old"
@@ -186,6 +207,27 @@ class Config:
             self.batch_size,
         )
         need(self.queue_size >= 1, "queue_size", "a positive integer", self.queue_size)
+        need(self.max_buffer >= 1024, "max_buffer", "at least 1024 bytes", self.max_buffer)
+        need(
+            self.cookie_max_age >= 1,
+            "cookie_max_age",
+            "a positive number of seconds",
+            self.cookie_max_age,
+        )
+        need(
+            bool(_COOKIE_NAME.fullmatch(self.cookie_name)),
+            "cookie_name",
+            "a cookie name (letters, digits, _ and -)",
+            self.cookie_name,
+        )
+        if self.consent_cookie is not None:
+            name = self.consent_cookie.partition("=")[0]
+            need(
+                bool(_COOKIE_NAME.fullmatch(name)),
+                "consent_cookie",
+                "a cookie name, optionally with =value",
+                self.consent_cookie,
+            )
         for name in (
             "flush_interval",
             "request_timeout",

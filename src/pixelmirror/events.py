@@ -110,7 +110,7 @@ class ServerEvent:
         warning (see :func:`pixelmirror.normalize.normalize_user_data`); only if nothing
         identifying is left does this raise.
         """
-        _check_event_name(event_name)
+        check_event_name(event_name)
         if action_source not in ACTION_SOURCES:
             raise ValueError(
                 f"action_source must be one of {', '.join(sorted(ACTION_SOURCES))}; "
@@ -195,7 +195,8 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _check_event_name(event_name: object) -> None:
+def check_event_name(event_name: object) -> None:
+    """Raise ValueError unless ``event_name`` is a name Meta accepts."""
     if not isinstance(event_name, str) or not event_name.strip():
         raise ValueError(f"event_name must be a non-empty string; got {event_name!r}")
     if len(event_name) > MAX_EVENT_NAME_LENGTH:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+import re
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -22,8 +24,17 @@ from pixelmirror.delivery.graph import (
     TransientError,
 )
 from pixelmirror.events import ServerEvent
+from pixelmirror.facts import RequestFacts
+from pixelmirror.identity import Identity
+from pixelmirror.inject import should_inject
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.outbox import Outbox, open_outbox
+from pixelmirror.snippet import BrowserEvent, render_snippet
+from pixelmirror.tracking import Visit
+
+if TYPE_CHECKING:
+    from pixelmirror.asgi import ASGIApp, PixelMirrorMiddleware
+    from pixelmirror.wsgi import PixelMirrorWSGI, WSGIApplication
 
 logger = logging.getLogger("pixelmirror")
 
@@ -70,6 +81,48 @@ class CheckResult:
     hint: str | None = None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the adapter does to one response: decided by :meth:`PixelMirror.plan`.
+
+    With a ``snippet``, the adapter splices it into the HTML and, only if that worked, fixes
+    the headers and adds ``cookies``; a page without a place for it goes out untouched.
+    Without one, ``cookies`` and ``headers`` are added to the response as it is.
+    """
+
+    snippet: bytes | None = None
+    cookies: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: Response header that tells a front end which events to fire with which eventID.
+EVENTS_HEADER = "X-PixelMirror-Events"
+
+Identify = Callable[[RequestFacts], "Mapping[str, object] | None"]
+Consent = Callable[[RequestFacts], bool]
+
+
+class NonceSource(Protocol):
+    def __call__(self, facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None: ...
+
+
+_CSP_NONCE = re.compile(r"(?:^|;)\s*(?:script-src|default-src)\b[^;]*?'nonce-([A-Za-z0-9+/_=-]+)'")
+
+
+def nonce_from_csp(facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None:
+    """The default nonce source: the ``'nonce-...'`` of the response's own CSP header.
+
+    Whatever framework made the nonce, it is in the policy it sends; reusing it lets the
+    injected script run under that policy.
+    """
+    for name, value in headers:
+        if name.lower() == "content-security-policy":
+            match = _CSP_NONCE.search(value)
+            if match:
+                return match.group(1)
+    return None
+
+
 class PixelMirror:
     """Mirrors Meta Pixel events to the Conversions API.
 
@@ -90,6 +143,11 @@ class PixelMirror:
     ``dispatch="external"`` this process only enqueues and ``pixelmirror worker`` sends.
 
     ``transport`` replaces the network, e.g. ``pixelmirror.testing.FakeGraphAPI().transport``.
+
+    Web hooks: ``identify(facts)`` returns user_data (long SDK names) that enriches every
+    event of a request, say the logged-in customer's email; ``consent(facts)`` replaces the
+    ``PIXELMIRROR_CONSENT_COOKIE`` rule; ``csp_nonce(facts, response_headers)`` finds the
+    nonce for the injected script (default: the one in the response's own CSP header).
     """
 
     def __init__(
@@ -97,12 +155,19 @@ class PixelMirror:
         config: Config | None = None,
         *,
         transport: httpx.BaseTransport | None = None,
+        identify: Identify | None = None,
+        consent: Consent | None = None,
+        csp_nonce: NonceSource = nonce_from_csp,
         **settings: Any,
     ) -> None:
         if config is not None and settings:
             raise TypeError("pass either a Config or keyword settings, not both")
         self.config = config if config is not None else Config.from_env(**settings)
         self._transport = transport
+        self._identify = identify
+        self._consent = consent
+        self._csp_nonce = csp_nonce
+        self._identity: Identity | None = None
         self.outbox: Outbox = open_outbox(self.config.outbox, max_events=self.config.queue_size)
         self.client: GraphClient | None = None
         self.dispatcher: Dispatcher | None = None
@@ -191,7 +256,164 @@ class PixelMirror:
         with self._counts_lock:
             self._queued += taken
 
+    # -- the web -------------------------------------------------------------------------
+
+    def wsgi(self, app: WSGIApplication) -> PixelMirrorWSGI:
+        """Wrap a WSGI app: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``."""
+        from pixelmirror.wsgi import PixelMirrorWSGI
+
+        return PixelMirrorWSGI(app, self)
+
+    def init_app(self, app: Any) -> None:
+        """Flask: wrap ``app.wsgi_app`` and register as ``app.extensions["pixelmirror"]``."""
+        app.wsgi_app = self.wsgi(app.wsgi_app)
+        app.extensions["pixelmirror"] = self
+
+    def asgi(self, app: ASGIApp) -> PixelMirrorMiddleware:
+        """Wrap an ASGI app: ``app = mirror.asgi(app)``."""
+        from pixelmirror.asgi import PixelMirrorMiddleware
+
+        return PixelMirrorMiddleware(app, mirror=self)
+
+    @property
+    def identity(self) -> Identity | None:
+        """Visitor identity, made when a middleware is set up (it needs the signing key).
+
+        None without a pixel id: the middleware then passes every page through untouched.
+        """
+        if self._identity is None and self.config.pixel_id:
+            self._identity = Identity(self.config, consent=self._consent)
+        return self._identity
+
+    def begin(self, facts: RequestFacts) -> Visit | None:
+        """Start a request's visit, or None when it gets no pixel (no pixel id, no consent,
+        a crawler)."""
+        identity = self.identity
+        if identity is None:
+            return None
+        visitor = identity.resolve(facts)
+        if visitor is None:
+            return None
+        return Visit(facts, visitor, carried=identity.read_carried(facts))
+
+    def plan(
+        self, visit: Visit, method: str, status: int, headers: Sequence[tuple[str, str]]
+    ) -> Plan | None:
+        """Decide what the response gets, once its status and headers are known."""
+        identity = self.identity
+        assert identity is not None
+        assert self.config.pixel_id is not None
+        tracked = visit.tracked_for(status)
+        cookies = visit.visitor.set_cookies
+        if should_inject(method, status, headers):
+            events = [BrowserEvent("PageView", visit.page_event_id)]
+            events += [
+                BrowserEvent(str(c["name"]), str(c["event_id"]), _mapping(c.get("custom_data")))
+                for c in visit.carried
+            ]
+            events += [BrowserEvent(e.event_name, e.event_id, e.custom_data) for e in tracked]
+            snippet = render_snippet(
+                pixel_ids=[self.config.pixel_id],
+                external_id=visit.visitor.external_id,
+                events=events,
+                nonce=self._csp_nonce(visit.facts, headers),
+                agent=self.config.partner_agent,
+                ldu=self.config.ldu,
+                auto_config=self.config.auto_config,
+            )
+            if visit.carried:
+                cookies += (identity.clear_carry_cookie(),)
+            if logger.isEnabledFor(logging.DEBUG):
+                fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
+                logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
+            return Plan(snippet=snippet, cookies=cookies)
+        if not tracked:
+            return None
+        if 300 <= status < 400:
+            # POST-redirect-GET: the browser copies fire on the next HTML page, same ids.
+            carry: list[Mapping[str, object]] = [*visit.carried]
+            carry += (
+                {"name": e.event_name, "event_id": e.event_id, "custom_data": e.custom_data}
+                for e in tracked
+            )
+            return Plan(cookies=(*cookies, identity.carry_cookie(carry)))
+        announced = [{"event": e.event_name, "eventID": e.event_id} for e in tracked]
+        return Plan(cookies=cookies, headers=((EVENTS_HEADER, json.dumps(announced)),))
+
+    def finish(self, visit: Visit, status: int) -> None:
+        """Mirror the request's events to the outbox, after the response went out."""
+        tracked = visit.tracked_for(status)
+        pageview = visit.injected and self.config.pageview
+        if not tracked and not pageview:
+            return
+        user_data = self._request_user_data(visit)
+        events: list[ServerEvent | None] = []
+        if pageview:
+            events.append(self._website_event(visit, "PageView", visit.page_event_id, user_data))
+        for event in tracked:
+            events.append(
+                self._website_event(
+                    visit,
+                    event.event_name,
+                    event.event_id,
+                    _merge_user_data(user_data, event.user_data),
+                    {**event.custom_data, **event.server_only},
+                )
+            )
+        self.enqueue([event for event in events if event is not None])
+
+    def _request_user_data(self, visit: Visit) -> dict[str, object]:
+        visitor = visit.visitor
+        user_data: dict[str, object] = {
+            "external_id": visitor.external_id,
+            "client_ip_address": visitor.client_ip,
+            "client_user_agent": visitor.user_agent,
+            "fbp": visitor.fbp,
+            "fbc": visitor.fbc,
+        }
+        if self._identify is not None:
+            try:
+                found = self._identify(visit.facts)
+            except Exception:
+                logger.exception("pixelmirror: the identify hook failed; events go without it")
+            else:
+                user_data = _merge_user_data(user_data, found or {})
+        return user_data
+
+    def _website_event(
+        self,
+        visit: Visit,
+        event_name: str,
+        event_id: str,
+        user_data: Mapping[str, object],
+        custom_data: Mapping[str, object] | None = None,
+    ) -> ServerEvent | None:
+        assert self.config.pixel_id is not None
+        assert self.identity is not None
+        referrer = visit.facts.headers.get("referer", "")
+        try:
+            return ServerEvent.create(
+                event_name,
+                pixel_id=self.config.pixel_id,
+                action_source="website",
+                event_id=event_id,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_source_url=self.identity.page_url(visit.facts),
+                referrer_url=referrer if referrer.startswith(("http://", "https://")) else None,
+                data_processing_options=["LDU"] if self.config.ldu else None,
+                test_event_code=self.config.test_event_code,
+            )
+        except ValueError as exc:
+            logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
+            return None
+
     # -- operating ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background sender if this process sends; idempotent."""
+        if self.dispatcher is not None and not self._closed:
+            self.dispatcher.start()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the outbox is empty (all sent or dead-lettered); False at ``timeout``.
@@ -296,6 +518,19 @@ class PixelMirror:
             self.client = GraphClient.from_config(self.config, transport=self._transport)
             self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
             self.dispatcher.start()
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _merge_user_data(base: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, object]:
+    """``extra`` wins, except that external ids add up: the visitor's and the app's own."""
+    merged = {**base, **extra}
+    if "external_id" in extra and base.get("external_id"):
+        ids = [base["external_id"], extra["external_id"]]
+        merged["external_id"] = [i for i in ids if i]
+    return merged
 
 
 def _hint(error: GraphError) -> str:

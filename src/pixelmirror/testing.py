@@ -20,7 +20,9 @@ import hmac
 import http.server
 import ipaddress
 import json
+import logging
 import math
+import os
 import random
 import re
 import secrets
@@ -37,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from .normalize import identifies_user
+from pixelmirror.normalize import identifies_user
 
 __all__ = [
     "ACTION_SOURCES",
@@ -302,6 +304,8 @@ class FakeGraphAPI:
     :param latency: seconds slept before answering each request (also in-process, where
         it blocks the caller; with an async client prefer :meth:`serve`).
     :param clock: returns the current Unix time, used for the ``event_time`` window.
+    :param on_event: called with each accepted :class:`ReceivedEvent`, from the thread
+        that made the request (e.g. to print what Meta would receive).
     """
 
     def __init__(
@@ -315,6 +319,7 @@ class FakeGraphAPI:
         seed: int | None = None,
         latency: float = 0.0,
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[ReceivedEvent], object] | None = None,
     ) -> None:
         min_version = _version_tuple(min_api_version)
         if min_version is None:
@@ -334,6 +339,7 @@ class FakeGraphAPI:
         self._rng = random.Random(seed)
         self._latency = latency
         self._clock = clock
+        self._on_event = on_event
 
         # Token model: a token is valid for a pixel when it is not revoked and is either in
         # _all_tokens (None = any token) or in that pixel's set; None pixels = any pixel exists.
@@ -396,10 +402,6 @@ class FakeGraphAPI:
         """
         with self._cond:
             return self._cond.wait_for(lambda: len(self._events) >= count, timeout)
-
-    def _events_from(self, start: int) -> list[ReceivedEvent]:
-        with self._cond:
-            return self._events[start:]
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -549,6 +551,9 @@ class FakeGraphAPI:
             self._requests.append(_recorded(parsed, 200))
             self._events.extend(received)
             self._cond.notify_all()
+        if self._on_event is not None:
+            for event in received:
+                self._on_event(event)
         payload = {"events_received": len(received), "messages": [], "fbtrace_id": trace}
         return _json_response(200, payload, trace)
 
@@ -1150,24 +1155,70 @@ def _main(argv: Sequence[str] | None = None) -> int:
         min_api_version=args.min_api_version,
         failure_rate=args.failure_rate,
         seed=args.seed,
+        on_event=print_event,
     )
     try:
         with fake.serve(args.host, args.port) as base_url:
             print(f"FakeGraphAPI listening on {base_url}", file=sys.stderr, flush=True)
-            seen = 0
-            while True:
-                fake.wait_for(seen + 1, timeout=1.0)
-                for event in fake._events_from(seen):
-                    line = {
-                        "pixel_id": event.pixel_id,
-                        "test_event_code": event.test_event_code,
-                        "partner_agent": event.partner_agent,
-                        "event": event.data,
-                    }
-                    print(json.dumps(line, separators=(",", ":")), flush=True)
-                    seen += 1
+            threading.Event().wait()
     except KeyboardInterrupt:
-        return 0
+        pass
+    return 0
+
+
+#: The pixel id :func:`demo_settings` uses when none is configured.
+DEMO_PIXEL_ID = "1234567890"
+
+# Servers demo_settings() started; they live as long as the process.
+_demo_servers = contextlib.ExitStack()
+
+
+def demo_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings to try pixelmirror without a Meta account: ``PixelMirror(**demo_settings())``.
+
+    Fills in what the environment leaves out: a pixel id, a per-process signing key, cookies
+    over plain http. Without ``PIXELMIRROR_ACCESS_TOKEN`` it serves a :class:`FakeGraphAPI`
+    on loopback for the life of the process and prints every event Meta would receive;
+    pixelmirror's debug log shows the events each page fires in the browser. Not for
+    production: the signing key changes at every start.
+    """
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    if not environ.get("PIXELMIRROR_PIXEL_ID"):
+        settings["pixel_id"] = DEMO_PIXEL_ID
+    if not environ.get("PIXELMIRROR_SECRET_KEY"):
+        settings["secret_key"] = secrets.token_urlsafe(32)
+    if not environ.get("PIXELMIRROR_COOKIE_SECURE"):
+        settings["cookie_secure"] = False  # the demo runs over http://127.0.0.1
+    if not environ.get("PIXELMIRROR_ACCESS_TOKEN"):
+        fake = FakeGraphAPI(on_event=_print_server_copy)
+        url = _demo_servers.enter_context(fake.serve())
+        settings.update(access_token="demo-token", graph_url=url, flush_interval=0.2)
+        print(f"pixelmirror demo: CAPI goes to a FakeGraphAPI at {url}", flush=True)
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("pixelmirror").setLevel(logging.DEBUG)
+    return settings
+
+
+def _print_server_copy(event: ReceivedEvent) -> None:
+    user = event.user_data
+    print(
+        f"pixelmirror demo: CAPI    <- {event.event_name} eventID={event.event_id} "
+        f"external_id={str(user.get('external_id'))[:12]}... fbp={user.get('fbp')} "
+        f"custom_data={json.dumps(event.custom_data)}",
+        flush=True,
+    )
+
+
+def print_event(event: ReceivedEvent) -> None:
+    """Print an accepted event as one JSON line: an ``on_event`` for demos."""
+    line = {
+        "pixel_id": event.pixel_id,
+        "test_event_code": event.test_event_code,
+        "partner_agent": event.partner_agent,
+        "event": event.data,
+    }
+    print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""The ASGI adapter: pure ASGI middleware (no BaseHTTPMiddleware), for Starlette, FastAPI and
+any ASGI app.
+
+It holds ``http.response.start`` back only for pages that get the snippet, until the body
+bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, compressed bodies,
+``http.response.pathsend``) goes through as the app sent it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from pixelmirror.facts import RequestFacts
+from pixelmirror.inject import rewrite_headers, splice
+from pixelmirror.mirror import PixelMirror
+from pixelmirror.tracking import Visit, activate, deactivate
+
+logger = logging.getLogger("pixelmirror")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def request_facts(scope: Scope) -> RequestFacts:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in headers:
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host") or _server_host(scope, scheme)
+    raw_path = scope.get("raw_path")
+    path = (
+        raw_path.decode("latin-1")
+        if raw_path
+        else scope.get("root_path", "") + scope.get("path", "/")
+    )
+    client = scope.get("client")
+    return RequestFacts(
+        method=scope.get("method", "GET"),
+        scheme=scheme,
+        host=host,
+        path=path,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        peer=client[0] if client else None,
+    )
+
+
+def _server_host(scope: Scope, scheme: str) -> str:
+    server = scope.get("server")
+    if not server:
+        return "localhost"
+    name, port = server[0], server[1]
+    default = 443 if scheme in ("https", "wss") else 80
+    return name if port in (None, default) else f"{name}:{port}"
+
+
+class PixelMirrorMiddleware:
+    """ASGI middleware: ``app = mirror.asgi(app)``, or in Starlette and FastAPI
+    ``app.add_middleware(PixelMirrorMiddleware, mirror=mirror)``.
+
+    Without ``mirror`` it builds one from the ``PIXELMIRROR_*`` variables. On lifespan
+    shutdown it flushes the outbox for up to ``PIXELMIRROR_SHUTDOWN_TIMEOUT`` seconds. Place it
+    inside any compression middleware: it only touches uncompressed HTML.
+    """
+
+    def __init__(self, app: ASGIApp, mirror: PixelMirror | None = None) -> None:
+        self.app = app
+        self.mirror = mirror if mirror is not None else PixelMirror()
+        self.mirror.identity  # noqa: B018 -- build it now: a missing signing key fails at start-up
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                visit = self.mirror.begin(request_facts(scope))
+            except Exception:
+                logger.exception("pixelmirror: could not read the request; passing it through")
+                visit = None
+            if visit is not None:
+                await _Responder(self.app, self.mirror, visit, send)(scope, receive)
+                return
+        elif scope["type"] == "lifespan":
+            receive = self._watch_lifespan(receive)
+        await self.app(scope, receive, send)
+
+    def _watch_lifespan(self, receive: Receive) -> Receive:
+        async def receive_lifespan() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.mirror.start()
+            elif message["type"] == "lifespan.shutdown":
+                # The server has stopped taking requests: a short blocking flush is fine here.
+                self.mirror.flush(self.mirror.config.shutdown_timeout)
+            return message
+
+        return receive_lifespan
+
+
+class _Responder:
+    """One request's state: the held response start, the body buffer, the plan."""
+
+    def __init__(self, app: ASGIApp, mirror: PixelMirror, visit: Visit, send: Send) -> None:
+        self.app = app
+        self.mirror = mirror
+        self.visit = visit
+        self.server_send = send
+        self.status = 500
+        self.held: Message | None = None
+        self.snippet = b""
+        self.cookies: tuple[str, ...] = ()
+        self.buffer = bytearray()
+
+    async def __call__(self, scope: Scope, receive: Receive) -> None:
+        token = activate(self.visit)
+        try:
+            await self.app(scope, receive, self.send)
+        finally:
+            deactivate(token)
+            try:
+                self.mirror.finish(self.visit, self.status)
+            except Exception:
+                logger.exception("pixelmirror: mirroring the request's events failed")
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            await self._start(message)
+        elif kind == "http.response.body" and self.held is not None:
+            await self._body(message)
+        else:
+            if self.held is not None:  # pathsend, trailers, ...: the page goes as it was
+                await self._release(self.held)
+            await self.server_send(message)
+
+    async def _start(self, message: Message) -> None:
+        self.status = int(message["status"])
+        headers = [
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
+        ]
+        try:
+            plan = self.mirror.plan(self.visit, self.visit.facts.method, self.status, headers)
+        except Exception:
+            logger.exception("pixelmirror: planning the response failed; passing it through")
+            plan = None
+        if plan is None:
+            await self.server_send(message)
+        elif plan.snippet is None:
+            extra = [*plan.headers, *(("Set-Cookie", c) for c in plan.cookies)]
+            await self.server_send(
+                {**message, "headers": [*message.get("headers", ()), *_encode(extra)]}
+            )
+        else:
+            self.snippet, self.cookies, self.held = plan.snippet, plan.cookies, message
+
+    async def _body(self, message: Message) -> None:
+        assert self.held is not None
+        self.buffer += message.get("body", b"")
+        more_body = message.get("more_body", False)
+        body = bytes(self.buffer)
+        try:
+            spliced = splice(body, self.snippet)
+        except Exception:
+            logger.exception("pixelmirror: injection failed; passing the page through")
+            spliced = None
+        if spliced is not None:
+            start = self.held
+            headers = [
+                (n.decode("latin-1"), v.decode("latin-1")) for n, v in start.get("headers", ())
+            ]
+            new_headers = rewrite_headers(
+                headers, added_length=len(spliced) - len(body), set_cookies=self.cookies
+            )
+            self.visit.injected = True
+            await self._release({**start, "headers": _encode(new_headers)})
+            await self.server_send({**message, "body": spliced})
+        elif not more_body or len(body) > self.mirror.config.max_buffer:
+            await self._release(self.held)
+            await self.server_send({**message, "body": body})
+
+    async def _release(self, start: Message) -> None:
+        self.held = None
+        self.buffer = bytearray()
+        await self.server_send(start)
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]

@@ -1,0 +1,231 @@
+"""Deciding whether a response gets the pixel, and splicing the snippet into its bytes.
+
+Pure functions, no framework imports: the WSGI and ASGI adapters call them on every response,
+so they work on raw bytes and header tuples and never decode or re-encode a body.
+
+Security-minded defaults:
+
+* only uncompressed HTML that a browser will render is touched (no ``HEAD``, no redirects, no
+  partial content, no downloads, no ``Content-Encoding`` other than ``identity``);
+* a page that carries a per-visitor ``event_id`` is made ``private`` so no shared cache hands the
+  same id to other visitors (Meta would merge them into one event);
+* validators and digests that the splice makes wrong (strong ``ETag``, ``Content-MD5``,
+  ``Digest``) are dropped rather than left lying.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from pixelmirror.snippet import MARKER
+
+__all__ = [
+    "add_cookies",
+    "already_injected",
+    "find_insertion_point",
+    "rewrite_headers",
+    "should_inject",
+    "splice",
+]
+
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+# Statuses whose body nobody renders (or that have none): informational, No Content, Reset
+# Content, Partial Content (a byte range of a page cannot take an insertion), every redirect.
+_NO_RENDER_2XX = frozenset({204, 205, 206})
+
+# ``</head`` ends its tag name at whitespace, ``/`` or ``>``; the lookahead keeps ``</header>``
+# out. A ``</head`` at the very end of a chunk does not match yet: more bytes decide.
+_HEAD_CLOSE = re.compile(rb"</head(?=[\t\n\f\r />])", re.IGNORECASE)
+
+# A complete ``<body ...>`` opening tag. Quoted attribute values may hold ``>``. The alternatives
+# start on disjoint characters, so a ``<body`` whose ``>`` has not arrived fails in linear time.
+_BODY_OPEN = re.compile(
+    rb"""<body(?=[\t\n\f\r />])(?:[^>"']|"[^"]*"|'[^']*')*>""",
+    re.IGNORECASE,
+)
+
+# Cache-Control directives, split on commas outside quoted strings.
+_DIRECTIVE = re.compile(r"""(?:[^,"]|"(?:[^"\\]|\\.)*"?)+""")
+
+# Headers that describe the exact body bytes: wrong after a splice.
+_DIGEST_HEADERS = frozenset({"content-md5", "digest", "content-digest", "repr-digest"})
+
+# Cache-Control fields aimed at CDNs only (RFC 9213, Fastly/Akamai, Cloudflare). They override
+# Cache-Control for the CDN, so a ``max-age`` there would still share the page: drop them and
+# let the CDN fall back to the now private Cache-Control.
+_CDN_CACHE_HEADERS = frozenset(
+    {"cdn-cache-control", "surrogate-control", "cloudflare-cdn-cache-control"}
+)
+
+
+def should_inject(method: str, status: int, headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether a response with this method, status and headers may receive the snippet.
+
+    Eligible: a rendered HTML or XHTML page (2xx other than 204/205/206, or 4xx/5xx), not to a
+    ``HEAD`` request, without a ``Content-Encoding`` other than ``identity`` (the middleware sits
+    inside compression, so a compressed body passes untouched), not a partial body, not an
+    attachment. Anything odd answers False rather than raising.
+    """
+    try:
+        if method.upper() == "HEAD":
+            return False
+        if isinstance(status, bool) or not isinstance(status, int):
+            return False
+        if not (200 <= status < 300 or 400 <= status < 600) or status in _NO_RENDER_2XX:
+            return False
+        content_types: list[str] = []
+        for name, value in headers:
+            key = name.strip().lower()
+            if key == "content-type":
+                content_types.append(value.split(";", 1)[0].strip().lower())
+            elif key == "content-encoding":
+                for coding in value.split(","):
+                    if coding.strip().lower() not in ("", "identity"):
+                        return False
+            elif key == "content-disposition":
+                if value.split(";", 1)[0].strip().lower() == "attachment":
+                    return False
+            elif key == "content-range":
+                return False
+        # Exactly one Content-Type: none means unknown, several mean ambiguous.
+        return len(content_types) == 1 and content_types[0] in _HTML_TYPES
+    except Exception:  # malformed input from the host app: never break the response
+        return False
+
+
+def find_insertion_point(body: bytes) -> int | None:
+    """The byte offset where the snippet goes, or None when there is none (yet).
+
+    Just before the first ``</head`` (any case, ``</head >`` too); failing that, just after the
+    first complete ``<body ...>`` opening tag. None when neither is present, including a
+    ``<body`` whose ``>`` has not arrived yet: a streaming caller should wait for more bytes.
+    """
+    match = _HEAD_CLOSE.search(body)
+    if match is not None:
+        return match.start()
+    match = _BODY_OPEN.search(body)
+    if match is not None:
+        return match.end()
+    return None
+
+
+def already_injected(body: bytes) -> bool:
+    """Whether ``body`` already carries a pixelmirror snippet (its marked ``<script>`` tag)."""
+    return MARKER in body
+
+
+def splice(body: bytes, snippet: bytes) -> bytes | None:
+    """``body`` with ``snippet`` inserted at the insertion point.
+
+    None when there is no insertion point or the body already carries a snippet.
+    """
+    if already_injected(body):
+        return None
+    at = find_insertion_point(body)
+    if at is None:
+        return None
+    return b"".join((body[:at], snippet, body[at:]))
+
+
+def rewrite_headers(
+    headers: Sequence[tuple[str, str]],
+    *,
+    added_length: int,
+    set_cookies: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """The response headers after a successful splice of ``added_length`` bytes.
+
+    * ``Content-Length`` grows by ``added_length`` (absent stays absent; an unreadable one is
+      dropped, since a wrong length would truncate or hang the response);
+    * a strong ``ETag`` is dropped (the bytes changed), a weak ``W/`` one is kept;
+    * ``Content-MD5``, ``Digest``, ``Content-Digest`` and ``Repr-Digest`` are dropped;
+    * ``Cache-Control`` becomes private: ``public`` and ``s-maxage`` go, ``private`` is added in
+      front, other directives stay; one that already says ``private`` or ``no-store`` is kept
+      as is; when absent, ``private, no-cache`` is appended; CDN-only cache headers
+      (``CDN-Cache-Control``, ``Surrogate-Control``, ``Cloudflare-CDN-Cache-Control``) go;
+    * one ``Set-Cookie`` per cookie is appended.
+
+    Every other header is kept byte-identical and in order.
+    """
+    cache_values = [value for name, value in headers if name.lower() == "cache-control"]
+    keep_cache = _already_private(cache_values)
+    out: list[tuple[str, str]] = []
+    added_private = False
+    for name, value in headers:
+        key = name.lower()
+        if key == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                continue
+            if length < 0:
+                continue
+            out.append((name, str(length + added_length)))
+        elif key == "etag":
+            if value.lstrip().startswith("W/"):
+                out.append((name, value))
+        elif key in _DIGEST_HEADERS or key in _CDN_CACHE_HEADERS:
+            continue
+        elif key == "cache-control" and not keep_cache:
+            directives = [
+                item
+                for item in _directives(value)
+                if _directive_name(item) not in ("public", "s-maxage", "private")
+            ]
+            if not added_private:
+                directives.insert(0, "private")
+                added_private = True
+            if directives:
+                out.append((name, ", ".join(directives)))
+        else:
+            out.append((name, value))
+    if not cache_values:
+        out.append((_styled(headers, "Cache-Control"), "private, no-cache"))
+    return _append_cookies(out, headers, set_cookies)
+
+
+def add_cookies(
+    headers: Sequence[tuple[str, str]], set_cookies: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``headers`` followed by one ``Set-Cookie`` per cookie (for responses not injected)."""
+    return _append_cookies(list(headers), headers, set_cookies)
+
+
+def _append_cookies(
+    out: list[tuple[str, str]],
+    original: Sequence[tuple[str, str]],
+    set_cookies: Sequence[str],
+) -> list[tuple[str, str]]:
+    if set_cookies:
+        name = _styled(original, "Set-Cookie")
+        out.extend((name, cookie) for cookie in set_cookies)
+    return out
+
+
+def _styled(headers: Iterable[tuple[str, str]], name: str) -> str:
+    """``name`` in lower case when the app writes all its header names that way (ASGI style)."""
+    names = [key for key, _ in headers]
+    if names and all(key == key.lower() for key in names):
+        return name.lower()
+    return name
+
+
+def _directives(value: str) -> list[str]:
+    return [item.strip() for item in _DIRECTIVE.findall(value) if item.strip()]
+
+
+def _directive_name(directive: str) -> str:
+    return directive.split("=", 1)[0].strip().lower()
+
+
+def _already_private(values: Sequence[str]) -> bool:
+    """Whether these Cache-Control values already keep the page out of shared caches."""
+    for value in values:
+        for item in _directives(value):
+            name = _directive_name(item)
+            # ``private="Set-Cookie"`` only makes one field private: the page stays shareable.
+            if name == "no-store" or (name == "private" and "=" not in item):
+                return True
+    return False

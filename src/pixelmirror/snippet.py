@@ -1,0 +1,229 @@
+"""The browser side: Meta Pixel base code, ``init`` and ``track`` calls, rendered for one page.
+
+Pure and stdlib-only. Every dynamic value (pixel ids, event names and ids, custom data, agent)
+goes through :func:`safe_json`, which cannot close the ``<script>`` element or open an HTML
+comment, whatever the data holds. Nothing is HTML-entity-escaped inside the script; only the
+``nonce`` attribute and the ``<noscript>`` image URL, which live in HTML, are.
+
+The output is ASCII bytes and a pure function of the arguments, so identical inputs give
+identical bytes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from urllib.parse import urlencode
+
+__all__ = [
+    "MARKER",
+    "STANDARD_EVENTS",
+    "BrowserEvent",
+    "render_snippet",
+    "safe_json",
+]
+
+#: Meta's standard event names; any other name is sent with ``trackCustom``.
+STANDARD_EVENTS: frozenset[str] = frozenset(
+    {
+        "PageView",
+        "AddPaymentInfo",
+        "AddToCart",
+        "AddToWishlist",
+        "CompleteRegistration",
+        "Contact",
+        "CustomizeProduct",
+        "Donate",
+        "FindLocation",
+        "InitiateCheckout",
+        "Lead",
+        "Purchase",
+        "Schedule",
+        "Search",
+        "StartTrial",
+        "SubmitApplication",
+        "Subscribe",
+        "ViewContent",
+    }
+)
+
+#: How every rendered snippet begins; :mod:`pixelmirror.inject` looks for it to avoid a
+#: second injection.
+MARKER = b"<script data-pixelmirror"
+_OPEN = MARKER.decode("ascii") + '=""'
+
+FBEVENTS_URL = "https://connect.facebook.net/en_US/fbevents.js"
+NOSCRIPT_URL = "https://www.facebook.com/tr"
+
+# The queueing stub. Until fbevents.js loads, ``fbq(...)`` stores its arguments in
+# ``fbq.queue``; the library then replays the queue and installs ``fbq.callMethod``, to which
+# later calls go. A page that already defines ``fbq`` keeps its own. The text holds no ``<``,
+# ``>`` or ``&`` so it is also well-formed inside an XHTML (XML) page.
+_STUB = (
+    "(function(w,d){if(w.fbq)return;"
+    "var f=function(){if(f.callMethod){f.callMethod.apply(f,arguments)}"
+    "else{f.queue.push(arguments)}};"
+    "w.fbq=f;if(!w._fbq)w._fbq=f;"
+    "f.push=f;f.loaded=true;f.version='2.0';f.queue=[];"
+    "var s=d.createElement('script');s.async=true;"
+    f"s.src='{FBEVENTS_URL}';"
+    "(d.head||d.documentElement).appendChild(s)"
+    "})(window,document);"
+)
+
+# Characters that could end the script element or start a comment (``</script``, ``<!--``,
+# ``-->``), plus JavaScript line terminators that JSON allows raw. ``ensure_ascii`` already
+# escapes the latter; they stay here so the guarantee does not rest on that flag alone.
+_SCRIPT_SAFE = str.maketrans(
+    {
+        "<": "\\u003c",
+        ">": "\\u003e",
+        "&": "\\u0026",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserEvent:
+    """One event fired in the page, deduplicated against its server copy by ``event_id``.
+
+    ``custom_data`` is rendered into the HTML: put only browser-visible data here (server-only
+    data belongs on the server event). ``pixel_id`` None sends to every initialised pixel;
+    a pixel id restricts the event to that pixel (``trackSingle``/``trackSingleCustom``).
+    """
+
+    name: str
+    event_id: str
+    custom_data: Mapping[str, object] = field(default_factory=dict)
+    pixel_id: str | None = None
+
+
+def safe_json(value: object) -> str:
+    """``value`` as compact ASCII JSON that is safe inside an inline ``<script>``.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e``, ``\\u0026`` (U+2028/U+2029 are
+    escaped too), so no data can close the element or open a comment. Key order is kept as
+    given. Decimals become floats, sets become sorted lists.
+
+    :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
+    """
+    try:
+        text = json.dumps(
+            value,
+            ensure_ascii=True,
+            separators=(",", ":"),
+            allow_nan=False,
+            default=_json_default,
+        )
+    except ValueError as exc:  # NaN or infinity
+        raise ValueError(f"browser data must be finite numbers: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"browser data must be JSON values: {exc}") from None
+    return text.translate(_SCRIPT_SAFE)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)  # deterministic: set order varies between processes
+        except TypeError:
+            return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _call(*args: object) -> str:
+    return "fbq(" + ",".join(safe_json(arg) for arg in args) + ");"
+
+
+def render_snippet(
+    *,
+    pixel_ids: Sequence[str],
+    external_id: str | None,
+    events: Sequence[BrowserEvent],
+    nonce: str | None = None,
+    agent: str | None = None,
+    ldu: bool = False,
+    auto_config: bool = True,
+    noscript: bool = True,
+) -> bytes:
+    """The ``<script>`` (and ``<noscript>``) that loads the pixel and fires ``events``.
+
+    In order: the ``fbq`` stub; ``dataProcessingOptions`` LDU with geolocation when ``ldu``
+    (global, so once, before any ``init``); per pixel, ``set autoConfig false`` when not
+    ``auto_config``, then ``init`` with ``{external_id}`` when given and ``{agent}`` when given;
+    then each event in order with its ``eventID``. With ``noscript``, one fallback image per
+    pixel for each ``PageView`` event.
+
+    ``nonce`` is the page's CSP nonce, set on the ``<script>`` so a strict policy runs it.
+
+    :raises ValueError: no pixel id, or data that JSON cannot carry (see :func:`safe_json`).
+    """
+    if not pixel_ids:
+        raise ValueError("render_snippet needs at least one pixel id")
+    lines = [_STUB]
+    if ldu:
+        # 0, 0: let Meta geolocate the visitor to decide whether LDU applies.
+        lines.append(_call("dataProcessingOptions", ["LDU"], 0, 0))
+    for pixel_id in pixel_ids:
+        if not auto_config:
+            lines.append(_call("set", "autoConfig", False, pixel_id))
+        init: list[object] = ["init", pixel_id]
+        if external_id is not None or agent is not None:
+            init.append({"external_id": external_id} if external_id is not None else {})
+        if agent is not None:
+            init.append({"agent": agent})
+        lines.append(_call(*init))
+    for event in events:
+        custom = event.custom_data
+        data = custom if isinstance(custom, dict) else dict(custom)
+        options = {"eventID": event.event_id}
+        standard = event.name in STANDARD_EVENTS
+        if event.pixel_id is None:
+            method = "track" if standard else "trackCustom"
+            lines.append(_call(method, event.name, data, options))
+        else:
+            method = "trackSingle" if standard else "trackSingleCustom"
+            lines.append(_call(method, event.pixel_id, event.name, data, options))
+
+    # ``data-pixelmirror=""`` and ``<img .../>`` keep the markup well-formed XML as well as
+    # HTML, so an ``application/xhtml+xml`` page still parses.
+    parts = [_OPEN]
+    if nonce is not None:
+        parts.append(' nonce="' + _attribute(nonce) + '"')
+    parts.append(">")
+    parts.append("\n".join(lines))
+    parts.append("</script>")
+    if noscript:
+        images = [
+            _noscript_image(pixel_id, event.event_id)
+            for event in events
+            if event.name == "PageView"
+            for pixel_id in ((event.pixel_id,) if event.pixel_id is not None else pixel_ids)
+        ]
+        if images:
+            parts.append("<noscript>" + "".join(images) + "</noscript>")
+    return "".join(parts).encode("ascii")
+
+
+def _attribute(value: str) -> str:
+    """``value`` escaped for a double-quoted HTML attribute, as ASCII (character references)."""
+    escaped = html.escape(value, quote=True)
+    return escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def _noscript_image(pixel_id: str, event_id: str) -> str:
+    query = urlencode([("id", pixel_id), ("ev", "PageView"), ("eid", event_id), ("noscript", "1")])
+    return (
+        '<img height="1" width="1" style="display:none" alt="" src="'
+        + _attribute(f"{NOSCRIPT_URL}?{query}")
+        + '"/>'
+    )

@@ -1,0 +1,142 @@
+"""Per-request context: the visit, ``@track`` and ``current_event()``.
+
+The adapters put a :class:`Visit` in a context variable for the duration of the app's call.
+Context variables follow the request into a thread pool (Starlette's sync endpoints) and into
+async views, and never leak between concurrent requests, so nothing per-request lives on the
+middleware instance.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, cast
+
+from pixelmirror.events import check_event_name, new_event_id
+from pixelmirror.facts import RequestFacts
+from pixelmirror.identity import Visitor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+StatusFilter = Callable[[int], bool]
+
+
+def successful(status: int) -> bool:
+    """The default ``when``: a tracked event counts if the view answered 2xx or 3xx."""
+    return 200 <= status < 400
+
+
+@dataclass(eq=False)
+class TrackedEvent:
+    """An event a view marked with ``@track``; fill its dicts from the view.
+
+    ``custom_data`` goes to both the pixel and CAPI; ``server_only`` is merged into the CAPI
+    copy's custom_data only and never rendered into a page (margins, predicted LTV);
+    ``user_data`` uses the long SDK names (``email``, ``phone``, ...) and is normalised and
+    hashed for CAPI, never rendered into a page.
+    """
+
+    event_name: str
+    event_id: str = field(default_factory=new_event_id)
+    custom_data: dict[str, Any] = field(default_factory=dict)
+    user_data: dict[str, Any] = field(default_factory=dict)
+    server_only: dict[str, Any] = field(default_factory=dict)
+    when: StatusFilter = successful
+
+
+@dataclass(eq=False)
+class Visit:
+    """Everything pixelmirror holds for one request: who, which events, what it did."""
+
+    facts: RequestFacts
+    visitor: Visitor
+    #: The page's PageView id, shared by the injected pixel and the mirrored server event.
+    page_event_id: str = field(default_factory=new_event_id)
+    #: Browser events carried over a redirect, waiting for the next HTML page.
+    carried: list[dict[str, object]] = field(default_factory=list)
+    tracked: list[TrackedEvent] = field(default_factory=list)
+    #: Set by the adapter once the snippet is in the page.
+    injected: bool = False
+
+    def tracked_for(self, status: int) -> list[TrackedEvent]:
+        """The tracked events that count for a response with this status."""
+        return [event for event in self.tracked if event.when(status)]
+
+
+_visit: ContextVar[Visit | None] = ContextVar("pixelmirror_visit", default=None)
+_event: ContextVar[TrackedEvent | None] = ContextVar("pixelmirror_event", default=None)
+
+
+def activate(visit: Visit) -> Token[Visit | None]:
+    return _visit.set(visit)
+
+
+def deactivate(token: Token[Visit | None]) -> None:
+    _visit.reset(token)
+
+
+def current_visit() -> Visit | None:
+    """The visit of the request being served, or None outside one (or without consent)."""
+    return _visit.get()
+
+
+def current_event() -> TrackedEvent:
+    """The event of the innermost ``@track`` view being run.
+
+    Raises :class:`RuntimeError` outside such a view. Inside one it always works, even when
+    the request gets no pixel (no consent, a crawler): the data then goes nowhere.
+    """
+    event = _event.get()
+    if event is None:
+        raise RuntimeError("current_event() is only available inside a view decorated with @track")
+    return event
+
+
+def track(
+    event_name: str, *, when: StatusFilter | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
+
+    Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
+    the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
+    response (default: 2xx or 3xx). Works on sync and async views.
+    """
+    check_event_name(event_name)
+    status_filter = when or successful
+
+    def start() -> Token[TrackedEvent | None]:
+        event = TrackedEvent(event_name, when=status_filter)
+        visit = _visit.get()
+        if visit is not None:
+            visit.tracked.append(event)
+        return _event.set(event)
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(view):
+            async_view = cast(Callable[P, Awaitable[Any]], view)
+
+            @functools.wraps(view)
+            async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                token = start()
+                try:
+                    return await async_view(*args, **kwargs)
+                finally:
+                    _event.reset(token)
+
+            return cast(Callable[P, R], tracked_async)
+
+        @functools.wraps(view)
+        def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = start()
+            try:
+                return view(*args, **kwargs)
+            finally:
+                _event.reset(token)
+
+        return tracked
+
+    return decorate

@@ -1,0 +1,254 @@
+"""The WSGI adapter: translate between WSGI and :class:`~pixelmirror.mirror.PixelMirror`.
+
+No business rules live here. The adapter holds back ``start_response`` only for pages that
+get the snippet, until the bytes up to ``</head>`` are in hand; everything else goes through
+as the app made it, and the app's iterable is always closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+from pixelmirror.facts import RequestFacts
+from pixelmirror.inject import rewrite_headers, splice
+from pixelmirror.tracking import Visit, activate, deactivate
+
+if TYPE_CHECKING:
+    from pixelmirror.mirror import PixelMirror, Plan
+
+logger = logging.getLogger("pixelmirror")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+Headers = list[tuple[str, str]]
+Write = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = ..., /
+    ) -> Write: ...
+
+
+WSGIEnvironment = dict[str, Any]
+WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
+
+
+class EnvironHeaders(Mapping[str, str]):
+    """Lower-case header names over a WSGI environ, read lazily: most go unread."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ[self._key(name)]
+        if not isinstance(value, str):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def request_facts(environ: WSGIEnvironment) -> RequestFacts:
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or _server_host(environ, scheme)
+    # PEP 3333 strings are bytes decoded as latin-1: re-encode to quote the raw path.
+    raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+    return RequestFacts(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        scheme=scheme,
+        host=host,
+        path=quote(raw_path, safe="/:@!$&'()*+,;=%~") or "/",
+        query=environ.get("QUERY_STRING", ""),
+        headers=EnvironHeaders(environ),
+        peer=environ.get("REMOTE_ADDR"),
+    )
+
+
+def _server_host(environ: WSGIEnvironment, scheme: str) -> str:
+    name, port = environ.get("SERVER_NAME", "localhost"), str(environ.get("SERVER_PORT", ""))
+    default = "443" if scheme == "https" else "80"
+    return name if not port or port == default else f"{name}:{port}"
+
+
+class PixelMirrorWSGI:
+    """WSGI middleware: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``.
+
+    Place it inside any compression middleware: it only touches uncompressed HTML.
+    """
+
+    def __init__(self, app: WSGIApplication, mirror: PixelMirror) -> None:
+        self.app = app
+        self.mirror = mirror
+        mirror.identity  # noqa: B018 -- build it now: a missing signing key fails at start-up
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            visit = self.mirror.begin(request_facts(environ))
+        except Exception:
+            logger.exception("pixelmirror: could not read the request; passing it through")
+            visit = None
+        if visit is None:
+            return self.app(environ, start_response)
+        return _Responder(self.app, self.mirror, visit, start_response).run(environ)
+
+
+class _Responder:
+    """One request's state: the held response start, the body buffer, the plan."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        mirror: PixelMirror,
+        visit: Visit,
+        start_response: StartResponse,
+    ) -> None:
+        self.app = app
+        self.mirror = mirror
+        self.visit = visit
+        self.server_start_response = start_response
+        self.status: int | None = None
+        self.held: tuple[str, Headers, ExcInfo | None] | None = None
+        self.snippet: bytes | None = None
+        self.cookies: tuple[str, ...] = ()
+        self.buffer = bytearray()
+        self.finished = False
+
+    def run(self, environ: WSGIEnvironment) -> Iterable[bytes]:
+        token = activate(self.visit)
+        try:
+            result = self.app(environ, self.start_response)
+        finally:
+            deactivate(token)
+        if self.held is None and self.status is not None:
+            # Started and not held for injection: hand back the app's own iterable (a
+            # wsgi.file_wrapper keeps its sendfile path) and mirror now.
+            self.finish()
+            return result
+        return _Body(result, self)
+
+    def start_response(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = None
+    ) -> Write:
+        self.status = _status_code(status)
+        if exc_info is not None:
+            self.held, self.buffer = None, bytearray()  # an error page replaces the held one
+            return self.server_start_response(status, headers, exc_info)
+        plan = self._plan(headers)
+        if plan is None:
+            return self.server_start_response(status, headers)
+        if plan.snippet is None:
+            extra = [*plan.headers, *(("Set-Cookie", c) for c in plan.cookies)]
+            return self.server_start_response(status, [*headers, *extra])
+        self.snippet, self.cookies = plan.snippet, plan.cookies
+        self.held = (status, headers, exc_info)
+        return self.write_held
+
+    def _plan(self, headers: Headers) -> Plan | None:
+        try:
+            return self.mirror.plan(self.visit, self.visit.facts.method, self.status or 0, headers)
+        except Exception:
+            logger.exception("pixelmirror: planning the response failed; passing it through")
+            return None
+
+    def write_held(self, data: bytes) -> None:
+        """The legacy ``write()`` while the start is held: its bytes join the buffer."""
+        self.buffer += data
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to send for this chunk of the app's body (empty while holding back)."""
+        if self.held is None:
+            return chunk
+        self.buffer += chunk
+        body = bytes(self.buffer)
+        try:
+            spliced = splice(body, self.snippet or b"")
+        except Exception:
+            logger.exception("pixelmirror: injection failed; passing the page through")
+            spliced = None
+        if spliced is not None:
+            status, headers, _ = self.held
+            headers = rewrite_headers(
+                headers, added_length=len(spliced) - len(body), set_cookies=self.cookies
+            )
+            self._release(status, headers)
+            self.visit.injected = True
+            return spliced
+        if len(body) > self.mirror.config.max_buffer:
+            return self.give_up()
+        return b""
+
+    def give_up(self) -> bytes:
+        """No place for the snippet (or no room to look further): the page as it was."""
+        if self.held is None:
+            return b""
+        status, headers, _ = self.held
+        body = bytes(self.buffer)
+        self._release(status, headers)
+        return body
+
+    def _release(self, status: str, headers: Headers) -> None:
+        self.held = None
+        self.server_start_response(status, headers)
+        self.buffer = bytearray()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.mirror.finish(self.visit, self.status or 500)
+        except Exception:
+            logger.exception("pixelmirror: mirroring the request's events failed")
+
+
+class _Body:
+    """The app's iterable, fed through the responder; ``close()`` always reaches the app's."""
+
+    def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
+        self.result = result
+        self.responder = responder
+
+    def __iter__(self) -> Iterator[bytes]:
+        responder = self.responder
+        for chunk in self.result:
+            out = responder.feed(chunk)
+            if out:
+                yield out
+        tail = responder.give_up()
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.responder.finish()
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status[:3])
+    except ValueError:
+        return 500
+
+
+__all__ = ["PixelMirrorWSGI", "request_facts"]

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import MakeMirror
+from pixelmirror import EVENTS_HEADER, PixelMirror, PixelMirrorMiddleware, current_event, track
+from pixelmirror.asgi import Message, Receive, Scope, Send
+from pixelmirror.testing import FakeGraphAPI
+from webkit import CHROME, HTML, browser_events
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def http_scope(
+    path: str = "/", method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None
+) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"shop.example"), (b"user-agent", CHROME.encode()), *(headers or [])],
+        "client": ("198.51.100.7", 50000),
+        "server": ("shop.example", 80),
+    }
+
+
+def app_sending(*messages: Message) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        for message in messages:
+            await send(message)
+
+    return app
+
+
+def start(status: int = 200, *headers: tuple[bytes, bytes]) -> Message:
+    return {"type": "http.response.start", "status": status, "headers": list(headers)}
+
+
+def body(data: bytes, more: bool = False) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+HTML_TYPE = (b"content-type", b"text/html; charset=utf-8")
+
+
+def run(app: ASGIApp, scope: Scope | None = None) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope or http_scope(), receive, send))
+    return sent
+
+
+def as_sent(messages: list[Message]) -> tuple[list[Message], bytes]:
+    """What the client gets: the messages other than body, and the body bytes (a holding
+    middleware may regroup body chunks)."""
+    others = [m for m in messages if m["type"] != "http.response.body"]
+    return others, b"".join(m["body"] for m in messages if m["type"] == "http.response.body")
+
+
+def headers_of(message: Message) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, value in message["headers"]:
+        found.setdefault(name.decode(), []).append(value.decode())
+    return found
+
+
+def test_a_page_is_held_then_sent_spliced_in_one_start_and_body(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    app = app_sending(
+        start(200, HTML_TYPE, (b"content-length", str(len(HTML)).encode())), body(HTML)
+    )
+    sent = run(mirror.asgi(app))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    page = sent[1]["body"]
+    assert b"<script data-pixelmirror" in page.partition(b"</head>")[0]
+    headers = headers_of(sent[0])
+    assert headers["content-length"] == [str(len(page))]
+    assert headers["cache-control"][0].startswith("private")
+    assert any(c.startswith("_pm_vid=") for c in headers["set-cookie"])
+    assert mirror.flush(timeout=10)
+    [(name, event_id)] = browser_events(page)
+    assert [(e.event_name, e.event_id) for e in fake.events] == [(name, event_id)]
+    assert fake.events[0].user_data["client_ip_address"] == "198.51.100.7"
+    assert fake.events[0].data["event_source_url"] == "http://shop.example/"
+
+
+def test_start_is_held_until_the_head_closes_then_streaming_continues(mirror: PixelMirror) -> None:
+    app = app_sending(
+        start(200, HTML_TYPE),
+        body(b"<html><head>", more=True),
+        body(b"<title>s</title></head><body>", more=True),
+        body(b"tail</body></html>"),
+    )
+    sent = run(mirror.asgi(app))
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.body",
+    ]
+    assert sent[1]["body"].startswith(b"<html><head><title>s</title><script data-pixelmirror")
+    assert sent[1]["body"].endswith(b"</head><body>")
+    assert sent[1]["more_body"] is True
+    assert sent[2] == body(b"tail</body></html>")
+
+
+@pytest.mark.parametrize(
+    ("method", "messages"),
+    [
+        pytest.param(
+            "GET", [start(200, (b"content-type", b"application/json")), body(b"{}")], id="json"
+        ),
+        pytest.param(
+            "GET",
+            [start(200, HTML_TYPE, (b"content-encoding", b"gzip")), body(gzip.compress(HTML))],
+            id="gzip-html",
+        ),
+        pytest.param("HEAD", [start(200, HTML_TYPE), body(b"")], id="head"),
+        pytest.param("GET", [start(304, (b"etag", b'"x"')), body(b"")], id="304"),
+        pytest.param(
+            "GET",
+            [start(200, HTML_TYPE), body(b"<p>no", more=True), body(b" marker</p>")],
+            id="streamed-no-marker",
+        ),
+        pytest.param(
+            "GET",
+            [start(200, HTML_TYPE), {"type": "http.response.pathsend", "path": "/srv/page.html"}],
+            id="pathsend",
+        ),
+    ],
+)
+def test_ineligible_responses_pass_byte_identical(
+    mirror: PixelMirror, fake: FakeGraphAPI, method: str, messages: list[Message]
+) -> None:
+    scope = http_scope(method=method)
+    assert as_sent(run(mirror.asgi(app_sending(*messages)), scope)) == as_sent(messages)
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+
+
+def test_websockets_and_other_scopes_pass_through(mirror: PixelMirror) -> None:
+    seen: list[tuple[Scope, Receive, Send]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> Message:
+        return {}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope: Scope = {"type": "websocket", "path": "/ws", "headers": []}
+    asyncio.run(mirror.asgi(app)(scope, receive, send))
+    assert seen == [(scope, receive, send)]
+
+
+def test_lifespan_shutdown_flushes_the_outbox(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
+    mirror = make_mirror(flush_interval=3600)
+    mirror.send("Lead", action_source="system_generated", user_data={"external_id": "x"})
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        assert len(fake.events) == 1  # flushed before the app hears of the shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(mirror.asgi(app)({"type": "lifespan"}, receive, send))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def starlette_shop(mirror: PixelMirror) -> Any:
+    starlette = pytest.importorskip("starlette.applications")
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(HTML)
+
+    @track("Purchase")
+    async def checkout(request: Request) -> Response:
+        current_event().custom_data.update(value=10, currency="EUR")
+        current_event().server_only.update(margin=3)
+        return RedirectResponse("/thanks", status_code=303)
+
+    @track("AddToCart")
+    def cart(request: Request) -> Response:  # sync: Starlette runs it in a thread
+        current_event().custom_data.update(content_ids=["tee"])
+        return JSONResponse({"ok": True})
+
+    app = starlette.Starlette(
+        routes=[
+            Route("/", page),
+            Route("/thanks", page),
+            Route("/checkout", checkout, methods=["POST"]),
+            Route("/api/cart", cart, methods=["POST"]),
+        ]
+    )
+    app.add_middleware(PixelMirrorMiddleware, mirror=mirror)
+    return app
+
+
+async def shop_visit(app: Any) -> tuple[httpx.Response, httpx.Response]:
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
+    ) as client:
+        await client.get("/")
+        cart = await client.post("/api/cart")
+        thanks = await client.post("/checkout", follow_redirects=True)
+    return cart, thanks
+
+
+def test_starlette_sync_and_async_tracked_views(mirror: PixelMirror, fake: FakeGraphAPI) -> None:
+    cart, thanks = asyncio.run(shop_visit(starlette_shop(mirror)))
+    announced = cart.headers[EVENTS_HEADER]
+    assert '"event": "AddToCart"' in announced
+    fired = browser_events(thanks.content)
+    assert [name for name, _ in fired] == ["PageView", "Purchase"]
+    assert mirror.flush(timeout=10)
+    received = {(e.event_name, e.event_id): e for e in fake.events}
+    assert set(fired) <= set(received)
+    assert sum(name == "PageView" for name, _ in received) == 2
+    purchase = received[fired[1]]
+    assert purchase.custom_data == {"value": 10, "currency": "EUR", "margin": 3}
+    assert b"margin" not in thanks.content
+    externals = {e.user_data["external_id"] for e in fake.events}
+    assert len(externals) == 1  # one visitor across pages, redirect and JSON

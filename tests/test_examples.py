@@ -1,0 +1,104 @@
+"""Both example shops, end to end: page → product → cart (JSON) → checkout POST → redirect →
+thank-you page, against a FakeGraphAPI served on loopback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from conftest import PIXEL, SECRET, TOKEN
+from pixelmirror import EVENTS_HEADER
+from pixelmirror.testing import FakeGraphAPI
+from servers import serve_asgi, serve_wsgi
+from webkit import CHROME, browser_events, page_external_id
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EMAIL = "ann@example.com"
+
+
+@pytest.fixture
+def served_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraphAPI]:
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as url:
+        for name, value in {
+            "PIXELMIRROR_PIXEL_ID": PIXEL,
+            "PIXELMIRROR_ACCESS_TOKEN": TOKEN,
+            "PIXELMIRROR_SECRET_KEY": SECRET,
+            "PIXELMIRROR_COOKIE_SECURE": "false",
+            "PIXELMIRROR_GRAPH_URL": url,
+            "PIXELMIRROR_FLUSH_INTERVAL": "0.05",
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield fake
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / name / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shop_visit(base_url: str) -> list[httpx.Response]:
+    with httpx.Client(base_url=base_url, headers={"User-Agent": CHROME}) as client:
+        return [
+            client.get("/"),
+            client.get("/product/tee"),
+            client.post("/api/cart", json={"sku": "tee"}),
+            client.post("/checkout", data={"sku": "tee", "email": EMAIL}, follow_redirects=True),
+        ]
+
+
+@pytest.mark.parametrize("name", ["flask_app", "starlette_app"])
+def test_example_shop_pairs_every_browser_event_with_its_server_twin(
+    served_fake: FakeGraphAPI, name: str
+) -> None:
+    module = load_example(name)
+    serve = serve_wsgi if name == "flask_app" else serve_asgi
+    try:
+        with serve(module.app) as base_url:
+            responses = shop_visit(base_url)
+        home, product, cart, thanks = responses
+        assert [r.status_code for r in responses] == [200, 200, 200, 200]
+        assert thanks.url.path == "/thanks"
+        assert module.mirror.flush(timeout=15)
+    finally:
+        module.mirror.close(timeout=1)
+
+    received = {(e.event_name, e.event_id): e for e in served_fake.events}
+    pages = [home, product, thanks]
+    fired = [event for page in pages for event in browser_events(page.content)]
+    announced = [(e["event"], e["eventID"]) for e in json.loads(cart.headers[EVENTS_HEADER])]
+    assert [n for n, _ in fired] == ["PageView", "PageView", "ViewContent", "PageView", "Purchase"]
+    # Every browser event has its server twin: same name, same id, same pixel.
+    assert set(fired + announced) == set(received)
+    assert len(served_fake.events) == len(received)  # nothing mirrored twice
+    assert {e.pixel_id for e in served_fake.events} == {PIXEL}
+
+    # One visitor on both channels: the page's external_id and the server-minted _fbp.
+    external_ids = {page_external_id(p.content) for p in pages}
+    assert len(external_ids) == 1
+    fbp = home.cookies.get("_fbp") or ""
+    assert fbp.startswith("fb.")
+    for event in served_fake.events:
+        assert event.user_data["external_id"] in external_ids
+        assert event.user_data["fbp"] == fbp
+
+    purchase = next(e for (n, _), e in received.items() if n == "Purchase")
+    assert purchase.custom_data["margin"] == 0.4
+    assert purchase.custom_data["predicted_ltv"] == 120.0
+    assert len(purchase.user_data["em"]) == 64
+    for page in pages:
+        html = page.text
+        assert "margin" not in html
+        assert "predicted_ltv" not in html
+        assert EMAIL not in html
+        assert purchase.user_data["em"] not in html

@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import gzip
+import json
+import wsgiref.util
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from conftest import MakeMirror
+from pixelmirror import EVENTS_HEADER, PixelMirror, current_event, track
+from pixelmirror.testing import FakeGraphAPI
+from pixelmirror.wsgi import PixelMirrorWSGI, StartResponse, WSGIEnvironment
+from webkit import CHROME, HTML, browser_events, page_external_id
+
+Headers = list[tuple[str, str]]
+
+
+class Body:
+    """An app iterable that records ``close()`` and can fail mid-way."""
+
+    def __init__(self, chunks: list[bytes], fail_after: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_after = fail_after
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for n, chunk in enumerate(self.chunks):
+            if n == self.fail_after:
+                raise RuntimeError("the app broke mid-body")
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def app_returning(
+    body: Body | list[bytes], status: str = "200 OK", headers: Headers | None = None
+) -> Any:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(status, headers if headers is not None else [("Content-Type", "text/html")])
+        return body
+
+    return app
+
+
+def environ(path: str = "/", method: str = "GET", **headers: str) -> WSGIEnvironment:
+    env: WSGIEnvironment = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "REMOTE_ADDR": "203.0.113.9",
+    }
+    wsgiref.util.setup_testing_defaults(env)
+    env["HTTP_USER_AGENT"] = CHROME
+    for name, value in headers.items():
+        env[f"HTTP_{name.upper()}"] = value
+    return env
+
+
+def call(app: Any, env: WSGIEnvironment | None = None) -> tuple[str, Headers, bytes]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: Headers, exc_info: Any = None) -> Any:
+        seen["status"], seen["headers"] = status, headers
+        return lambda data: None
+
+    result = app(env or environ(), start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close:
+            close()
+    return seen["status"], seen["headers"], body
+
+
+def header(headers: Headers, name: str) -> list[str]:
+    return [v for n, v in headers if n.lower() == name.lower()]
+
+
+def test_html_page_gets_the_pixel_and_its_pageview_is_mirrored(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    body = Body([HTML])
+    app = app_returning(
+        body, headers=[("Content-Type", "text/html"), ("Content-Length", str(len(HTML)))]
+    )
+    status, headers, page = call(mirror.wsgi(app))
+    assert status == "200 OK"
+    assert body.closed
+    head, _, rest = page.partition(b"</head>")
+    assert b"<script data-pixelmirror" in head
+    assert rest == HTML.partition(b"</head>")[2]
+    assert header(headers, "Content-Length") == [str(len(page))]
+    assert header(headers, "Cache-Control")[0].startswith("private")
+    cookies = header(headers, "Set-Cookie")
+    assert any(c.startswith("_pm_vid=") and "HttpOnly" in c for c in cookies)
+    assert any(c.startswith("_fbp=fb.") for c in cookies)
+
+    assert mirror.flush(timeout=10)
+    [(name, event_id)] = browser_events(page)
+    (received,) = fake.events
+    assert (received.event_name, received.event_id) == (name, event_id) == ("PageView", event_id)
+    assert received.user_data["external_id"] == page_external_id(page)
+    fbp = next(c for c in cookies if c.startswith("_fbp=")).split(";")[0].removeprefix("_fbp=")
+    assert received.user_data["fbp"] == fbp
+    assert received.user_data["client_ip_address"] == "203.0.113.9"
+    assert received.user_data["client_user_agent"] == CHROME
+    assert received.data["event_source_url"] == "http://127.0.0.1/"
+
+
+def test_a_returning_visitor_keeps_its_id_and_gets_no_cookies(mirror: PixelMirror) -> None:
+    app = mirror.wsgi(app_returning([HTML]))
+    _, first_headers, first = call(app)
+    jar = "; ".join(c.split(";")[0] for c in header(first_headers, "Set-Cookie"))
+    _, headers, second = call(app, environ(COOKIE=jar))
+    assert header(headers, "Set-Cookie") == []
+    assert page_external_id(second) == page_external_id(first)
+    assert browser_events(second)[0][1] != browser_events(first)[0][1]  # a new PageView id
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "chunks"),
+    [
+        pytest.param(
+            "GET", "200 OK", [("Content-Type", "application/json")], [b'{"a": 1}'], id="json"
+        ),
+        pytest.param(
+            "GET",
+            "200 OK",
+            [("Content-Type", "text/html"), ("Content-Encoding", "gzip")],
+            [gzip.compress(HTML)],
+            id="gzip-html",
+        ),
+        pytest.param("HEAD", "200 OK", [("Content-Type", "text/html")], [b""], id="head"),
+        pytest.param("GET", "304 Not Modified", [("ETag", '"abc"')], [b""], id="304"),
+        pytest.param(
+            "GET",
+            "200 OK",
+            [("Content-Type", "text/html"), ("Content-Disposition", "attachment; filename=a.html")],
+            [HTML],
+            id="attachment",
+        ),
+        pytest.param(
+            "GET",
+            "200 OK",
+            [("Content-Type", "text/html")],
+            [b"<p>no head, no body</p>"],
+            id="no-marker",
+        ),
+    ],
+)
+def test_ineligible_responses_come_out_byte_identical(
+    mirror: PixelMirror,
+    fake: FakeGraphAPI,
+    method: str,
+    status: str,
+    headers: Headers,
+    chunks: list[bytes],
+) -> None:
+    bare = call(app_returning(list(chunks), status, list(headers)), environ(method=method))
+    body = Body(list(chunks))
+    wrapped = call(mirror.wsgi(app_returning(body, status, list(headers))), environ(method=method))
+    assert wrapped == bare
+    assert body.closed
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+
+
+def test_a_streamed_page_is_held_until_its_head_closes(mirror: PixelMirror) -> None:
+    chunks = [b"<html><head>", b"<title>streamed</title>", b"</head><body>", b"rest</body></html>"]
+    sent: list[bytes] = []
+    started: list[int] = []
+
+    def start_response(status: str, headers: Headers, exc_info: Any = None) -> Any:
+        started.append(len(sent))
+        return sent.append
+
+    result = mirror.wsgi(app_returning(Body(chunks)))(environ(), start_response)
+    for chunk in result:
+        sent.append(chunk)
+    result.close()  # type: ignore[attr-defined]
+    assert started == [0]  # headers went out before the first byte, once
+    assert sent[0].startswith(b"<html><head><title>streamed</title><script data-pixelmirror")
+    assert sent[0].endswith(b"</head><body>")
+    assert sent[1:] == [b"rest</body></html>"]
+
+
+def test_a_body_bigger_than_the_buffer_passes_through(make_mirror: MakeMirror) -> None:
+    mirror = make_mirror(max_buffer=1024)
+    chunks = [b"<html>" + b"x" * 800, b"y" * 800, b"<head></head><body></body></html>"]
+    bare = call(app_returning(list(chunks)))
+    assert call(mirror.wsgi(app_returning(list(chunks)))) == bare
+
+
+def test_close_reaches_the_app_when_it_fails_mid_body(mirror: PixelMirror) -> None:
+    body = Body([b"<html><head>", b"never"], fail_after=1)
+    result = mirror.wsgi(app_returning(body))(environ(), lambda s, h, e=None: lambda d: None)
+    with pytest.raises(RuntimeError, match="mid-body"):
+        list(result)
+    result.close()  # type: ignore[attr-defined]
+    assert body.closed
+
+
+def test_legacy_write_calls_are_kept_in_order(mirror: PixelMirror) -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/html")])
+        write(b"<html><head><title>w</title>")
+        return [b"</head><body>written</body></html>"]
+
+    _, _, page = call(mirror.wsgi(app))
+    assert page.startswith(b"<html><head><title>w</title><script data-pixelmirror")
+    assert page.endswith(
+        b"</script></head><body>written</body></html>".replace(b"</script>", b"</noscript>")
+    )
+
+
+def test_file_wrapper_iterables_are_returned_untouched(mirror: PixelMirror) -> None:
+    stream = Body([b"binary"])
+    app = mirror.wsgi(app_returning(stream, headers=[("Content-Type", "image/png")]))
+    result = app(environ(), lambda s, h, e=None: lambda d: None)
+    assert result is stream
+
+
+def tracked_app() -> Any:
+    """A shop in plain WSGI: POST /checkout redirects, /thanks is a page, /api/cart is JSON."""
+
+    @track("Purchase")
+    def checkout(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        event = current_event()
+        event.custom_data.update(value=49.99, currency="USD")
+        event.user_data.update(email="ann@example.com")
+        event.server_only.update(margin=12.5)
+        start_response("303 See Other", [("Location", "/thanks")])
+        return [b""]
+
+    @track("AddToCart")
+    def cart(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"ok": true}']
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        routes = {"/checkout": checkout, "/api/cart": cart}
+        route = routes.get(environ["PATH_INFO"])
+        if route:
+            return route(environ, start_response)
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [HTML]
+
+    return app
+
+
+def test_a_purchase_behind_a_redirect_fires_on_the_next_page_with_the_same_id(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    app = mirror.wsgi(tracked_app())
+    status, headers, _ = call(app, environ("/checkout", method="POST"))
+    assert status == "303 See Other"
+    jar = "; ".join(c.split(";")[0] for c in header(headers, "Set-Cookie"))
+    assert "_pm_vid_ev=" in jar
+    _, thanks_headers, page = call(app, environ("/thanks", COOKIE=jar))
+    assert [name for name, _ in browser_events(page)] == ["PageView", "Purchase"]
+    assert any(
+        c.startswith("_pm_vid_ev=;") or "Max-Age=0" in c
+        for c in header(thanks_headers, "Set-Cookie")
+    )
+    assert mirror.flush(timeout=10)
+    server = {(e.event_name, e.event_id) for e in fake.events}
+    assert set(browser_events(page)) <= server
+    purchase = next(e for e in fake.events if e.event_name == "Purchase")
+    assert purchase.custom_data == {"value": 49.99, "currency": "USD", "margin": 12.5}
+    assert b"12.5" not in page
+    assert b"ann@example.com" not in page
+    assert purchase.user_data["em"] != "ann@example.com"
+    assert len(purchase.user_data["em"]) == 64
+
+
+def test_a_json_route_announces_its_events_in_a_header(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    _, headers, body = call(mirror.wsgi(tracked_app()), environ("/api/cart", method="POST"))
+    assert body == b'{"ok": true}'
+    (announced,) = json.loads(header(headers, EVENTS_HEADER)[0])
+    assert announced["event"] == "AddToCart"
+    assert mirror.flush(timeout=10)
+    assert [(e.event_name, e.event_id) for e in fake.events] == [
+        ("AddToCart", announced["eventID"])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "headers"),
+    [
+        pytest.param({"consent_cookie": "consent=yes"}, {}, id="no-consent"),
+        pytest.param({"consent_cookie": "consent=yes"}, {"COOKIE": "consent=no"}, id="refused"),
+        pytest.param({}, {"USER_AGENT": "facebookexternalhit/1.1"}, id="meta-crawler"),
+        pytest.param(
+            {}, {"USER_AGENT": "Googlebot/2.1 (+http://www.google.com/bot.html)"}, id="googlebot"
+        ),
+        pytest.param({"pixel_id": None}, {}, id="no-pixel-id"),
+    ],
+)
+def test_pages_pass_untouched_without_consent_for_bots_and_without_a_pixel(
+    make_mirror: MakeMirror, fake: FakeGraphAPI, settings: dict[str, Any], headers: dict[str, str]
+) -> None:
+    mirror = make_mirror(**settings)
+    env = environ(**headers)
+    assert call(mirror.wsgi(tracked_app()), env) == call(tracked_app(), env)
+    call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", **headers))
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+
+
+def test_consent_granted_by_cookie(make_mirror: MakeMirror) -> None:
+    mirror = make_mirror(consent_cookie="consent=yes")
+    _, _, page = call(mirror.wsgi(tracked_app()), environ(COOKIE="consent=yes"))
+    assert browser_events(page)
+
+
+def test_an_internal_failure_serves_the_page_untouched(
+    mirror: PixelMirror, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("pixelmirror bug")
+
+    monkeypatch.setattr(mirror, "plan", broken)
+    assert call(mirror.wsgi(tracked_app())) == call(tracked_app())
+    assert "planning the response failed" in caplog.text
+    monkeypatch.setattr(mirror, "begin", broken)
+    assert call(mirror.wsgi(tracked_app())) == call(tracked_app())
+
+
+def test_flask_init_app(mirror: PixelMirror) -> None:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    def home() -> str:
+        return HTML.decode()
+
+    mirror.init_app(app)
+    assert isinstance(app.wsgi_app, PixelMirrorWSGI)
+    assert app.extensions["pixelmirror"] is mirror
+    response = app.test_client().get("/", headers={"User-Agent": CHROME})
+    assert [name for name, _ in browser_events(response.data)] == ["PageView"]
