@@ -254,3 +254,61 @@ def test_starlette_sync_and_async_tracked_views(mirror: PixelMirror, fake: FakeG
     assert b"margin" not in thanks.content
     externals = {e.user_data["external_id"] for e in fake.events}
     assert len(externals) == 1  # one visitor across pages, redirect and JSON
+
+
+def test_fastapi_keeps_the_view_signature_and_tracks(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.responses import HTMLResponse
+
+    app = fastapi.FastAPI()
+    app.add_middleware(PixelMirrorMiddleware, mirror=mirror)
+
+    @app.get("/product/{sku}", response_class=HTMLResponse)
+    @track("ViewContent")
+    async def product(sku: str, qty: int = 1) -> str:  # FastAPI reads this signature
+        current_event().custom_data.update(content_ids=[sku], num_items=qty)
+        return HTML.decode()
+
+    async def visit() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
+        ) as client:
+            return await client.get("/product/tee", params={"qty": 2})
+
+    page = asyncio.run(visit())
+    fired = browser_events(page.content)
+    assert [name for name, _ in fired] == ["PageView", "ViewContent"]
+    assert mirror.flush(timeout=10)
+    view = next(e for e in fake.events if e.event_name == "ViewContent")
+    assert view.event_id == fired[1][1]
+    assert view.custom_data == {"content_ids": ["tee"], "num_items": 2}
+
+
+def test_inside_gzip_the_compressed_page_carries_the_pixel(mirror: PixelMirror) -> None:
+    pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    async def page(request: Any) -> HTMLResponse:
+        return HTMLResponse(HTML * 20)  # big enough for GZipMiddleware to compress
+
+    app = Starlette(
+        routes=[Route("/", page)],
+        middleware=[Middleware(GZipMiddleware), Middleware(PixelMirrorMiddleware, mirror=mirror)],
+    )
+
+    async def visit() -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop.example"
+        ) as client:
+            return await client.get("/", headers={"User-Agent": CHROME, "Accept-Encoding": "gzip"})
+
+    response = asyncio.run(visit())
+    assert response.headers["content-encoding"] == "gzip"
+    assert [name for name, _ in browser_events(response.content)] == ["PageView"]
