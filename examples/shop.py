@@ -19,10 +19,9 @@ document.getElementById("add").addEventListener("click", async (event) => {
     headers: {"Content-Type": "application/json"},
     body: JSON.stringify({sku: event.target.dataset.sku}),
   });
+  // The server mirrored AddToCart already; fire its browser twin with the same eventID.
   const fired = JSON.parse(response.headers.get("X-PixelMirror-Events") || "[]");
-  for (const e of fired) {
-    if (window.fbq) fbq("track", e.event, {}, {eventID: e.eventID});
-  }
+  if (window.pixelmirror) window.pixelmirror.fire(fired);
   document.getElementById("cart").textContent = "In your cart.";
 });
 </script>

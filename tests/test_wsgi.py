@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import wsgiref.util
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ from conftest import MakeMirror
 from pixelmirror import EVENTS_HEADER, PixelMirror, current_event, track
 from pixelmirror.testing import FakeGraphAPI
 from pixelmirror.wsgi import PixelMirrorWSGI, StartResponse, WSGIEnvironment
-from webkit import CHROME, HTML, browser_events, page_external_id
+from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
 
 Headers = list[tuple[str, str]]
 
@@ -43,40 +42,6 @@ def app_returning(
         return body
 
     return app
-
-
-def environ(path: str = "/", method: str = "GET", **headers: str) -> WSGIEnvironment:
-    env: WSGIEnvironment = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "REMOTE_ADDR": "203.0.113.9",
-    }
-    wsgiref.util.setup_testing_defaults(env)
-    env["HTTP_USER_AGENT"] = CHROME
-    for name, value in headers.items():
-        env[f"HTTP_{name.upper()}"] = value
-    return env
-
-
-def call(app: Any, env: WSGIEnvironment | None = None) -> tuple[str, Headers, bytes]:
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, headers: Headers, exc_info: Any = None) -> Any:
-        seen["status"], seen["headers"] = status, headers
-        return lambda data: None
-
-    result = app(env or environ(), start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close:
-            close()
-    return seen["status"], seen["headers"], body
-
-
-def header(headers: Headers, name: str) -> list[str]:
-    return [v for n, v in headers if n.lower() == name.lower()]
 
 
 def test_html_page_gets_the_pixel_and_its_pageview_is_mirrored(

@@ -9,12 +9,12 @@ bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, comp
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from pixelmirror.beacon import MAX_BODY
 from pixelmirror.facts import RequestFacts
-from pixelmirror.inject import rewrite_headers, splice
-from pixelmirror.mirror import PixelMirror
+from pixelmirror.mirror import PixelMirror, Plan
 from pixelmirror.tracking import Visit, activate, deactivate
 
 logger = logging.getLogger("pixelmirror")
@@ -79,7 +79,11 @@ class PixelMirrorMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
-                visit = self.mirror.begin(request_facts(scope))
+                facts = request_facts(scope)
+                if self.mirror.is_beacon(facts):
+                    await self._beacon(facts, receive, send)
+                    return
+                visit = self.mirror.begin(facts)
             except Exception:
                 logger.exception("pixelmirror: could not read the request; passing it through")
                 visit = None
@@ -89,6 +93,23 @@ class PixelMirrorMiddleware:
         elif scope["type"] == "lifespan":
             receive = self._watch_lifespan(receive)
         await self.app(scope, receive, send)
+
+    async def _beacon(self, facts: RequestFacts, receive: Receive, send: Send) -> None:
+        body = b""
+        while len(body) <= MAX_BODY:  # one byte past the limit is enough to refuse it
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = self.mirror.answer_beacon(facts, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": _encode(answer.headers),
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
 
     def _watch_lifespan(self, receive: Receive) -> Receive:
         async def receive_lifespan() -> Message:
@@ -113,8 +134,7 @@ class _Responder:
         self.server_send = send
         self.status = 500
         self.held: Message | None = None
-        self.snippet = b""
-        self.cookies: tuple[str, ...] = ()
+        self.plan: Plan | None = None
         self.buffer = bytearray()
 
     async def __call__(self, scope: Scope, receive: Receive) -> None:
@@ -152,35 +172,27 @@ class _Responder:
         if plan is None:
             await self.server_send(message)
         elif plan.snippet is None:
-            extra = [*plan.headers, *(("Set-Cookie", c) for c in plan.cookies)]
-            await self.server_send(
-                {**message, "headers": [*message.get("headers", ()), *_encode(extra)]}
-            )
+            added = _encode(plan.added_headers())
+            await self.server_send({**message, "headers": [*message.get("headers", ()), *added]})
         else:
-            self.snippet, self.cookies, self.held = plan.snippet, plan.cookies, message
+            self.plan, self.held = plan, message
 
     async def _body(self, message: Message) -> None:
         assert self.held is not None
+        assert self.plan is not None
         self.buffer += message.get("body", b"")
-        more_body = message.get("more_body", False)
         body = bytes(self.buffer)
         try:
-            spliced = splice(body, self.snippet)
+            spliced = self.plan.splice(body, _decode(self.held.get("headers", ())))
         except Exception:
             logger.exception("pixelmirror: injection failed; passing the page through")
             spliced = None
         if spliced is not None:
-            start = self.held
-            headers = [
-                (n.decode("latin-1"), v.decode("latin-1")) for n, v in start.get("headers", ())
-            ]
-            new_headers = rewrite_headers(
-                headers, added_length=len(spliced) - len(body), set_cookies=self.cookies
-            )
+            page, headers = spliced
             self.visit.injected = True
-            await self._release({**start, "headers": _encode(new_headers)})
-            await self.server_send({**message, "body": spliced})
-        elif not more_body or len(body) > self.mirror.config.max_buffer:
+            await self._release({**self.held, "headers": _encode(headers)})
+            await self.server_send({**message, "body": page})
+        elif not message.get("more_body", False) or len(body) > self.mirror.config.max_buffer:
             await self._release(self.held)
             await self.server_send({**message, "body": body})
 
@@ -188,6 +200,10 @@ class _Responder:
         self.held = None
         self.buffer = bytearray()
         await self.server_send(start)
+
+
+def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

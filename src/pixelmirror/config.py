@@ -146,10 +146,32 @@ class Config:
     auto_config: bool = _setting(True, _bool)
     #: Bytes of a streamed HTML body held back while looking for ``</head>``.
     max_buffer: int = _setting(512 * 1024, _int)
+    #: ``inline``: ids in the page; ``beacon``: the same bytes for every visitor, ids from
+    #: a first-party beacon (cache-safe).
+    mode: str = _setting("inline", _text)
+    #: Where the middleware answers the page's beacon (``window.pixelmirror``).
+    beacon_path: str = _setting("/.pixelmirror/beacon", _text)
+    #: Events the browser may ask the beacon for; conversions stay server-decided.
+    beacon_events: tuple[str, ...] = _setting(
+        (
+            "PageView",
+            "ViewContent",
+            "Search",
+            "AddToCart",
+            "AddToWishlist",
+            "CustomizeProduct",
+            "FindLocation",
+            "Contact",
+        ),
+        _list,
+    )
+    #: Beacon events per minute per visitor (an IP gets five times as many).
+    beacon_rate: int = _setting(60, _int)
 
     def __post_init__(self) -> None:
-        if isinstance(self.secret_key, str):  # a keyword override given as "new,old"
-            object.__setattr__(self, "secret_key", _list("secret_key", self.secret_key))
+        for name in ("secret_key", "beacon_events"):  # keyword overrides given as "a,b"
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, _list(name, getattr(self, name)))
         # Keyword overrides may give strings; ip_network() also accepts networks as they are.
         object.__setattr__(
             self, "trusted_proxies", _networks("trusted_proxies", self.trusted_proxies)
@@ -208,6 +230,14 @@ class Config:
         )
         need(self.queue_size >= 1, "queue_size", "a positive integer", self.queue_size)
         need(self.max_buffer >= 1024, "max_buffer", "at least 1024 bytes", self.max_buffer)
+        need(self.mode in ("inline", "beacon"), "mode", "inline or beacon", self.mode)
+        need(
+            self.beacon_path.startswith("/") and "?" not in self.beacon_path,
+            "beacon_path",
+            "an absolute path like /.pixelmirror/beacon",
+            self.beacon_path,
+        )
+        need(self.beacon_rate >= 1, "beacon_rate", "a positive integer", self.beacon_rate)
         need(
             self.cookie_max_age >= 1,
             "cookie_max_age",

@@ -134,8 +134,12 @@ def rewrite_headers(
     *,
     added_length: int,
     set_cookies: Sequence[str] = (),
+    private: bool = True,
 ) -> list[tuple[str, str]]:
     """The response headers after a successful splice of ``added_length`` bytes.
+
+    With ``private`` false (a snippet that is the same for every visitor) the caching headers
+    are left as the app set them; the rest applies either way.
 
     * ``Content-Length`` grows by ``added_length`` (absent stays absent; an unreadable one is
       dropped, since a wrong length would truncate or hang the response);
@@ -150,7 +154,7 @@ def rewrite_headers(
     Every other header is kept byte-identical and in order.
     """
     cache_values = [value for name, value in headers if name.lower() == "cache-control"]
-    keep_cache = _already_private(cache_values)
+    keep_cache = not private or _already_private(cache_values)
     out: list[tuple[str, str]] = []
     added_private = False
     for name, value in headers:
@@ -166,7 +170,7 @@ def rewrite_headers(
         elif key == "etag":
             if value.lstrip().startswith("W/"):
                 out.append((name, value))
-        elif key in _DIGEST_HEADERS or key in _CDN_CACHE_HEADERS:
+        elif key in _DIGEST_HEADERS or (private and key in _CDN_CACHE_HEADERS):
             continue
         elif key == "cache-control" and not keep_cache:
             directives = [
@@ -181,7 +185,7 @@ def rewrite_headers(
                 out.append((name, ", ".join(directives)))
         else:
             out.append((name, value))
-    if not cache_values:
+    if private and not cache_values:
         out.append((_styled(headers, "Cache-Control"), "private, no-cache"))
     return _append_cookies(out, headers, set_cookies)
 

@@ -10,11 +10,13 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
+from pixelmirror.beacon import BeaconRefused, RateLimiter, check_origin, parse_request
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.graph import (
@@ -26,11 +28,11 @@ from pixelmirror.delivery.graph import (
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.inject import should_inject
+from pixelmirror.inject import rewrite_headers, should_inject, splice
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.outbox import Outbox, open_outbox
-from pixelmirror.snippet import BrowserEvent, render_snippet
-from pixelmirror.tracking import Visit
+from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
+from pixelmirror.tracking import TrackedEvent, Visit
 
 if TYPE_CHECKING:
     from pixelmirror.asgi import ASGIApp, PixelMirrorMiddleware
@@ -93,6 +95,46 @@ class Plan:
     snippet: bytes | None = None
     cookies: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    #: The snippet is this visitor's own: keep the page out of shared caches.
+    private: bool = True
+
+    def splice(
+        self, body: bytes, headers: Sequence[tuple[str, str]]
+    ) -> tuple[bytes, list[tuple[str, str]]] | None:
+        """The page with the snippet and its fixed headers, or None if it has no place."""
+        spliced = splice(body, self.snippet or b"")
+        if spliced is None:
+            return None
+        fixed = rewrite_headers(
+            headers,
+            added_length=len(spliced) - len(body),
+            set_cookies=self.cookies,
+            private=self.private,
+        )
+        return spliced, fixed
+
+    def added_headers(self) -> list[tuple[str, str]]:
+        """What a response without a snippet gets: announced events and cookies."""
+        return [*self.headers, *(("Set-Cookie", cookie) for cookie in self.cookies)]
+
+
+@dataclass(frozen=True)
+class BeaconAnswer:
+    """The beacon endpoint's response, for the adapter to send as it is."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    cookies: tuple[str, ...] = ()
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+            ("Cache-Control", "no-store"),
+            *(("Set-Cookie", cookie) for cookie in self.cookies),
+        ]
 
 
 #: Response header that tells a front end which events to fire with which eventID.
@@ -168,6 +210,9 @@ class PixelMirror:
         self._consent = consent
         self._csp_nonce = csp_nonce
         self._identity: Identity | None = None
+        self._beacon_allowed = frozenset(self.config.beacon_events) | {"PageView"}
+        self._beacon_visitors = RateLimiter(self.config.beacon_rate)
+        self._beacon_ips = RateLimiter(5 * self.config.beacon_rate)
         self.outbox: Outbox = open_outbox(self.config.outbox, max_events=self.config.queue_size)
         self.client: GraphClient | None = None
         self.dispatcher: Dispatcher | None = None
@@ -285,6 +330,10 @@ class PixelMirror:
             self._identity = Identity(self.config, consent=self._consent)
         return self._identity
 
+    def is_beacon(self, facts: RequestFacts) -> bool:
+        """Whether this request is for the beacon endpoint (only served with a pixel id)."""
+        return facts.path == self.config.beacon_path and self.identity is not None
+
     def begin(self, facts: RequestFacts) -> Visit | None:
         """Start a request's visit, or None when it gets no pixel (no pixel id, no consent,
         a crawler)."""
@@ -305,7 +354,8 @@ class PixelMirror:
         assert self.config.pixel_id is not None
         tracked = visit.tracked_for(status)
         cookies = visit.visitor.set_cookies
-        if should_inject(method, status, headers):
+        injecting = should_inject(method, status, headers)
+        if injecting and self.config.mode == "inline":
             events = [BrowserEvent("PageView", visit.page_event_id)]
             events += [
                 BrowserEvent(str(c["name"]), str(c["event_id"]), _mapping(c.get("custom_data")))
@@ -320,6 +370,7 @@ class PixelMirror:
                 agent=self.config.partner_agent,
                 ldu=self.config.ldu,
                 auto_config=self.config.auto_config,
+                beacon_path=self.config.beacon_path,
             )
             if visit.carried:
                 cookies += (identity.clear_carry_cookie(),)
@@ -327,23 +378,91 @@ class PixelMirror:
                 fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
                 logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
             return Plan(snippet=snippet, cookies=cookies)
+        if injecting:
+            # Beacon mode: the same bytes for every visitor. Events the view tracked ride to
+            # the beacon in the carry cookie (so this page, and only this one, sets cookies).
+            snippet = render_beacon_snippet(
+                pixel_ids=[self.config.pixel_id],
+                beacon_path=self.config.beacon_path,
+                nonce=self._csp_nonce(visit.facts, headers),
+                agent=self.config.partner_agent,
+                ldu=self.config.ldu,
+                auto_config=self.config.auto_config,
+            )
+            if not tracked:
+                return Plan(snippet=snippet, private=False)
+            return Plan(snippet=snippet, cookies=self._carry(visit, tracked))
         if not tracked:
             return None
         if 300 <= status < 400:
-            # POST-redirect-GET: the browser copies fire on the next HTML page, same ids.
-            carry: list[Mapping[str, object]] = [*visit.carried]
-            carry += (
-                {"name": e.event_name, "event_id": e.event_id, "custom_data": e.custom_data}
-                for e in tracked
-            )
-            return Plan(cookies=(*cookies, identity.carry_cookie(carry)))
+            # POST-redirect-GET: the browser copies fire on the next page, with the same ids.
+            return Plan(cookies=self._carry(visit, tracked))
         announced = [{"event": e.event_name, "eventID": e.event_id} for e in tracked]
         return Plan(cookies=cookies, headers=((EVENTS_HEADER, json.dumps(announced)),))
+
+    def _carry(self, visit: Visit, tracked: Sequence[TrackedEvent]) -> tuple[str, ...]:
+        """The visitor's cookies plus the signed cookie carrying browser copies onward."""
+        assert self.identity is not None
+        carry: list[Mapping[str, object]] = [*visit.carried]
+        carry += (
+            {"name": e.event_name, "event_id": e.event_id, "custom_data": e.custom_data}
+            for e in tracked
+        )
+        return (*visit.visitor.set_cookies, self.identity.carry_cookie(carry))
+
+    def answer_beacon(self, facts: RequestFacts, body: bytes) -> BeaconAnswer:
+        """Answer the page's beacon: mint ids, mirror the server copies, say what to fire.
+
+        The endpoint is a public write path: only same-origin requests from consenting
+        visitors that are not crawlers, for allowed event names, within rate limits, get an
+        answer; anything else gets a 4xx with a short reason and never reaches the outbox.
+        """
+        identity = self.identity
+        assert identity is not None
+        try:
+            origin = _origin(identity.page_url(facts))
+            check_origin(facts, origin)
+            asked = parse_request(body, origin=origin, allowed=self._beacon_allowed)
+            page = urlsplit(asked.page_url)
+            headers = {**facts.headers, "referer": asked.referrer or ""}
+            page_facts = replace(
+                facts, method="GET", path=page.path or "/", query=page.query, headers=headers
+            )
+            visitor = identity.resolve(page_facts)
+            if visitor is None:
+                raise BeaconRefused(403, "no consent, or a crawler")
+            cost = len(asked.events)
+            if not self._beacon_visitors.allow(visitor.visitor_id, cost) or not (
+                self._beacon_ips.allow(visitor.client_ip or "-", cost)
+            ):
+                raise BeaconRefused(429, "too many beacon events; slow down")
+        except BeaconRefused as refused:
+            return BeaconAnswer(refused.status, refused.reason.encode(), content_type="text/plain")
+        carried = identity.read_carried(facts)
+        fired = [
+            {
+                "event": c["name"],
+                "eventID": c["event_id"],
+                "custom_data": c.get("custom_data") or {},
+            }
+            for c in carried
+        ]
+        visit = Visit(page_facts, visitor)
+        for name, custom_data in asked.events:
+            event = TrackedEvent(name, custom_data=dict(custom_data))
+            if name != "PageView" or self.config.pageview:
+                visit.tracked.append(event)
+            fired.append({"event": name, "eventID": event.event_id, "custom_data": custom_data})
+        self.finish(visit, 200)
+        cookies = visitor.set_cookies + ((identity.clear_carry_cookie(),) if carried else ())
+        answer = {"external_id": visitor.external_id, "events": fired}
+        return BeaconAnswer(200, json.dumps(answer).encode(), cookies=cookies)
 
     def finish(self, visit: Visit, status: int) -> None:
         """Mirror the request's events to the outbox, after the response went out."""
         tracked = visit.tracked_for(status)
-        pageview = visit.injected and self.config.pageview
+        # In beacon mode the page's PageView comes back through the beacon.
+        pageview = visit.injected and self.config.pageview and self.config.mode == "inline"
         if not tracked and not pageview:
             return
         user_data = self._request_user_data(visit)
@@ -518,6 +637,11 @@ class PixelMirror:
             self.client = GraphClient.from_config(self.config, transport=self._transport)
             self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
             self.dispatcher.start()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _mapping(value: object) -> Mapping[str, object]:

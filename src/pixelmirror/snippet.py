@@ -19,9 +19,11 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 __all__ = [
+    "DEFAULT_BEACON_PATH",
     "MARKER",
     "STANDARD_EVENTS",
     "BrowserEvent",
+    "render_beacon_snippet",
     "render_snippet",
     "safe_json",
 ]
@@ -72,6 +74,45 @@ _STUB = (
     f"s.src='{FBEVENTS_URL}';"
     "(d.head||d.documentElement).appendChild(s)"
     "})(window,document);"
+)
+
+DEFAULT_BEACON_PATH = "/.pixelmirror/beacon"
+
+# ``window.pixelmirror``, in both modes, configured by the JSON object ``c``:
+#   fire(list)        fire server-announced events ``{event, eventID, custom_data}`` (the
+#                     X-PixelMirror-Events header of a JSON route, or a beacon's answer);
+#   track(name, data) ask the beacon endpoint for an eventID (it mirrors the server copy),
+#                     then fire; pageview() the same for a PageView (single-page apps).
+# In beacon mode (``c.beacon``) ``init`` waits for the beacon's external_id, the page's
+# PageView goes through the beacon, and the pixel's own pushState PageViews (which carry no
+# eventID and cannot dedup) are switched off. If a beacon fails, the events still fire,
+# without eventID. Like the stub, the text holds no ``<``, ``>`` or ``&``.
+_RUNTIME = (
+    "(function(w,d,c){"
+    "var inited=!c.beacon,P=w.pixelmirror={};"
+    "function init(ext){if(inited)return;inited=true;"
+    "if(c.ldu)fbq('dataProcessingOptions',['LDU'],0,0);"
+    "for(var i=0;i!==c.pixels.length;i++){var p=c.pixels[i],u=ext?{external_id:ext}:{};"
+    "if(!c.autoConfig)fbq('set','autoConfig',false,p);"
+    "if(c.agent){fbq('init',p,u,{agent:c.agent})}else{fbq('init',p,u)}}}"
+    "function fire(list){init(null);"
+    "for(var i=0;i!==list.length;i++){var e=list[i],"
+    "m=c.standard.indexOf(e.event)===-1?'trackCustom':'track';"
+    "if(e.eventID){fbq(m,e.event,e.custom_data||{},{eventID:e.eventID})}"
+    "else{fbq(m,e.event,e.custom_data||{})}}}"
+    "function send(events){"
+    "return w.fetch(c.path,{method:'POST',credentials:'same-origin',"
+    "headers:{'Content-Type':'application/json'},"
+    "body:JSON.stringify({url:w.location.href,referrer:d.referrer,events:events})})"
+    ".then(function(r){if(!r.ok)throw new Error('pixelmirror beacon: HTTP '+r.status);"
+    "return r.json()})"
+    ".then(function(a){init(a.external_id);fire(a.events);return a.events},"
+    "function(){fire(events);return events})}"
+    "P.fire=fire;"
+    "P.track=function(name,data){return send([{event:name,custom_data:data||{}}])};"
+    "P.pageview=function(){return send([{event:'PageView'}])};"
+    "if(c.beacon){w.fbq.disablePushState=true;P.pageview()}"
+    "})(window,document,"
 )
 
 # Characters that could end the script element or start a comment (``</script``, ``<!--``,
@@ -154,6 +195,7 @@ def render_snippet(
     ldu: bool = False,
     auto_config: bool = True,
     noscript: bool = True,
+    beacon_path: str = DEFAULT_BEACON_PATH,
 ) -> bytes:
     """The ``<script>`` (and ``<noscript>``) that loads the pixel and fires ``events``.
 
@@ -167,9 +209,8 @@ def render_snippet(
 
     :raises ValueError: no pixel id, or data that JSON cannot carry (see :func:`safe_json`).
     """
-    if not pixel_ids:
-        raise ValueError("render_snippet needs at least one pixel id")
-    lines = [_STUB]
+    _need_pixels(pixel_ids)
+    lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=False)]
     if ldu:
         # 0, 0: let Meta geolocate the visitor to decide whether LDU applies.
         lines.append(_call("dataProcessingOptions", ["LDU"], 0, 0))
@@ -193,7 +234,63 @@ def render_snippet(
         else:
             method = "trackSingle" if standard else "trackSingleCustom"
             lines.append(_call(method, event.pixel_id, event.name, data, options))
+    images = [
+        _noscript_image(pixel_id, event.event_id)
+        for event in events
+        if event.name == "PageView"
+        for pixel_id in ((event.pixel_id,) if event.pixel_id is not None else pixel_ids)
+    ]
+    return _script(lines, nonce, images if noscript else [])
 
+
+def render_beacon_snippet(
+    *,
+    pixel_ids: Sequence[str],
+    beacon_path: str = DEFAULT_BEACON_PATH,
+    nonce: str | None = None,
+    agent: str | None = None,
+    ldu: bool = False,
+    auto_config: bool = True,
+) -> bytes:
+    """The cache-safe snippet of beacon mode: the same bytes for every visitor of a page.
+
+    No event id and no visitor data: on load it POSTs to ``beacon_path``, which mints the
+    visitor's ids and the PageView's eventID and mirrors the server copy; then it calls
+    ``init`` with the external_id it got back and fires the PageView with that eventID.
+    """
+    _need_pixels(pixel_ids)
+    lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=True)]
+    images = [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
+    return _script(lines, nonce, images)
+
+
+def _need_pixels(pixel_ids: Sequence[str]) -> None:
+    if not pixel_ids:
+        raise ValueError("a snippet needs at least one pixel id")
+
+
+def _runtime(
+    pixel_ids: Sequence[str],
+    beacon_path: str,
+    agent: str | None,
+    ldu: bool,
+    auto_config: bool,
+    *,
+    beacon: bool,
+) -> str:
+    config = {
+        "pixels": list(pixel_ids),
+        "path": beacon_path,
+        "agent": agent,
+        "ldu": ldu,
+        "autoConfig": auto_config,
+        "beacon": beacon,
+        "standard": sorted(STANDARD_EVENTS),
+    }
+    return _RUNTIME + safe_json(config) + ");"
+
+
+def _script(lines: Sequence[str], nonce: str | None, images: Sequence[str]) -> bytes:
     # ``data-pixelmirror=""`` and ``<img .../>`` keep the markup well-formed XML as well as
     # HTML, so an ``application/xhtml+xml`` page still parses.
     parts = [_OPEN]
@@ -202,15 +299,8 @@ def render_snippet(
     parts.append(">")
     parts.append("\n".join(lines))
     parts.append("</script>")
-    if noscript:
-        images = [
-            _noscript_image(pixel_id, event.event_id)
-            for event in events
-            if event.name == "PageView"
-            for pixel_id in ((event.pixel_id,) if event.pixel_id is not None else pixel_ids)
-        ]
-        if images:
-            parts.append("<noscript>" + "".join(images) + "</noscript>")
+    if images:
+        parts.append("<noscript>" + "".join(images) + "</noscript>")
     return "".join(parts).encode("ascii")
 
 
@@ -220,8 +310,11 @@ def _attribute(value: str) -> str:
     return escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
-def _noscript_image(pixel_id: str, event_id: str) -> str:
-    query = urlencode([("id", pixel_id), ("ev", "PageView"), ("eid", event_id), ("noscript", "1")])
+def _noscript_image(pixel_id: str, event_id: str | None) -> str:
+    params = [("id", pixel_id), ("ev", "PageView")]
+    if event_id is not None:
+        params.append(("eid", event_id))
+    query = urlencode([*params, ("noscript", "1")])
     return (
         '<img height="1" width="1" style="display:none" alt="" src="'
         + _attribute(f"{NOSCRIPT_URL}?{query}")

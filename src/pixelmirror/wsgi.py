@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
+from pixelmirror.beacon import MAX_BODY
 from pixelmirror.facts import RequestFacts
-from pixelmirror.inject import rewrite_headers, splice
 from pixelmirror.tracking import Visit, activate, deactivate
 
 if TYPE_CHECKING:
@@ -100,13 +101,29 @@ class PixelMirrorWSGI:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            visit = self.mirror.begin(request_facts(environ))
+            facts = request_facts(environ)
+            if self.mirror.is_beacon(facts):
+                return self._beacon(facts, environ, start_response)
+            visit = self.mirror.begin(facts)
         except Exception:
             logger.exception("pixelmirror: could not read the request; passing it through")
             visit = None
         if visit is None:
             return self.app(environ, start_response)
         return _Responder(self.app, self.mirror, visit, start_response).run(environ)
+
+    def _beacon(
+        self, facts: RequestFacts, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        # One byte past the limit is enough to refuse an oversized body.
+        body = environ["wsgi.input"].read(min(max(length, 0), MAX_BODY + 1)) if length else b""
+        answer = self.mirror.answer_beacon(facts, body)
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", answer.headers)
+        return [answer.body]
 
 
 class _Responder:
@@ -125,8 +142,7 @@ class _Responder:
         self.server_start_response = start_response
         self.status: int | None = None
         self.held: tuple[str, Headers, ExcInfo | None] | None = None
-        self.snippet: bytes | None = None
-        self.cookies: tuple[str, ...] = ()
+        self.plan: Plan | None = None
         self.buffer = bytearray()
         self.finished = False
 
@@ -154,9 +170,8 @@ class _Responder:
         if plan is None:
             return self.server_start_response(status, headers)
         if plan.snippet is None:
-            extra = [*plan.headers, *(("Set-Cookie", c) for c in plan.cookies)]
-            return self.server_start_response(status, [*headers, *extra])
-        self.snippet, self.cookies = plan.snippet, plan.cookies
+            return self.server_start_response(status, [*headers, *plan.added_headers()])
+        self.plan = plan
         self.held = (status, headers, exc_info)
         return self.write_held
 
@@ -178,18 +193,15 @@ class _Responder:
         self.buffer += chunk
         body = bytes(self.buffer)
         try:
-            spliced = splice(body, self.snippet or b"")
+            spliced = self.plan.splice(body, self.held[1]) if self.plan else None
         except Exception:
             logger.exception("pixelmirror: injection failed; passing the page through")
             spliced = None
         if spliced is not None:
-            status, headers, _ = self.held
-            headers = rewrite_headers(
-                headers, added_length=len(spliced) - len(body), set_cookies=self.cookies
-            )
-            self._release(status, headers)
+            page, headers = spliced
+            self._release(self.held[0], headers)
             self.visit.injected = True
-            return spliced
+            return page
         if len(body) > self.mirror.config.max_buffer:
             return self.give_up()
         return b""
