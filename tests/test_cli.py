@@ -131,3 +131,52 @@ def test_worker_drains_the_outbox_and_stops_on_sigterm(env: dict[str, str]) -> N
     assert set(fake.event_ids()) == ids
     assert "finishing the batches in flight" in log
     assert "sent 50" in log
+
+
+def test_worker_takes_tokens_from_a_resolver(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeGraphAPI(access_tokens={PIXEL: {"per-pixel-token"}})
+    (tmp_path / "platform_tokens.py").write_text(
+        f"def token_for(pixel_id):\n    return {{'{PIXEL}': 'per-pixel-token'}}.get(pixel_id)\n"
+    )
+    env = {**env, "PYTHONPATH": str(tmp_path)}
+    del env["PIXELMIRROR_ACCESS_TOKEN"]
+    monkeypatch.delenv("PIXELMIRROR_ACCESS_TOKEN")
+    with fake.serve() as url:
+        web = PixelMirror(dispatch="external")
+        assert web.dry_run  # the web process holds no token at all
+        web.close(timeout=0)
+        web = PixelMirror(dispatch="external", tokens=lambda pixel: None)  # enqueue only
+        event_id = web.send(
+            "Lead", action_source="system_generated", user_data={"external_id": "t"}
+        )
+        web.close(timeout=0)
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pixelmirror.cli",
+                "worker",
+                "--tokens",
+                "platform_tokens:token_for",
+            ],
+            env={**os.environ, **env, "PIXELMIRROR_GRAPH_URL": url},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert fake.wait_for(1, timeout=30)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=30)
+    assert fake.event_ids() == [event_id]
+    assert fake.events[0].access_token == "per-pixel-token"
+
+
+def test_tokens_option_must_name_a_function(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--tokens", "no_colon"]) == 2
+    assert "MODULE:FUNCTION" in capsys.readouterr().err
+    assert main(["check", "--tokens", "json:nothing_here"]) == 2

@@ -7,6 +7,7 @@ outbox and the credentials the app uses.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import signal
@@ -15,10 +16,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from types import FrameType
+from typing import cast
 
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.delivery.dispatcher import Dispatcher
-from pixelmirror.delivery.graph import GraphClient
+from pixelmirror.delivery.graph import GraphClient, TokenSource
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.outbox import open_outbox
 
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--pixel-id", help="default: PIXELMIRROR_PIXEL_ID")
     check.add_argument("--test-event-code", help="default: PIXELMIRROR_TEST_EVENT_CODE")
+    check.add_argument("--tokens", metavar="MODULE:FUNCTION", help=_TOKENS_HELP)
     check.set_defaults(run=_check)
 
     worker = commands.add_parser(
@@ -61,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--status-interval", type=float, default=60.0, help="seconds between status lines"
     )
+    worker.add_argument("--tokens", metavar="MODULE:FUNCTION", help=_TOKENS_HELP)
     worker.set_defaults(run=_worker)
 
     outbox = commands.add_parser("outbox", help="inspect or repair the configured outbox")
@@ -73,10 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TOKENS_HELP = (
+    "a function pixel_id -> access token, for platforms with a token per customer "
+    "(default: PIXELMIRROR_ACCESS_TOKEN)"
+)
+
+
+def _load_tokens(spec: str | None) -> TokenSource | None:
+    """Import ``module:function``, the resolver of a platform's tokens."""
+    if spec is None:
+        return None
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"--tokens must be MODULE:FUNCTION, got {spec!r}")
+    try:
+        resolver = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--tokens {spec}: {exc}") from None
+    if not callable(resolver):
+        raise ConfigError(f"--tokens {spec} is not a function")
+    return cast(TokenSource, resolver)
+
+
 def _check(args: argparse.Namespace) -> int:
     # The check talks to Meta directly: no dispatcher needed.
     config = Config.from_env(dispatch="external")
-    mirror = PixelMirror(config)
+    mirror = PixelMirror(config, tokens=_load_tokens(args.tokens))
     try:
         result = mirror.check(args.pixel_id, test_event_code=args.test_event_code)
     except ValueError as exc:
@@ -90,8 +116,12 @@ def _check(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     config = Config.from_env()
-    if config.access_token is None:
-        print("pixelmirror worker: PIXELMIRROR_ACCESS_TOKEN is required to send", file=sys.stderr)
+    tokens = _load_tokens(args.tokens)
+    if config.access_token is None and tokens is None:
+        print(
+            "pixelmirror worker: PIXELMIRROR_ACCESS_TOKEN or --tokens is required to send",
+            file=sys.stderr,
+        )
         return 2
     if config.outbox == "memory://":
         print(
@@ -104,7 +134,7 @@ def _worker(args: argparse.Namespace) -> int:
         print("pixelmirror worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
     outbox = open_outbox(config.outbox, max_events=config.queue_size)
-    client = GraphClient.from_config(config)
+    client = GraphClient.from_config(config, tokens=tokens)
     dispatcher = Dispatcher.from_config(config, outbox, client, threads=args.concurrency)
     stop = threading.Event()
 

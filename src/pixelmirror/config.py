@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pixelmirror.accounts import check_partner_agent
+
 ENV_PREFIX = "PIXELMIRROR_"
 MAX_BATCH_SIZE = 1000  # Meta's limit of events per request
 
@@ -81,7 +83,6 @@ def _setting(default: Any, parse: Parser, *, secret: bool = False) -> Any:
 
 _DIGITS = re.compile(r"[0-9]+")
 _API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
-_LETTER = re.compile(r"[A-Za-z]")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
@@ -207,12 +208,15 @@ class Config:
             self.graph_url,
         )
         if self.partner_agent is not None:
-            need(
-                len(self.partner_agent) < 23 and len(_LETTER.findall(self.partner_agent)) >= 2,
-                "partner_agent",
-                "under 23 characters with at least two letters",
-                self.partner_agent,
-            )
+            try:
+                check_partner_agent(self.partner_agent)
+            except ValueError:
+                need(
+                    False,
+                    "partner_agent",
+                    "under 23 characters with two letters",
+                    self.partner_agent,
+                )
         need(
             self.outbox.startswith(("memory://", "sqlite:///", "redis://", "rediss://")),
             "outbox",

@@ -177,9 +177,7 @@ class ServerEvent:
 
 def _dump(body: Mapping[str, Any]) -> bytes:
     try:
-        text = json.dumps(
-            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-        )
+        text = _ENCODER.encode(body)
     except ValueError as exc:  # NaN or infinity somewhere in the data
         raise ValueError(f"event data must be finite numbers: {exc}") from None
     except TypeError as exc:
@@ -193,6 +191,13 @@ def _json_default(value: object) -> object:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+# default=_json_default), with the encoder made once instead of on every call.
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+)
 
 
 def check_event_name(event_name: object) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,13 +17,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from pixelmirror.accounts import Account, AccountSource
 from pixelmirror.beacon import BeaconRefused, RateLimiter, check_origin, parse_request
 from pixelmirror.config import Config
-from pixelmirror.delivery.dispatcher import Dispatcher
+from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import (
     AccessError,
     GraphClient,
     GraphError,
+    TokenSource,
     TransientError,
 )
 from pixelmirror.events import ServerEvent
@@ -63,6 +66,8 @@ class Stats:
     in_flight: int
     #: Pixels whose token or permissions failed; their events wait in the outbox.
     paused_pixels: tuple[str, ...]
+    #: Per pixel: queued (by this process), sent, retried, dead (by its dispatcher).
+    pixels: dict[str, dict[str, int]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +205,8 @@ class PixelMirror:
         identify: Identify | None = None,
         consent: Consent | None = None,
         csp_nonce: NonceSource = nonce_from_csp,
+        accounts: AccountSource | None = None,
+        tokens: TokenSource | None = None,
         **settings: Any,
     ) -> None:
         if config is not None and settings:
@@ -209,7 +216,15 @@ class PixelMirror:
         self._identify = identify
         self._consent = consent
         self._csp_nonce = csp_nonce
+        self._tokens = tokens
         self._identity: Identity | None = None
+        if accounts is not None:
+            self._accounts: AccountSource | None = accounts
+        elif self.config.pixel_id:
+            default = Account((self.config.pixel_id,), test_event_code=self.config.test_event_code)
+            self._accounts = lambda facts: default
+        else:
+            self._accounts = None
         self._beacon_allowed = frozenset(self.config.beacon_events) | {"PageView"}
         self._beacon_visitors = RateLimiter(self.config.beacon_rate)
         self._beacon_ips = RateLimiter(5 * self.config.beacon_rate)
@@ -217,16 +232,18 @@ class PixelMirror:
         self.client: GraphClient | None = None
         self.dispatcher: Dispatcher | None = None
         self._counts_lock = threading.Lock()
-        self._queued = 0
+        self._queued: Counter[str] = Counter()
         self._dry_run = 0
         self._closed = False
-        if self.config.dry_run:
+        #: No access token and no token resolver: events are validated and logged, not sent.
+        self.dry_run = self.config.access_token is None and tokens is None
+        if self.dry_run:
             logger.warning(
                 "pixelmirror: no PIXELMIRROR_ACCESS_TOKEN, running dry: events are validated "
                 "and logged, not sent"
             )
         else:
-            self.client = GraphClient.from_config(self.config, transport=transport)
+            self.client = GraphClient.from_config(self.config, tokens=tokens, transport=transport)
             if self.config.dispatch == "thread":
                 self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
                 self.dispatcher.start()
@@ -285,7 +302,7 @@ class PixelMirror:
 
     def enqueue(self, events: Sequence[ServerEvent]) -> None:
         """Hand built events to the outbox (or, running dry, to the log). Never raises."""
-        if self.config.dry_run:
+        if self.dry_run:
             for event in events:
                 logger.info(
                     "pixelmirror dry run: %s %s for pixel %s: %s",
@@ -299,7 +316,7 @@ class PixelMirror:
             return
         taken = self.outbox.put(events)
         with self._counts_lock:
-            self._queued += taken
+            self._queued.update(event.pixel_id for event in events[:taken])
 
     # -- the web -------------------------------------------------------------------------
 
@@ -324,9 +341,10 @@ class PixelMirror:
     def identity(self) -> Identity | None:
         """Visitor identity, made when a middleware is set up (it needs the signing key).
 
-        None without a pixel id: the middleware then passes every page through untouched.
+        None without a pixel id or accounts: the middleware then passes every page through
+        untouched.
         """
-        if self._identity is None and self.config.pixel_id:
+        if self._identity is None and self._accounts is not None:
             self._identity = Identity(self.config, consent=self._consent)
         return self._identity
 
@@ -337,13 +355,27 @@ class PixelMirror:
     def begin(self, facts: RequestFacts) -> Visit | None:
         """Start a request's visit, or None when it gets no pixel (no pixel id, no consent,
         a crawler)."""
-        identity = self.identity
-        if identity is None:
+        account = self._account(facts)
+        if account is None:
             return None
-        visitor = identity.resolve(facts)
+        assert self._identity is not None
+        visitor = self._identity.resolve(facts)
         if visitor is None:
             return None
-        return Visit(facts, visitor, carried=identity.read_carried(facts))
+        return Visit(facts, visitor, account, carried=self._identity.read_carried(facts))
+
+    def _account(self, facts: RequestFacts) -> Account | None:
+        """The request's account, if it has one and its own consent gate lets it through."""
+        if self.identity is None or self._accounts is None:
+            return None
+        account = self._accounts(facts)
+        if account is None or account.consent is None:
+            return account
+        try:
+            return account if account.consent(facts) else None
+        except Exception:
+            logger.warning("pixelmirror: an account's consent gate failed; no pixel", exc_info=True)
+            return None
 
     def plan(
         self, visit: Visit, method: str, status: int, headers: Sequence[tuple[str, str]]
@@ -351,26 +383,34 @@ class PixelMirror:
         """Decide what the response gets, once its status and headers are known."""
         identity = self.identity
         assert identity is not None
-        assert self.config.pixel_id is not None
+        account = visit.account
         tracked = visit.tracked_for(status)
         cookies = visit.visitor.set_cookies
         injecting = should_inject(method, status, headers)
+        page_options: dict[str, Any] = {
+            "pixel_ids": account.pixel_ids,
+            "nonce": self._csp_nonce(visit.facts, headers) if injecting else None,
+            "agent": account.partner_agent or self.config.partner_agent,
+            "ldu": self._ldu(account),
+            "auto_config": self.config.auto_config,
+            "beacon_path": self.config.beacon_path,
+        }
         if injecting and self.config.mode == "inline":
             events = [BrowserEvent("PageView", visit.page_event_id)]
             events += [
-                BrowserEvent(str(c["name"]), str(c["event_id"]), _mapping(c.get("custom_data")))
+                BrowserEvent(
+                    str(c["name"]),
+                    str(c["event_id"]),
+                    _mapping(c.get("custom_data")),
+                    _pixel(c.get("pixel_id")),
+                )
                 for c in visit.carried
             ]
-            events += [BrowserEvent(e.event_name, e.event_id, e.custom_data) for e in tracked]
+            events += [
+                BrowserEvent(e.event_name, e.event_id, e.custom_data, e.pixel_id) for e in tracked
+            ]
             snippet = render_snippet(
-                pixel_ids=[self.config.pixel_id],
-                external_id=visit.visitor.external_id,
-                events=events,
-                nonce=self._csp_nonce(visit.facts, headers),
-                agent=self.config.partner_agent,
-                ldu=self.config.ldu,
-                auto_config=self.config.auto_config,
-                beacon_path=self.config.beacon_path,
+                external_id=visit.visitor.external_id, events=events, **page_options
             )
             if visit.carried:
                 cookies += (identity.clear_carry_cookie(),)
@@ -381,14 +421,7 @@ class PixelMirror:
         if injecting:
             # Beacon mode: the same bytes for every visitor. Events the view tracked ride to
             # the beacon in the carry cookie (so this page, and only this one, sets cookies).
-            snippet = render_beacon_snippet(
-                pixel_ids=[self.config.pixel_id],
-                beacon_path=self.config.beacon_path,
-                nonce=self._csp_nonce(visit.facts, headers),
-                agent=self.config.partner_agent,
-                ldu=self.config.ldu,
-                auto_config=self.config.auto_config,
-            )
+            snippet = render_beacon_snippet(**page_options)
             if not tracked:
                 return Plan(snippet=snippet, private=False)
             return Plan(snippet=snippet, cookies=self._carry(visit, tracked))
@@ -397,7 +430,7 @@ class PixelMirror:
         if 300 <= status < 400:
             # POST-redirect-GET: the browser copies fire on the next page, with the same ids.
             return Plan(cookies=self._carry(visit, tracked))
-        announced = [{"event": e.event_name, "eventID": e.event_id} for e in tracked]
+        announced = [_announced(e.event_name, e.event_id, pixel_id=e.pixel_id) for e in tracked]
         return Plan(cookies=cookies, headers=((EVENTS_HEADER, json.dumps(announced)),))
 
     def _carry(self, visit: Visit, tracked: Sequence[TrackedEvent]) -> tuple[str, ...]:
@@ -405,10 +438,18 @@ class PixelMirror:
         assert self.identity is not None
         carry: list[Mapping[str, object]] = [*visit.carried]
         carry += (
-            {"name": e.event_name, "event_id": e.event_id, "custom_data": e.custom_data}
+            {
+                "name": e.event_name,
+                "event_id": e.event_id,
+                "custom_data": e.custom_data,
+                **({"pixel_id": e.pixel_id} if e.pixel_id else {}),
+            }
             for e in tracked
         )
         return (*visit.visitor.set_cookies, self.identity.carry_cookie(carry))
+
+    def _ldu(self, account: Account) -> bool:
+        return self.config.ldu if account.ldu is None else account.ldu
 
     def answer_beacon(self, facts: RequestFacts, body: bytes) -> BeaconAnswer:
         """Answer the page's beacon: mint ids, mirror the server copies, say what to fire.
@@ -428,9 +469,10 @@ class PixelMirror:
             page_facts = replace(
                 facts, method="GET", path=page.path or "/", query=page.query, headers=headers
             )
-            visitor = identity.resolve(page_facts)
-            if visitor is None:
-                raise BeaconRefused(403, "no consent, or a crawler")
+            account = self._account(page_facts)
+            visitor = identity.resolve(page_facts) if account is not None else None
+            if account is None or visitor is None:
+                raise BeaconRefused(403, "no pixel here, no consent, or a crawler")
             cost = len(asked.events)
             if not self._beacon_visitors.allow(visitor.visitor_id, cost) or not (
                 self._beacon_ips.allow(visitor.client_ip or "-", cost)
@@ -440,45 +482,51 @@ class PixelMirror:
             return BeaconAnswer(refused.status, refused.reason.encode(), content_type="text/plain")
         carried = identity.read_carried(facts)
         fired = [
-            {
-                "event": c["name"],
-                "eventID": c["event_id"],
-                "custom_data": c.get("custom_data") or {},
-            }
+            _announced(
+                str(c["name"]),
+                str(c["event_id"]),
+                _mapping(c.get("custom_data")),
+                _pixel(c.get("pixel_id")),
+            )
             for c in carried
         ]
-        visit = Visit(page_facts, visitor)
+        visit = Visit(page_facts, visitor, account)
         for name, custom_data in asked.events:
             event = TrackedEvent(name, custom_data=dict(custom_data))
             if name != "PageView" or self.config.pageview:
                 visit.tracked.append(event)
-            fired.append({"event": name, "eventID": event.event_id, "custom_data": custom_data})
+            fired.append(_announced(name, event.event_id, custom_data))
         self.finish(visit, 200)
         cookies = visitor.set_cookies + ((identity.clear_carry_cookie(),) if carried else ())
         answer = {"external_id": visitor.external_id, "events": fired}
         return BeaconAnswer(200, json.dumps(answer).encode(), cookies=cookies)
 
     def finish(self, visit: Visit, status: int) -> None:
-        """Mirror the request's events to the outbox, after the response went out."""
+        """Mirror the request's events to the outbox, once per pixel, after the response."""
         tracked = visit.tracked_for(status)
         # In beacon mode the page's PageView comes back through the beacon.
         pageview = visit.injected and self.config.pageview and self.config.mode == "inline"
         if not tracked and not pageview:
             return
         user_data = self._request_user_data(visit)
-        events: list[ServerEvent | None] = []
+        copies: list[tuple[str, str, Mapping[str, object], Mapping[str, object], str | None]] = []
         if pageview:
-            events.append(self._website_event(visit, "PageView", visit.page_event_id, user_data))
+            copies.append(("PageView", visit.page_event_id, user_data, {}, None))
         for event in tracked:
-            events.append(
-                self._website_event(
-                    visit,
+            copies.append(
+                (
                     event.event_name,
                     event.event_id,
                     _merge_user_data(user_data, event.user_data),
                     {**event.custom_data, **event.server_only},
+                    event.pixel_id,
                 )
             )
+        events = [
+            self._website_event(visit, pixel_id, name, event_id, user, custom)
+            for name, event_id, user, custom, only in copies
+            for pixel_id in ((only,) if only else visit.account.pixel_ids)
+        ]
         self.enqueue([event for event in events if event is not None])
 
     def _request_user_data(self, visit: Visit) -> dict[str, object]:
@@ -502,26 +550,27 @@ class PixelMirror:
     def _website_event(
         self,
         visit: Visit,
+        pixel_id: str,
         event_name: str,
         event_id: str,
         user_data: Mapping[str, object],
-        custom_data: Mapping[str, object] | None = None,
+        custom_data: Mapping[str, object],
     ) -> ServerEvent | None:
-        assert self.config.pixel_id is not None
         assert self.identity is not None
+        account = visit.account
         referrer = visit.facts.headers.get("referer", "")
         try:
             return ServerEvent.create(
                 event_name,
-                pixel_id=self.config.pixel_id,
+                pixel_id=pixel_id,
                 action_source="website",
                 event_id=event_id,
                 user_data=user_data,
                 custom_data=custom_data,
                 event_source_url=self.identity.page_url(visit.facts),
                 referrer_url=referrer if referrer.startswith(("http://", "https://")) else None,
-                data_processing_options=["LDU"] if self.config.ldu else None,
-                test_event_code=self.config.test_event_code,
+                data_processing_options=["LDU"] if self._ldu(account) else None,
+                test_event_code=account.test_event_code or self.config.test_event_code,
             )
         except ValueError as exc:
             logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
@@ -546,19 +595,33 @@ class PixelMirror:
 
     def stats(self) -> Stats:
         counts = self.outbox.counts()
-        delivered = self.dispatcher.counts if self.dispatcher else None
+        dispatcher = self.dispatcher
+        delivered = dispatcher.counts if dispatcher else DeliveryCounts()
+        by_pixel = dict(dispatcher.pixel_counts) if dispatcher else {}
         with self._counts_lock:
-            return Stats(
-                queued=self._queued,
-                dry_run=self._dry_run,
-                dropped=counts.dropped,
-                sent=delivered.sent if delivered else 0,
-                retried=delivered.retried if delivered else 0,
-                dead=counts.dead,
-                pending=counts.pending,
-                in_flight=counts.in_flight,
-                paused_pixels=self.dispatcher.paused_pixels if self.dispatcher else (),
-            )
+            queued = dict(self._queued)
+            dry_run = self._dry_run
+        pixels = {
+            pixel_id: {
+                "queued": queued.get(pixel_id, 0),
+                "sent": by_pixel.get(pixel_id, DeliveryCounts()).sent,
+                "retried": by_pixel.get(pixel_id, DeliveryCounts()).retried,
+                "dead": by_pixel.get(pixel_id, DeliveryCounts()).dead,
+            }
+            for pixel_id in sorted(queued.keys() | by_pixel.keys())
+        }
+        return Stats(
+            queued=sum(queued.values()),
+            dry_run=dry_run,
+            dropped=counts.dropped,
+            sent=delivered.sent,
+            retried=delivered.retried,
+            dead=counts.dead,
+            pending=counts.pending,
+            in_flight=counts.in_flight,
+            paused_pixels=dispatcher.paused_pixels if dispatcher else (),
+            pixels=pixels,
+        )
 
     def check(
         self, pixel_id: str | None = None, *, test_event_code: str | None = None
@@ -632,9 +695,11 @@ class PixelMirror:
         """In a forked child: fresh outbox connections, and a dispatcher of its own."""
         self.outbox.after_fork()
         self._counts_lock = threading.Lock()
-        self._queued = self._dry_run = 0
+        self._queued, self._dry_run = Counter(), 0
         if self.dispatcher is not None and self.client is not None:
-            self.client = GraphClient.from_config(self.config, transport=self._transport)
+            self.client = GraphClient.from_config(
+                self.config, tokens=self._tokens, transport=self._transport
+            )
             self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
             self.dispatcher.start()
 
@@ -642,6 +707,25 @@ class PixelMirror:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _announced(
+    name: str,
+    event_id: str,
+    custom_data: Mapping[str, object] | None = None,
+    pixel_id: str | None = None,
+) -> dict[str, object]:
+    """An event for the page's JavaScript to fire (``window.pixelmirror.fire``)."""
+    announced: dict[str, object] = {"event": name, "eventID": event_id}
+    if custom_data:
+        announced["custom_data"] = custom_data
+    if pixel_id:
+        announced["pixel_id"] = pixel_id
+    return announced
+
+
+def _pixel(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _mapping(value: object) -> Mapping[str, object]:

@@ -11,8 +11,10 @@ identical bytes.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -79,7 +81,8 @@ _STUB = (
 DEFAULT_BEACON_PATH = "/.pixelmirror/beacon"
 
 # ``window.pixelmirror``, in both modes, configured by the JSON object ``c``:
-#   fire(list)        fire server-announced events ``{event, eventID, custom_data}`` (the
+#   fire(list)        fire server-announced events ``{event, eventID, custom_data?,
+#                     pixel_id?}`` (a pixel_id: that pixel only, with trackSingle) (the
 #                     X-PixelMirror-Events header of a JSON route, or a beacon's answer);
 #   track(name, data) ask the beacon endpoint for an eventID (it mirrors the server copy),
 #                     then fire; pageview() the same for a PageView (single-page apps).
@@ -97,9 +100,11 @@ _RUNTIME = (
     "if(c.agent){fbq('init',p,u,{agent:c.agent})}else{fbq('init',p,u)}}}"
     "function fire(list){init(null);"
     "for(var i=0;i!==list.length;i++){var e=list[i],"
-    "m=c.standard.indexOf(e.event)===-1?'trackCustom':'track';"
-    "if(e.eventID){fbq(m,e.event,e.custom_data||{},{eventID:e.eventID})}"
-    "else{fbq(m,e.event,e.custom_data||{})}}}"
+    "m=c.standard.indexOf(e.event)===-1?'Custom':'',"
+    "a=[e.event,e.custom_data||{}];"
+    "if(e.eventID)a.push({eventID:e.eventID});"
+    "if(e.pixel_id){a.unshift('trackSingle'+m,e.pixel_id)}else{a.unshift('track'+m)}"
+    "w.fbq.apply(w,a)}}"
     "function send(events){"
     "return w.fetch(c.path,{method:'POST',credentials:'same-origin',"
     "headers:{'Content-Type':'application/json'},"
@@ -154,18 +159,15 @@ def safe_json(value: object) -> str:
     :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
     """
     try:
-        text = json.dumps(
-            value,
-            ensure_ascii=True,
-            separators=(",", ":"),
-            allow_nan=False,
-            default=_json_default,
-        )
+        text = _ENCODER.encode(value)
     except ValueError as exc:  # NaN or infinity
         raise ValueError(f"browser data must be finite numbers: {exc}") from None
     except TypeError as exc:
         raise ValueError(f"browser data must be JSON values: {exc}") from None
-    return text.translate(_SCRIPT_SAFE)
+    # Most values hold none of these: skip the per-character translation then.
+    if "<" in text or ">" in text or "&" in text or not text.isascii():
+        text = text.translate(_SCRIPT_SAFE)
+    return text
 
 
 def _json_default(value: object) -> object:
@@ -181,8 +183,16 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+# What json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+# default=_json_default) uses, made once: json.dumps builds a new encoder for every call
+# with arguments, which costs more than encoding the short values of a snippet.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_json_default
+)
+
+
 def _call(*args: object) -> str:
-    return "fbq(" + ",".join(safe_json(arg) for arg in args) + ");"
+    return "fbq(" + ",".join([safe_json(arg) for arg in args]) + ");"
 
 
 def render_snippet(
@@ -278,6 +288,19 @@ def _runtime(
     *,
     beacon: bool,
 ) -> str:
+    # The same few settings on every page of a site: render each combination once.
+    return _runtime_text(tuple(pixel_ids), beacon_path, agent, ldu, auto_config, beacon)
+
+
+@functools.lru_cache(maxsize=64)
+def _runtime_text(
+    pixel_ids: tuple[str, ...],
+    beacon_path: str,
+    agent: str | None,
+    ldu: bool,
+    auto_config: bool,
+    beacon: bool,
+) -> str:
     config = {
         "pixels": list(pixel_ids),
         "path": beacon_path,
@@ -310,7 +333,18 @@ def _attribute(value: str) -> str:
     return escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
+# Characters urlencode() leaves as they are (and html.escape too): pixel ids and event ids
+# are made of them, so the usual image URL needs neither.
+_URL_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
 def _noscript_image(pixel_id: str, event_id: str | None) -> str:
+    if _URL_PLAIN.fullmatch(pixel_id) and (event_id is None or _URL_PLAIN.fullmatch(event_id)):
+        eid = "" if event_id is None else f"&amp;eid={event_id}"
+        return (
+            '<img height="1" width="1" style="display:none" alt="" src="'
+            f'{NOSCRIPT_URL}?id={pixel_id}&amp;ev=PageView{eid}&amp;noscript=1"/>'
+        )
     params = [("id", pixel_id), ("ev", "PageView")]
     if event_id is not None:
         params.append(("eid", event_id))

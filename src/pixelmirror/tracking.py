@@ -15,6 +15,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
+from pixelmirror.accounts import Account
 from pixelmirror.events import check_event_name, new_event_id
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Visitor
@@ -46,6 +47,8 @@ class TrackedEvent:
     user_data: dict[str, Any] = field(default_factory=dict)
     server_only: dict[str, Any] = field(default_factory=dict)
     when: StatusFilter = successful
+    #: Only this pixel of the page's account (``trackSingle``); None: every pixel.
+    pixel_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -54,6 +57,8 @@ class Visit:
 
     facts: RequestFacts
     visitor: Visitor
+    #: The pixels (and their options) this request's page belongs to.
+    account: Account
     #: The page's PageView id, shared by the injected pixel and the mirrored server event.
     page_event_id: str = field(default_factory=new_event_id)
     #: Browser events carried over a redirect, waiting for the next HTML page.
@@ -97,19 +102,22 @@ def current_event() -> TrackedEvent:
 
 
 def track(
-    event_name: str, *, when: StatusFilter | None = None
+    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
 
     Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
     the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
-    response (default: 2xx or 3xx). Works on sync and async views.
+    response (default: 2xx or 3xx). Works on sync and async views. With ``pixel_id`` the
+    event goes to that pixel of the page only (``trackSingle``), not to all of them.
     """
     check_event_name(event_name)
+    if pixel_id is not None and not pixel_id.isdigit():
+        raise ValueError(f"pixel_id must be digits; got {pixel_id!r}")
     status_filter = when or successful
 
     def start() -> Token[TrackedEvent | None]:
-        event = TrackedEvent(event_name, when=status_filter)
+        event = TrackedEvent(event_name, when=status_filter, pixel_id=pixel_id)
         visit = _visit.get()
         if visit is not None:
             visit.tracked.append(event)

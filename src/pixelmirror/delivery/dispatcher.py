@@ -42,6 +42,8 @@ EXPIRY_MARGIN = 60.0
 PAUSE_SECONDS = 300.0
 #: Poll period while someone waits in :meth:`Dispatcher.flush`.
 FLUSH_POLL = 0.02
+#: Longest wait after repeated failures of the loop itself (say, the outbox is unreachable).
+ERROR_BACKOFF_MAX = 30.0
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Dispatcher:
         self.pause_seconds = pause_seconds
         self.thread_count = threads
         self.counts = DeliveryCounts()
+        #: The same counts, pixel by pixel.
+        self.pixel_counts: dict[str, DeliveryCounts] = {}
         self._counts_lock = threading.Lock()
         self._paused: dict[str, float] = {}  # pixel id -> monotonic time it may try again
         self._wakeup = threading.Event()
@@ -164,12 +168,22 @@ class Dispatcher:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 busy = self.deliver_next()
             except Exception:  # never let one bad batch kill the sender
-                logger.exception("pixelmirror dispatcher failed; continuing")
-                busy = False
+                failures += 1
+                # An outbox that is down (Redis gone) fails every call: back off, don't spin.
+                delay = self._error_backoff(failures)
+                logger.exception(
+                    "pixelmirror dispatcher failed (%d in a row); trying again in %.1fs",
+                    failures,
+                    delay,
+                )
+                self._stopping.wait(delay)
+                continue
+            failures = 0
             if not busy:
                 self._wakeup.wait(FLUSH_POLL if self._flushing else self.flush_interval)
                 self._wakeup.clear()
@@ -195,7 +209,8 @@ class Dispatcher:
         if not expired:
             return claims
         self.outbox.bury(expired, "expired: Meta rejects events this old (7 days; 62 in store)")
-        self._count(expired=len(expired), dead=len(expired))
+        for claim in expired:
+            self._count(claim.event.pixel_id, expired=1, dead=1)
         logger.error(
             "pixelmirror dead-lettered %d event(s) that grew too old to send", len(expired)
         )
@@ -212,7 +227,7 @@ class Dispatcher:
         except TransientError as exc:
             delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
             self.outbox.release(claims, delay=delay)
-            self._count(retried=len(claims))
+            self._count(pixel_id, retried=len(claims))
             logger.warning(
                 "pixelmirror: %d event(s) for pixel %s will be retried in %.1fs: %s",
                 len(claims),
@@ -235,7 +250,7 @@ class Dispatcher:
         except InvalidEventsError as exc:
             if len(claims) == 1:
                 self.outbox.bury(claims, str(exc))
-                self._count(dead=1)
+                self._count(pixel_id, dead=1)
                 logger.error(
                     "pixelmirror dead-lettered event %s (%s) for pixel %s: %s",
                     claims[0].event.event_id,
@@ -251,14 +266,21 @@ class Dispatcher:
         else:
             self.outbox.ack(claims)
             self._paused.pop(pixel_id, None)
-            self._count(sent=len(claims))
+            self._count(pixel_id, sent=len(claims))
+
+    def _error_backoff(self, failures: int) -> float:
+        """Wait after the n-th failure in a row: flush_interval doubling, up to a ceiling."""
+        ceiling = max(ERROR_BACKOFF_MAX, self.flush_interval)
+        return min(ceiling, self.flush_interval * 2.0 ** (failures - 1)) * random.uniform(0.5, 1)
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         exponential = min(self.retry_backoff_max, self.retry_backoff * 2.0**attempts)
         jittered = exponential * random.uniform(0.5, 1.0)  # spread a fleet's retries apart
         return max(jittered, retry_after or 0.0)
 
-    def _count(self, **amounts: int) -> None:
+    def _count(self, pixel_id: str, **amounts: int) -> None:
         with self._counts_lock:
-            for name, amount in amounts.items():
-                setattr(self.counts, name, getattr(self.counts, name) + amount)
+            per_pixel = self.pixel_counts.setdefault(pixel_id, DeliveryCounts())
+            for counts in (self.counts, per_pixel):
+                for name, amount in amounts.items():
+                    setattr(counts, name, getattr(counts, name) + amount)

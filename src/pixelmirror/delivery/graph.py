@@ -21,7 +21,9 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -111,25 +113,20 @@ class GraphClient:
 
     def __init__(
         self,
-        access_token: str,
+        access_token: str | TokenSource,
         *,
         graph_url: str = "https://graph.facebook.com",
         api_version: str = "v26.0",
         app_secret: str | None = None,
         partner_agent: str | None = None,
         timeout: float = 10.0,
+        token_ttl: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._access_token = access_token
+        self.tokens = Tokens(access_token, ttl=token_ttl)
         self._base = f"{graph_url.rstrip('/')}/{api_version}"
-        auth: dict[str, str] = {"access_token": access_token}
-        if app_secret:
-            auth["appsecret_proof"] = hmac.new(
-                app_secret.encode(), access_token.encode(), hashlib.sha256
-            ).hexdigest()
-        if partner_agent:
-            auth["partner_agent"] = partner_agent
-        self._auth = auth
+        self._app_secret = app_secret
+        self._partner_agent = partner_agent
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             transport=transport,
@@ -138,12 +135,18 @@ class GraphClient:
 
     @classmethod
     def from_config(
-        cls, config: Config, *, transport: httpx.BaseTransport | None = None
+        cls,
+        config: Config,
+        *,
+        tokens: TokenSource | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> GraphClient:
-        if config.access_token is None:
-            raise ValueError("a GraphClient needs PIXELMIRROR_ACCESS_TOKEN")
+        """A client for ``config``; ``tokens`` (pixel id -> token) wins over the one token."""
+        source = tokens or config.access_token
+        if source is None:
+            raise ValueError("a GraphClient needs PIXELMIRROR_ACCESS_TOKEN or a token resolver")
         return cls(
-            config.access_token,
+            source,
             graph_url=config.graph_url,
             api_version=config.api_version,
             app_secret=config.app_secret,
@@ -159,7 +162,14 @@ class GraphClient:
         self, pixel_id: str, payloads: Sequence[bytes], *, test_event_code: str | None = None
     ) -> GraphResponse:
         """POST one batch; raises a :class:`GraphError` subclass unless Meta accepted it."""
-        params = dict(self._auth)
+        token = self.tokens.get(pixel_id)
+        params = {"access_token": token}
+        if self._app_secret:
+            params["appsecret_proof"] = hmac.new(
+                self._app_secret.encode(), token.encode(), hashlib.sha256
+            ).hexdigest()
+        if self._partner_agent:
+            params["partner_agent"] = self._partner_agent
         if test_event_code:
             params["test_event_code"] = test_event_code
         # The events were serialised when they were created: join their bytes, don't re-encode.
@@ -167,16 +177,17 @@ class GraphClient:
         try:
             response = self._http.post(f"{self._base}/{pixel_id}/events", content=body)
         except httpx.TransportError as exc:
-            raise TransientError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
-        return self._classify(response)
+            raise TransientError(_scrub(f"{type(exc).__name__}: {exc}", token)) from None
+        try:
+            return self._classify(response, token)
+        except AccessError:
+            self.tokens.forget(pixel_id)  # the next try asks the resolver again
+            raise
 
     def close(self) -> None:
         self._http.close()
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._access_token, "[access token]")
-
-    def _classify(self, response: httpx.Response) -> GraphResponse:
+    def _classify(self, response: httpx.Response, token: str) -> GraphResponse:
         try:
             answer: Any = response.json()
         except ValueError:
@@ -187,16 +198,16 @@ class GraphClient:
                 fbtrace_id=answer.get("fbtrace_id"),
                 messages=[str(m) for m in answer.get("messages") or []],
             )
-        raise self._error(response, answer)
+        raise self._error(response, answer, token)
 
-    def _error(self, response: httpx.Response, answer: Any) -> GraphError:
+    def _error(self, response: httpx.Response, answer: Any, token: str) -> GraphError:
         status = response.status_code
         error = answer.get("error") if isinstance(answer, dict) else None
         if not isinstance(error, Mapping):
             # No verdict from Meta itself (a proxy, a load balancer, an outage page): retrying
             # is safe, while treating it as a rejection would dead-letter good events.
             snippet = " ".join(response.text.split())[:120]
-            message = self._scrub(f"Graph answered HTTP {status}: {snippet!r}")
+            message = _scrub(f"Graph answered HTTP {status}: {snippet!r}", token)
             if status in (401, 403):
                 return AccessError(message, status=status)
             return TransientError(message, status=status, retry_after=_retry_after(response))
@@ -207,10 +218,10 @@ class GraphClient:
             "status": status,
             "code": code,
             "subcode": subcode,
-            "user_message": self._scrub(str(user_message)) if user_message else None,
+            "user_message": _scrub(str(user_message), token) if user_message else None,
             "fbtrace_id": error.get("fbtrace_id"),
         }
-        message = self._scrub(str(error.get("message") or "Graph API error"))
+        message = _scrub(str(error.get("message") or "Graph API error"), token)
         if (
             code in _ACCESS_CODES
             or code == _DEPRECATED_VERSION
@@ -227,6 +238,50 @@ class GraphClient:
         if status in (401, 403):
             return AccessError(message, **facts)
         return InvalidEventsError(message, **facts)
+
+
+TokenSource = Callable[[str], "str | None"]
+
+
+class Tokens:
+    """Access tokens by pixel: one token for all, or a resolver asked at send time.
+
+    A platform's resolver (``pixel id -> token``) is cached for ``ttl`` seconds, so a customer
+    who rotates a token is served by the new one without a restart, and a pixel whose token
+    Meta refused is asked for again on its next try.
+    """
+
+    def __init__(self, source: str | TokenSource, *, ttl: float = 60.0) -> None:
+        self._source = source
+        self._ttl = ttl
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pixel_id: str) -> str:
+        if isinstance(self._source, str):
+            return self._source
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(pixel_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            token = self._source(pixel_id)
+        except Exception as exc:
+            raise AccessError(f"the token resolver failed for pixel {pixel_id}: {exc!r}") from None
+        if not token:
+            raise AccessError(f"the token resolver has no access token for pixel {pixel_id}")
+        with self._lock:
+            self._cache[pixel_id] = (token, now + self._ttl)
+        return token
+
+    def forget(self, pixel_id: str) -> None:
+        with self._lock:
+            self._cache.pop(pixel_id, None)
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "[access token]")
 
 
 def _int_or_none(value: object) -> int | None:
