@@ -39,7 +39,15 @@ from typing import Any
 
 import httpx
 
-from pixelmirror.normalize import identifies_user
+from pixelmirror.accounts import check_partner_agent
+from pixelmirror.config import MAX_BATCH_SIZE as MAX_EVENTS_PER_REQUEST
+from pixelmirror.events import (
+    ACTION_SOURCES,
+    MAX_EVENT_NAME_LENGTH,
+    MAX_FUTURE_SKEW,
+    max_age,
+)
+from pixelmirror.normalize import HASHED_KEYS, identifies_user
 
 __all__ = [
     "ACTION_SOURCES",
@@ -55,28 +63,8 @@ __all__ = [
     "RecordedRequest",
 ]
 
-ACTION_SOURCES = frozenset(
-    {
-        "website",
-        "email",
-        "app",
-        "phone_call",
-        "chat",
-        "physical_store",
-        "system_generated",
-        "business_messaging",
-        "other",
-    }
-)
 #: ``user_data`` keys that must arrive as SHA-256 hex (or lists of it).
-HASHED_USER_DATA_KEYS = frozenset(
-    {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
-)
-MAX_EVENTS_PER_REQUEST = 1000
-MAX_EVENT_NAME_LENGTH = 50
-MAX_EVENT_AGE = 7 * 86_400
-MAX_PHYSICAL_STORE_AGE = 62 * 86_400
-MAX_FUTURE_SKEW = 10 * 60
+HASHED_USER_DATA_KEYS = HASHED_KEYS
 
 SUBCODE_OBJECT_NOT_FOUND = 33
 SUBCODE_TIMESTAMP_TOO_OLD = 2804003
@@ -92,7 +80,6 @@ _PATH = re.compile(r"/(?:(?P<version>[^/]+)/)?(?P<pixel>[0-9]+)/events/?")
 _VERSION = re.compile(r"v([0-9]+)\.([0-9]+)")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
-_LETTER = re.compile(r"[A-Za-z]")
 _PLAIN_STRING_KEYS = ("client_user_agent", "fbc", "fbp")
 
 _SERVICE_UNAVAILABLE = (
@@ -618,7 +605,7 @@ class FakeGraphAPI:
             if name in p.params and not isinstance(p.params[name], str):
                 raise _Reject(400, self.graph_error(100, f"(#100) param {name} must be a string."))
         agent = p.string("partner_agent")
-        if agent is not None and (len(agent) >= 23 or len(_LETTER.findall(agent)) < 2):
+        if agent is not None and not _valid_agent(agent):
             message = (
                 "(#100) param partner_agent must be shorter than 23 characters "
                 "and contain at least two letters."
@@ -822,11 +809,11 @@ def _check_event(index: int, event: object, now: float) -> None:
         raise reject(
             "Invalid Event Time", "event_time must be an integer Unix timestamp in seconds"
         )
-    max_age = MAX_PHYSICAL_STORE_AGE if source == "physical_store" else MAX_EVENT_AGE
-    if now - event_time > max_age:
+    oldest = max_age(source)
+    if now - event_time > oldest:
         raise reject(
             "Event Timestamp Too Old",
-            f"event_time {event_time} is more than {max_age // 86_400} days in the past",
+            f"event_time {event_time} is more than {oldest // 86_400} days in the past",
             SUBCODE_TIMESTAMP_TOO_OLD,
         )
     if event_time - now > MAX_FUTURE_SKEW:
@@ -899,6 +886,14 @@ def _check_event(index: int, event: object, now: float) -> None:
         event_id = event["event_id"]
         if not isinstance(event_id, str) or not event_id:
             raise reject("Invalid Event ID", "event_id must be a non-empty string")
+
+
+def _valid_agent(agent: str) -> bool:
+    try:
+        check_partner_agent(agent)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_hashed(value: object) -> bool:
