@@ -87,3 +87,11 @@ def make_event() -> MakeEvent:
         return ServerEvent(pixel_id=pixel_id, test_event_code=test_event_code, **fields)
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "browser: end to end in a real headless Chromium (Playwright); skipped when Chromium "
+        "or Playwright is missing, unless PIXELMIRROR_REQUIRE_BROWSER=1",
+    )

@@ -110,8 +110,8 @@ def test_a_purchase_behind_a_redirect_comes_back_through_the_beacon(
     status, beacon_headers, body = beacon(app, page_view(f"{ORIGIN}/thanks"), cookie=jar(headers))
     assert status == 200
     fired = json.loads(body)["events"]
-    assert [e["event"] for e in fired] == ["Purchase", "PageView"]
-    assert fired[0]["custom_data"] == {"value": 20, "currency": "USD"}  # margin stays server-side
+    assert [e["event"] for e in fired] == ["PageView", "Purchase"]
+    assert fired[1]["custom_data"] == {"value": 20, "currency": "USD"}  # margin stays server-side
     assert any("Max-Age=0" in c for c in header(beacon_headers, "Set-Cookie"))  # carried once
     assert beacon_mirror.flush(timeout=10)
     assert {(e.event_name, e.event_id) for e in fake.events} == {
@@ -243,6 +243,6 @@ def test_a_tracked_page_in_beacon_mode_carries_its_events_to_the_beacon(
     assert b'"eventID":"' not in page
     status, _, body = beacon(app, page_view(f"{ORIGIN}/product"), cookie=jar(headers))
     assert status == 200
-    assert [e["event"] for e in json.loads(body)["events"]] == ["ViewContent", "PageView"]
+    assert [e["event"] for e in json.loads(body)["events"]] == ["PageView", "ViewContent"]
     assert beacon_mirror.flush(timeout=10)
     assert sorted(e.event_name for e in fake.events) == ["PageView", "ViewContent"]

@@ -480,8 +480,18 @@ class PixelMirror:
                 raise BeaconRefused(429, "too many beacon events; slow down")
         except BeaconRefused as refused:
             return BeaconAnswer(refused.status, refused.reason.encode(), content_type="text/plain")
+        visit = Visit(page_facts, visitor, account)
+        fired = []
+        for name, custom_data in asked.events:
+            event = TrackedEvent(name, custom_data=dict(custom_data))
+            if name != "PageView" or self.config.pageview:
+                visit.tracked.append(event)
+            fired.append(_announced(name, event.event_id, custom_data))
+        self.finish(visit, 200)
+        # What the server decided earlier (a purchase behind a redirect) fires after the page's
+        # own events, as it would have in inline mode.
         carried = identity.read_carried(facts)
-        fired = [
+        fired += (
             _announced(
                 str(c["name"]),
                 str(c["event_id"]),
@@ -489,14 +499,7 @@ class PixelMirror:
                 _pixel(c.get("pixel_id")),
             )
             for c in carried
-        ]
-        visit = Visit(page_facts, visitor, account)
-        for name, custom_data in asked.events:
-            event = TrackedEvent(name, custom_data=dict(custom_data))
-            if name != "PageView" or self.config.pageview:
-                visit.tracked.append(event)
-            fired.append(_announced(name, event.event_id, custom_data))
-        self.finish(visit, 200)
+        )
         cookies = visitor.set_cookies + ((identity.clear_carry_cookie(),) if carried else ())
         answer = {"external_id": visitor.external_id, "events": fired}
         return BeaconAnswer(200, json.dumps(answer).encode(), cookies=cookies)
