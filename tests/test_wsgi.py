@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import MakeMirror
-from pixelmirror import EVENTS_HEADER, PixelMirror, current_event, track
+from pixelmirror import EVENTS_HEADER, PixelMirror, RequestFacts, current_event, track
 from pixelmirror.testing import FakeGraphAPI
 from pixelmirror.wsgi import PixelMirrorWSGI, StartResponse, WSGIEnvironment
 from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
@@ -309,3 +310,69 @@ def test_flask_init_app(mirror: PixelMirror) -> None:
     assert app.extensions["pixelmirror"] is mirror
     response = app.test_client().get("/", headers={"User-Agent": CHROME})
     assert [name for name, _ in browser_events(response.data)] == ["PageView"]
+
+
+def test_identify_enriches_every_event_of_the_request(
+    make_mirror: MakeMirror, fake: FakeGraphAPI
+) -> None:
+    def identify(facts: RequestFacts) -> dict[str, object]:
+        return (
+            {"email": "ann@example.com", "external_id": "cust-9"}
+            if "session=ann" in facts.headers.get("cookie", "")
+            else {}
+        )
+
+    mirror = make_mirror(identify=identify)
+    call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", COOKIE="session=ann"))
+    assert mirror.flush(timeout=10)
+    (purchase,) = fake.events
+    assert purchase.user_data["em"] == hashlib.sha256(b"ann@example.com").hexdigest()
+    # The visitor's id and the app's own customer id both go, as a list.
+    assert len(purchase.user_data["external_id"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "when", "mirrored"),
+    [
+        pytest.param("200 OK", None, True, id="200-default"),
+        pytest.param("400 Bad Request", None, False, id="400-default"),
+        pytest.param("500 Internal Server Error", None, False, id="500-default"),
+        pytest.param("400 Bad Request", lambda status: True, True, id="400-when-always"),
+    ],
+)
+def test_tracked_events_count_only_when_the_response_says_so(
+    mirror: PixelMirror, fake: FakeGraphAPI, status: str, when: Any, mirrored: bool
+) -> None:
+    @track("Lead", when=when)
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(status, [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    _, headers, _ = call(mirror.wsgi(view), environ(method="POST"))
+    assert bool(header(headers, EVENTS_HEADER)) is mirrored
+    assert mirror.flush(timeout=10)
+    assert [e.event_name for e in fake.events] == (["Lead"] if mirrored else [])
+
+
+def test_the_page_gets_the_nonce_of_its_own_csp(mirror: PixelMirror) -> None:
+    csp = "default-src 'self'; script-src 'self' 'nonce-r4nd0m' https://connect.facebook.net"
+    app = app_returning(
+        [HTML], headers=[("Content-Type", "text/html"), ("Content-Security-Policy", csp)]
+    )
+    _, _, page = call(mirror.wsgi(app))
+    assert b'<script data-pixelmirror="" nonce="r4nd0m">' in page
+
+
+def test_client_ip_comes_through_a_trusted_proxy_only(
+    make_mirror: MakeMirror, fake: FakeGraphAPI
+) -> None:
+    mirror = make_mirror(trusted_proxies="203.0.113.0/24")
+    call(mirror.wsgi(tracked_app()), environ(X_FORWARDED_FOR="198.51.100.23"))
+    untrusted = make_mirror()
+    call(untrusted.wsgi(tracked_app()), environ(X_FORWARDED_FOR="198.51.100.23"))
+    assert mirror.flush(timeout=10)
+    assert untrusted.flush(timeout=10)
+    assert sorted(e.user_data["client_ip_address"] for e in fake.events) == [
+        "198.51.100.23",
+        "203.0.113.9",
+    ]
