@@ -246,3 +246,32 @@ def test_a_tracked_page_in_beacon_mode_carries_its_events_to_the_beacon(
     assert [e["event"] for e in json.loads(body)["events"]] == ["PageView", "ViewContent"]
     assert beacon_mirror.flush(timeout=10)
     assert sorted(e.event_name for e in fake.events) == ["PageView", "ViewContent"]
+
+
+def test_in_beacon_mode_everyone_gets_the_same_page_and_only_the_beacon_gates(
+    make_mirror: MakeMirror, fake: FakeGraphAPI
+) -> None:
+    mirror = make_mirror(mode="beacon", consent_cookie="consent=yes")
+    app = mirror.wsgi(shop)
+    consenting = call(app, environ("/", COOKIE="consent=yes"))
+    assert call(app, environ("/")) == consenting  # a shared cache cannot mix them up
+    assert call(app, environ("/", USER_AGENT="Googlebot/2.1")) == consenting
+    page = consenting[2]
+    assert b"<noscript>" not in page  # gated: nothing fires without the beacon's yes
+    assert b'"fallback":false' in page
+
+
+def test_a_beacon_nested_too_deep_is_refused(beacon_mirror: PixelMirror) -> None:
+    status, _, body = beacon(beacon_mirror.wsgi(shop), None, raw=b"[" * 7000)
+    assert (status, body) == (400, b"beacon body is not JSON")
+
+
+def test_a_failing_beacon_answers_500_and_never_reaches_the_app(
+    beacon_mirror: PixelMirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("pixelmirror bug")
+
+    monkeypatch.setattr(beacon_mirror, "answer_beacon", broken)
+    status, _, _ = beacon(beacon_mirror.wsgi(shop), page_view())
+    assert status == 500

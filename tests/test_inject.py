@@ -7,7 +7,6 @@ import time
 import pytest
 
 from pixelmirror.inject import (
-    add_cookies,
     already_injected,
     find_insertion_point,
     rewrite_headers,
@@ -254,8 +253,17 @@ def test_absent_content_length_stays_absent() -> None:
     ],
 )
 def test_etag(etag: str, kept: bool) -> None:
-    out = rewrite_headers([HTML, ("ETag", etag)], added_length=1)
-    assert (("ETag", etag) in out) is kept
+    # A weak ETag survives only on a page that is the same for everyone.
+    shared = rewrite_headers([HTML, ("ETag", etag)], added_length=1, private=False)
+    assert (("ETag", etag) in shared) is kept
+    private = rewrite_headers([HTML, ("ETag", etag)], added_length=1)
+    assert ("ETag", etag) not in private
+
+
+def test_last_modified_goes_from_private_pages_only() -> None:
+    headers = [HTML, ("Last-Modified", "Wed, 21 Oct 2026 07:28:00 GMT")]
+    assert headers[1] not in rewrite_headers(headers, added_length=1)
+    assert headers[1] in rewrite_headers(headers, added_length=1, private=False)
 
 
 @pytest.mark.parametrize("name", ["Content-MD5", "Digest", "Content-Digest", "repr-digest"])
@@ -346,33 +354,3 @@ def test_rewrite_follows_lowercase_header_style() -> None:
         ("cache-control", "private, no-cache"),
         ("set-cookie", "a=1"),
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# add_cookies
-
-
-@pytest.mark.parametrize(
-    ("headers", "cookies", "expected"),
-    [
-        pytest.param([HTML], [], [HTML], id="none"),
-        pytest.param(
-            [HTML, ("Content-Length", "3")],
-            ["a=1", "b=2"],
-            [HTML, ("Content-Length", "3"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
-            id="two",
-        ),
-        pytest.param(
-            [("content-type", "image/png")],
-            ["a=1"],
-            [("content-type", "image/png"), ("set-cookie", "a=1")],
-            id="lowercase-style",
-        ),
-        pytest.param([], ["a=1"], [("Set-Cookie", "a=1")], id="no-headers"),
-    ],
-)
-def test_add_cookies(
-    headers: list[tuple[str, str]], cookies: list[str], expected: list[tuple[str, str]]
-) -> None:
-    assert add_cookies(headers, cookies) == expected
-    assert add_cookies(tuple(headers), tuple(cookies)) == expected

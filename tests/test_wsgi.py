@@ -337,6 +337,7 @@ def test_identify_enriches_every_event_of_the_request(
         pytest.param("200 OK", None, True, id="200-default"),
         pytest.param("400 Bad Request", None, False, id="400-default"),
         pytest.param("500 Internal Server Error", None, False, id="500-default"),
+        pytest.param("304 Not Modified", None, False, id="304-default"),
         pytest.param("400 Bad Request", lambda status: True, True, id="400-when-always"),
     ],
 )
@@ -376,3 +377,63 @@ def test_client_ip_comes_through_a_trusted_proxy_only(
         "198.51.100.23",
         "203.0.113.9",
     ]
+
+
+def test_a_tracked_json_response_leaves_shared_caches(mirror: PixelMirror) -> None:
+    @track("ViewContent")
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/json"), ("Cache-Control", "public, max-age=300")],
+        )
+        return [b"{}"]
+
+    _, headers, _ = call(mirror.wsgi(view))
+    assert header(headers, EVENTS_HEADER)
+    assert header(headers, "Cache-Control") == ["private, max-age=300"]
+
+
+def test_a_fragment_without_head_or_body_announces_its_events_in_the_header(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    @track("AddToCart")
+    def fragment(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b'<div id="cart">1 item</div>']
+
+    _, headers, body = call(mirror.wsgi(fragment), environ(method="POST"))
+    assert body == b'<div id="cart">1 item</div>'
+    (announced,) = json.loads(header(headers, EVENTS_HEADER)[0])
+    assert mirror.flush(timeout=10)
+    assert fake.event_ids() == [announced["eventID"]]
+
+
+def test_invalid_app_data_is_counted_not_lost_silently(
+    mirror: PixelMirror, fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    @track("Purchase")
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        current_event().custom_data.update(value="49.99", currency="USD")  # text, from a form
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    call(mirror.wsgi(view), environ(method="POST"))
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+    assert mirror.stats().invalid == 1
+    assert "Purchase" in caplog.text
+    assert "must be a number" in caplog.text
+
+
+def test_an_event_for_a_pixel_outside_the_account_goes_nowhere(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    @track("Lead", pixel_id="999")
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    _, headers, _ = call(mirror.wsgi(view), environ(method="POST"))
+    assert header(headers, EVENTS_HEADER) == []
+    assert mirror.flush(timeout=5)
+    assert fake.events == []

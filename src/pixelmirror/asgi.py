@@ -14,7 +14,7 @@ from typing import Any
 
 from pixelmirror.beacon import MAX_BODY
 from pixelmirror.facts import RequestFacts
-from pixelmirror.mirror import PixelMirror, Plan
+from pixelmirror.mirror import BeaconAnswer, HeldPage, PixelMirror
 from pixelmirror.tracking import Visit, activate, deactivate
 
 logger = logging.getLogger("pixelmirror")
@@ -101,7 +101,11 @@ class PixelMirrorMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        answer = self.mirror.answer_beacon(facts, body)
+        try:
+            answer = self.mirror.answer_beacon(facts, body)
+        except Exception:
+            logger.exception("pixelmirror: the beacon failed")
+            answer = BeaconAnswer.failed()
         await send(
             {
                 "type": "http.response.start",
@@ -125,7 +129,7 @@ class PixelMirrorMiddleware:
 
 
 class _Responder:
-    """One request's state: the held response start, the body buffer, the plan."""
+    """One request's state: the plan, and the page held until the snippet has its place."""
 
     def __init__(self, app: ASGIApp, mirror: PixelMirror, visit: Visit, send: Send) -> None:
         self.app = app
@@ -133,9 +137,8 @@ class _Responder:
         self.visit = visit
         self.server_send = send
         self.status = 500
-        self.held: Message | None = None
-        self.plan: Plan | None = None
-        self.buffer = bytearray()
+        self.start: Message | None = None
+        self.page: HeldPage | None = None
 
     async def __call__(self, scope: Scope, receive: Receive) -> None:
         token = activate(self.visit)
@@ -152,18 +155,17 @@ class _Responder:
         kind = message["type"]
         if kind == "http.response.start":
             await self._start(message)
-        elif kind == "http.response.body" and self.held is not None:
+        elif self.page is None:
+            await self.server_send(message)
+        elif kind == "http.response.body":
             await self._body(message)
-        else:
-            if self.held is not None:  # pathsend, trailers, ...: the page goes as it was
-                await self._release(self.held)
+        else:  # pathsend, trailers, ...: the page goes as the app made it
+            await self._release(self.page.give_up()[0])
             await self.server_send(message)
 
     async def _start(self, message: Message) -> None:
         self.status = int(message["status"])
-        headers = [
-            (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
-        ]
+        headers = _decode(message.get("headers", ()))
         try:
             plan = self.mirror.plan(self.visit, self.visit.facts.method, self.status, headers)
         except Exception:
@@ -172,34 +174,29 @@ class _Responder:
         if plan is None:
             await self.server_send(message)
         elif plan.snippet is None:
-            added = _encode(plan.added_headers())
-            await self.server_send({**message, "headers": [*message.get("headers", ()), *added]})
+            await self.server_send({**message, "headers": _encode(plan.apply(headers))})
         else:
-            self.plan, self.held = plan, message
+            self.start = message
+            self.page = HeldPage(plan, headers, self.mirror.config.max_buffer)
 
     async def _body(self, message: Message) -> None:
-        assert self.held is not None
-        assert self.plan is not None
-        self.buffer += message.get("body", b"")
-        body = bytes(self.buffer)
+        assert self.page is not None
+        page = self.page
         try:
-            spliced = self.plan.splice(body, _decode(self.held.get("headers", ())))
+            decided = page.feed(message.get("body", b""), more=message.get("more_body", False))
         except Exception:
             logger.exception("pixelmirror: injection failed; passing the page through")
-            spliced = None
-        if spliced is not None:
-            page, headers = spliced
-            self.visit.injected = True
-            await self._release({**self.held, "headers": _encode(headers)})
-            await self.server_send({**message, "body": page})
-        elif not message.get("more_body", False) or len(body) > self.mirror.config.max_buffer:
-            await self._release(self.held)
+            decided = page.give_up()
+        if decided is not None:
+            headers, body = decided
+            self.visit.injected = page.injected
+            await self._release(headers)
             await self.server_send({**message, "body": body})
 
-    async def _release(self, start: Message) -> None:
-        self.held = None
-        self.buffer = bytearray()
-        await self.server_send(start)
+    async def _release(self, headers: list[tuple[str, str]]) -> None:
+        assert self.start is not None
+        self.page = None
+        await self.server_send({**self.start, "headers": _encode(headers)})
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -66,7 +66,7 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
         raise BeaconRefused(413, f"beacon body over {MAX_BODY} bytes")
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a body nested thousands deep is not a beacon
         raise BeaconRefused(400, "beacon body is not JSON") from None
     if not isinstance(data, dict):
         raise BeaconRefused(400, "beacon body must be a JSON object")
@@ -95,12 +95,17 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
     return BrowserRequest(url, referrer or None, tuple(parsed))
 
 
-def _same_origin(url: str, origin: str) -> bool:
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of a URL, or None if it cannot be read."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return False
-    return f"{parts.scheme}://{parts.netloc}" == origin
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _same_origin(url: str, origin: str) -> bool:
+    return origin_of(url) == origin
 
 
 class RateLimiter:

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from pixelmirror.snippet import MARKER
 
 __all__ = [
-    "add_cookies",
     "already_injected",
     "find_insertion_point",
     "rewrite_headers",
@@ -55,8 +54,10 @@ _DIGEST_HEADERS = frozenset({"content-md5", "digest", "content-digest", "repr-di
 # Cache-Control fields aimed at CDNs only (RFC 9213, Fastly/Akamai, Cloudflare). They override
 # Cache-Control for the CDN, so a ``max-age`` there would still share the page: drop them and
 # let the CDN fall back to the now private Cache-Control.
-_CDN_CACHE_HEADERS = frozenset(
-    {"cdn-cache-control", "surrogate-control", "cloudflare-cdn-cache-control"}
+# Dropped from a page carrying a visitor's own ids: CDN-only caching rules (they outrank
+# Cache-Control at the CDN) and Last-Modified (a 304 would replay an old visit's ids).
+_PRIVATE_DROPS = frozenset(
+    {"cdn-cache-control", "surrogate-control", "cloudflare-cdn-cache-control", "last-modified"}
 )
 
 
@@ -143,7 +144,9 @@ def rewrite_headers(
 
     * ``Content-Length`` grows by ``added_length`` (absent stays absent; an unreadable one is
       dropped, since a wrong length would truncate or hang the response);
-    * a strong ``ETag`` is dropped (the bytes changed), a weak ``W/`` one is kept;
+    * a strong ``ETag`` is dropped (the bytes changed), a weak ``W/`` one is kept unless
+      ``private``; a private page also loses ``Last-Modified``, so a browser cannot answer
+      304 and replay an old visit's ids;
     * ``Content-MD5``, ``Digest``, ``Content-Digest`` and ``Repr-Digest`` are dropped;
     * ``Cache-Control`` becomes private: ``public`` and ``s-maxage`` go, ``private`` is added in
       front, other directives stay; one that already says ``private`` or ``no-store`` is kept
@@ -168,9 +171,10 @@ def rewrite_headers(
                 continue
             out.append((name, str(length + added_length)))
         elif key == "etag":
-            if value.lstrip().startswith("W/"):
+            # A page with this visitor's ids must not be revalidated into another visit's.
+            if value.lstrip().startswith("W/") and not private:
                 out.append((name, value))
-        elif key in _DIGEST_HEADERS or (private and key in _CDN_CACHE_HEADERS):
+        elif key in _DIGEST_HEADERS or (private and key in _PRIVATE_DROPS):
             continue
         elif key == "cache-control" and not keep_cache:
             directives = [
@@ -188,13 +192,6 @@ def rewrite_headers(
     if private and not cache_values:
         out.append((_styled(headers, "Cache-Control"), "private, no-cache"))
     return _append_cookies(out, headers, set_cookies)
-
-
-def add_cookies(
-    headers: Sequence[tuple[str, str]], set_cookies: Sequence[str]
-) -> list[tuple[str, str]]:
-    """``headers`` followed by one ``Set-Cookie`` per cookie (for responses not injected)."""
-    return _append_cookies(list(headers), headers, set_cookies)
 
 
 def _append_cookies(

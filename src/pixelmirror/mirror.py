@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from pixelmirror.accounts import Account, AccountSource
-from pixelmirror.beacon import BeaconRefused, RateLimiter, check_origin, parse_request
+from pixelmirror.beacon import (
+    BeaconRefused,
+    RateLimiter,
+    check_origin,
+    origin_of,
+    parse_request,
+)
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import (
@@ -31,7 +37,12 @@ from pixelmirror.delivery.graph import (
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.inject import rewrite_headers, should_inject, splice
+from pixelmirror.inject import (
+    already_injected,
+    find_insertion_point,
+    rewrite_headers,
+    should_inject,
+)
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.outbox import Outbox, open_outbox
 from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
@@ -54,6 +65,9 @@ class Stats:
     dry_run: int
     #: Could not be enqueued (outbox full or unreachable); each was logged.
     dropped: int
+    #: Server copies of tracked events the app's data made invalid (a text ``value``, say);
+    #: each was logged with the reason. Their browser copies may have fired alone.
+    invalid: int
     #: Accepted by Meta, through this process's dispatcher.
     sent: int
     #: Failed attempts rescheduled by this process's dispatcher.
@@ -92,35 +106,79 @@ class CheckResult:
 class Plan:
     """What the adapter does to one response: decided by :meth:`PixelMirror.plan`.
 
-    With a ``snippet``, the adapter splices it into the HTML and, only if that worked, fixes
-    the headers and adds ``cookies``; a page without a place for it goes out untouched.
-    Without one, ``cookies`` and ``headers`` are added to the response as it is.
+    With a ``snippet``, the adapter holds the response in a :class:`HeldPage` until the
+    snippet has its place; a page without one gets the ``fallback`` plan instead. Without a
+    snippet, :meth:`apply` gives the response's headers.
     """
 
     snippet: bytes | None = None
     cookies: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
-    #: The snippet is this visitor's own: keep the page out of shared caches.
+    #: The response carries this visitor's own ids: keep it out of shared caches.
     private: bool = True
+    #: For a snippet that finds no place: announce the events another way.
+    fallback: Plan | None = None
 
-    def splice(
-        self, body: bytes, headers: Sequence[tuple[str, str]]
-    ) -> tuple[bytes, list[tuple[str, str]]] | None:
-        """The page with the snippet and its fixed headers, or None if it has no place."""
-        spliced = splice(body, self.snippet or b"")
-        if spliced is None:
-            return None
+    def apply(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The headers of a response this plan adds cookies or events to, body unchanged."""
+        if not self.cookies and not self.headers:
+            return list(headers)
         fixed = rewrite_headers(
-            headers,
-            added_length=len(spliced) - len(body),
-            set_cookies=self.cookies,
-            private=self.private,
+            headers, added_length=0, set_cookies=self.cookies, private=self.private
         )
-        return spliced, fixed
+        return [*fixed, *self.headers]
 
-    def added_headers(self) -> list[tuple[str, str]]:
-        """What a response without a snippet gets: announced events and cookies."""
-        return [*self.headers, *(("Set-Cookie", cookie) for cookie in self.cookies)]
+
+# Bytes of the held body scanned again when a chunk arrives: a tag cut between two chunks
+# is found, and a long page is not rescanned from the start on every chunk.
+_LOOKBACK = 1024
+
+
+class HeldPage:
+    """One page's body on its way out, held until the snippet has its place.
+
+    Both adapters feed it chunks; :meth:`feed` answers None while it must hold on, then the
+    headers and the bytes to send. The page goes out untouched (with the plan's fallback)
+    if it has no ``</head>`` or ``<body>``, already carries the snippet, or outgrows
+    ``max_buffer``.
+    """
+
+    def __init__(self, plan: Plan, headers: Sequence[tuple[str, str]], max_buffer: int) -> None:
+        assert plan.snippet is not None
+        self.plan = plan
+        self.snippet = plan.snippet
+        self.headers = headers
+        self.max_buffer = max_buffer
+        self.buffer = bytearray()
+        self.injected = False
+
+    def feed(self, chunk: bytes, *, more: bool) -> tuple[list[tuple[str, str]], bytes] | None:
+        start = max(0, len(self.buffer) - _LOOKBACK)
+        self.buffer += chunk
+        window = bytes(self.buffer[start:])
+        if already_injected(window):
+            return self.give_up()
+        point = find_insertion_point(window)
+        if point is not None:
+            at = start + point
+            body = bytes(self.buffer[:at]) + self.snippet + bytes(self.buffer[at:])
+            self.injected = True
+            headers = rewrite_headers(
+                self.headers,
+                added_length=len(self.snippet),
+                set_cookies=self.plan.cookies,
+                private=self.plan.private,
+            )
+            return headers, body
+        if more and len(self.buffer) <= self.max_buffer:
+            return None
+        return self.give_up()
+
+    def give_up(self) -> tuple[list[tuple[str, str]], bytes]:
+        """The page as the app made it, with the plan's fallback headers."""
+        fallback = self.plan.fallback
+        headers = fallback.apply(self.headers) if fallback else list(self.headers)
+        return headers, bytes(self.buffer)
 
 
 @dataclass(frozen=True)
@@ -132,6 +190,11 @@ class BeaconAnswer:
     content_type: str = "application/json"
     cookies: tuple[str, ...] = ()
 
+    @classmethod
+    def failed(cls) -> BeaconAnswer:
+        """A beacon pixelmirror could not answer: the page fires without eventID."""
+        return cls(500, b"pixelmirror could not answer", content_type="text/plain")
+
     @property
     def headers(self) -> list[tuple[str, str]]:
         return [
@@ -141,6 +204,8 @@ class BeaconAnswer:
             *(("Set-Cookie", cookie) for cookie in self.cookies),
         ]
 
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 #: Response header that tells a front end which events to fire with which eventID.
 EVENTS_HEADER = "X-PixelMirror-Events"
@@ -234,6 +299,7 @@ class PixelMirror:
         self._counts_lock = threading.Lock()
         self._queued: Counter[str] = Counter()
         self._dry_run = 0
+        self._invalid = 0
         self._closed = False
         #: No access token and no token resolver: events are validated and logged, not sent.
         self.dry_run = self.config.access_token is None and tokens is None
@@ -361,7 +427,10 @@ class PixelMirror:
         assert self._identity is not None
         visitor = self._identity.resolve(facts)
         if visitor is None:
-            return None
+            # Inline mode: no consent or a crawler gets the page untouched. Beacon mode: every
+            # visitor gets the same bytes (a shared cache could not tell them apart) and the
+            # beacon refuses them instead.
+            return Visit(facts, None, account) if self.config.mode == "beacon" else None
         return Visit(facts, visitor, account, carried=self._identity.read_carried(facts))
 
     def _account(self, facts: RequestFacts) -> Account | None:
@@ -383,55 +452,61 @@ class PixelMirror:
         """Decide what the response gets, once its status and headers are known."""
         identity = self.identity
         assert identity is not None
-        account = visit.account
+        account, visitor = visit.account, visit.visitor
         tracked = visit.tracked_for(status)
-        cookies = visit.visitor.set_cookies
-        injecting = should_inject(method, status, headers)
+        announce = self._announce(visit, tracked, status) if tracked else None
+        if not should_inject(method, status, headers):
+            return announce
         page_options: dict[str, Any] = {
             "pixel_ids": account.pixel_ids,
-            "nonce": self._csp_nonce(visit.facts, headers) if injecting else None,
+            "nonce": self._csp_nonce(visit.facts, headers),
             "agent": account.partner_agent or self.config.partner_agent,
             "ldu": self._ldu(account),
             "auto_config": self.config.auto_config,
             "beacon_path": self.config.beacon_path,
         }
-        if injecting and self.config.mode == "inline":
-            events = [BrowserEvent("PageView", visit.page_event_id)]
-            events += [
-                BrowserEvent(
-                    str(c["name"]),
-                    str(c["event_id"]),
-                    _mapping(c.get("custom_data")),
-                    _pixel(c.get("pixel_id")),
-                )
-                for c in visit.carried
-            ]
-            events += [
-                BrowserEvent(e.event_name, e.event_id, e.custom_data, e.pixel_id) for e in tracked
-            ]
-            snippet = render_snippet(
-                external_id=visit.visitor.external_id, events=events, **page_options
+        if self.config.mode == "beacon":
+            # The same bytes for every visitor. Events the view tracked ride to the beacon in
+            # the carry cookie, so this page (and only such a page) sets cookies.
+            gated = self._consent is not None or self.config.consent_cookie is not None
+            snippet = render_beacon_snippet(
+                gated=gated or account.consent is not None, **page_options
             )
-            if visit.carried:
-                cookies += (identity.clear_carry_cookie(),)
-            if logger.isEnabledFor(logging.DEBUG):
-                fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
-                logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
-            return Plan(snippet=snippet, cookies=cookies)
-        if injecting:
-            # Beacon mode: the same bytes for every visitor. Events the view tracked ride to
-            # the beacon in the carry cookie (so this page, and only this one, sets cookies).
-            snippet = render_beacon_snippet(**page_options)
-            if not tracked:
+            if announce is None:
                 return Plan(snippet=snippet, private=False)
-            return Plan(snippet=snippet, cookies=self._carry(visit, tracked))
-        if not tracked:
-            return None
-        if 300 <= status < 400:
+            return Plan(snippet=snippet, cookies=self._carry(visit, tracked), fallback=announce)
+        assert visitor is not None
+        events = [BrowserEvent("PageView", visit.page_event_id)]
+        events += [
+            BrowserEvent(
+                str(c["name"]),
+                str(c["event_id"]),
+                _mapping(c.get("custom_data")),
+                _pixel(c.get("pixel_id")),
+            )
+            for c in visit.carried
+        ]
+        events += [
+            BrowserEvent(e.event_name, e.event_id, e.custom_data, e.pixel_id) for e in tracked
+        ]
+        snippet = render_snippet(external_id=visitor.external_id, events=events, **page_options)
+        cookies = visitor.set_cookies
+        if visit.carried:
+            cookies += (identity.clear_carry_cookie(),)
+        if logger.isEnabledFor(logging.DEBUG):
+            fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
+            logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
+        return Plan(snippet=snippet, cookies=cookies, fallback=announce)
+
+    def _announce(self, visit: Visit, tracked: Sequence[TrackedEvent], status: int) -> Plan:
+        """How a response that carries no snippet hands its tracked events to the browser."""
+        assert visit.visitor is not None
+        if status in _REDIRECTS:
             # POST-redirect-GET: the browser copies fire on the next page, with the same ids.
             return Plan(cookies=self._carry(visit, tracked))
         announced = [_announced(e.event_name, e.event_id, pixel_id=e.pixel_id) for e in tracked]
-        return Plan(cookies=cookies, headers=((EVENTS_HEADER, json.dumps(announced)),))
+        header = (EVENTS_HEADER, json.dumps(announced))
+        return Plan(cookies=visit.visitor.set_cookies, headers=(header,))
 
     def _carry(self, visit: Visit, tracked: Sequence[TrackedEvent]) -> tuple[str, ...]:
         """The visitor's cookies plus the signed cookie carrying browser copies onward."""
@@ -446,6 +521,7 @@ class PixelMirror:
             }
             for e in tracked
         )
+        assert visit.visitor is not None
         return (*visit.visitor.set_cookies, self.identity.carry_cookie(carry))
 
     def _ldu(self, account: Account) -> bool:
@@ -461,7 +537,7 @@ class PixelMirror:
         identity = self.identity
         assert identity is not None
         try:
-            origin = _origin(identity.page_url(facts))
+            origin = origin_of(identity.page_url(facts)) or ""
             check_origin(facts, origin)
             asked = parse_request(body, origin=origin, allowed=self._beacon_allowed)
             page = urlsplit(asked.page_url)
@@ -506,6 +582,8 @@ class PixelMirror:
 
     def finish(self, visit: Visit, status: int) -> None:
         """Mirror the request's events to the outbox, once per pixel, after the response."""
+        if visit.visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
+            return
         tracked = visit.tracked_for(status)
         # In beacon mode the page's PageView comes back through the beacon.
         pageview = visit.injected and self.config.pageview and self.config.mode == "inline"
@@ -534,6 +612,7 @@ class PixelMirror:
 
     def _request_user_data(self, visit: Visit) -> dict[str, object]:
         visitor = visit.visitor
+        assert visitor is not None
         user_data: dict[str, object] = {
             "external_id": visitor.external_id,
             "client_ip_address": visitor.client_ip,
@@ -577,6 +656,8 @@ class PixelMirror:
             )
         except ValueError as exc:
             logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
+            with self._counts_lock:
+                self._invalid += 1
             return None
 
     # -- operating ------------------------------------------------------------------------
@@ -603,7 +684,7 @@ class PixelMirror:
         by_pixel = dict(dispatcher.pixel_counts) if dispatcher else {}
         with self._counts_lock:
             queued = dict(self._queued)
-            dry_run = self._dry_run
+            dry_run, invalid = self._dry_run, self._invalid
         pixels = {
             pixel_id: {
                 "queued": queued.get(pixel_id, 0),
@@ -617,6 +698,7 @@ class PixelMirror:
             queued=sum(queued.values()),
             dry_run=dry_run,
             dropped=counts.dropped,
+            invalid=invalid,
             sent=delivered.sent,
             retried=delivered.retried,
             dead=counts.dead,
@@ -705,11 +787,6 @@ class PixelMirror:
             )
             self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
             self.dispatcher.start()
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _announced(

@@ -88,8 +88,10 @@ DEFAULT_BEACON_PATH = "/.pixelmirror/beacon"
 #                     then fire; pageview() the same for a PageView (single-page apps).
 # In beacon mode (``c.beacon``) ``init`` waits for the beacon's external_id, the page's
 # PageView goes through the beacon, and the pixel's own pushState PageViews (which carry no
-# eventID and cannot dedup) are switched off. If a beacon fails, the events still fire,
-# without eventID. Like the stub, the text holds no ``<``, ``>`` or ``&``.
+# eventID and cannot dedup) are switched off, as they are once a page calls pageview(). A
+# refused beacon (no consent, a crawler, a bad request) fires nothing; one that fails (the
+# network, 429, 5xx) fires the events without eventID, unless the site gates on consent
+# (``c.fallback`` false). Like the stub, the text holds no ``<``, ``>`` or ``&``.
 _RUNTIME = (
     "(function(w,d,c){"
     "var inited=!c.beacon,P=w.pixelmirror={};"
@@ -98,7 +100,7 @@ _RUNTIME = (
     "for(var i=0;i!==c.pixels.length;i++){var p=c.pixels[i],u=ext?{external_id:ext}:{};"
     "if(!c.autoConfig)fbq('set','autoConfig',false,p);"
     "if(c.agent){fbq('init',p,u,{agent:c.agent})}else{fbq('init',p,u)}}}"
-    "function fire(list){init(null);"
+    "function fire(list){if(!list.length)return;init(null);"
     "for(var i=0;i!==list.length;i++){var e=list[i],"
     "m=c.standard.indexOf(e.event)===-1?'Custom':'',"
     "a=[e.event,e.custom_data||{}];"
@@ -109,13 +111,15 @@ _RUNTIME = (
     "return w.fetch(c.path,{method:'POST',credentials:'same-origin',"
     "headers:{'Content-Type':'application/json'},"
     "body:JSON.stringify({url:w.location.href,referrer:d.referrer,events:events})})"
-    ".then(function(r){if(!r.ok)throw new Error('pixelmirror beacon: HTTP '+r.status);"
-    "return r.json()})"
-    ".then(function(a){init(a.external_id);fire(a.events);return a.events},"
-    "function(){fire(events);return events})}"
+    ".then(function(r){if(r.ok)return r.json();"
+    "if(r.status===429||Math.floor(r.status/100)===5)"
+    "throw new Error('pixelmirror beacon: HTTP '+r.status);"
+    "return {events:[]}})"
+    ".then(function(a){if(a.events.length)init(a.external_id);fire(a.events);return a.events},"
+    "function(){if(!c.fallback)return [];fire(events);return events})}"
     "P.fire=fire;"
     "P.track=function(name,data){return send([{event:name,custom_data:data||{}}])};"
-    "P.pageview=function(){return send([{event:'PageView'}])};"
+    "P.pageview=function(){w.fbq.disablePushState=true;return send([{event:'PageView'}])};"
     "if(c.beacon){w.fbq.disablePushState=true;P.pageview()}"
     "})(window,document,"
 )
@@ -158,16 +162,25 @@ def safe_json(value: object) -> str:
 
     :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
     """
-    try:
-        text = _ENCODER.encode(value)
-    except ValueError as exc:  # NaN or infinity
-        raise ValueError(f"browser data must be finite numbers: {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"browser data must be JSON values: {exc}") from None
+    if type(value) is dict and all(type(k) is type(v) is str for k, v in value.items()):
+        # A flat dict of strings ({"eventID": ...}, {"external_id": ...}): what the encoder
+        # makes of it, without setting up its machinery for one level.
+        text = "{" + ",".join([_str(k) + ":" + _str(v) for k, v in value.items()]) + "}"
+    else:
+        text = _json_text(value)
     # Most values hold none of these: skip the per-character translation then.
     if "<" in text or ">" in text or "&" in text or not text.isascii():
         text = text.translate(_SCRIPT_SAFE)
     return text
+
+
+def _json_text(value: object) -> str:
+    try:
+        return _ENCODER.encode(value)
+    except ValueError as exc:  # NaN or infinity
+        raise ValueError(f"browser data must be finite numbers: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"browser data must be JSON values: {exc}") from None
 
 
 def _json_default(value: object) -> object:
@@ -189,6 +202,7 @@ def _json_default(value: object) -> object:
 _ENCODER = json.JSONEncoder(
     ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_json_default
 )
+_str = json.encoder.encode_basestring_ascii  # what _ENCODER uses for every string
 
 
 def _call(*args: object) -> str:
@@ -261,17 +275,20 @@ def render_beacon_snippet(
     agent: str | None = None,
     ldu: bool = False,
     auto_config: bool = True,
+    gated: bool = False,
 ) -> bytes:
     """The cache-safe snippet of beacon mode: the same bytes for every visitor of a page.
 
     No event id and no visitor data: on load it POSTs to ``beacon_path``, which mints the
     visitor's ids and the PageView's eventID and mirrors the server copy; then it calls
     ``init`` with the external_id it got back and fires the PageView with that eventID.
+    With ``gated`` (the site asks for consent) only the beacon's answer fires anything: no
+    ``<noscript>`` image, and no firing without eventID when the beacon fails.
     """
     _need_pixels(pixel_ids)
-    lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=True)]
-    images = [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
-    return _script(lines, nonce, images)
+    runtime = _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=True, gated=gated)
+    images = [] if gated else [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
+    return _script([_STUB, runtime], nonce, images)
 
 
 def _need_pixels(pixel_ids: Sequence[str]) -> None:
@@ -287,9 +304,10 @@ def _runtime(
     auto_config: bool,
     *,
     beacon: bool,
+    gated: bool = False,
 ) -> str:
     # The same few settings on every page of a site: render each combination once.
-    return _runtime_text(tuple(pixel_ids), beacon_path, agent, ldu, auto_config, beacon)
+    return _runtime_text(tuple(pixel_ids), beacon_path, agent, ldu, auto_config, beacon, gated)
 
 
 @functools.lru_cache(maxsize=64)
@@ -300,6 +318,7 @@ def _runtime_text(
     ldu: bool,
     auto_config: bool,
     beacon: bool,
+    gated: bool,
 ) -> str:
     config = {
         "pixels": list(pixel_ids),
@@ -308,6 +327,7 @@ def _runtime_text(
         "ldu": ldu,
         "autoConfig": auto_config,
         "beacon": beacon,
+        "fallback": not gated,
         "standard": sorted(STANDARD_EVENTS),
     }
     return _RUNTIME + safe_json(config) + ");"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from pixelmirror.events import check_event_name, new_event_id
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Visitor
 
+logger = logging.getLogger("pixelmirror")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -27,8 +30,11 @@ StatusFilter = Callable[[int], bool]
 
 
 def successful(status: int) -> bool:
-    """The default ``when``: a tracked event counts if the view answered 2xx or 3xx."""
-    return 200 <= status < 400
+    """The default ``when``: a tracked event counts if the view answered 2xx or 3xx.
+
+    Not 304: a revalidated page is one the visitor already has, events and all.
+    """
+    return 200 <= status < 400 and status != 304
 
 
 @dataclass(eq=False)
@@ -56,7 +62,9 @@ class Visit:
     """Everything pixelmirror holds for one request: who, which events, what it did."""
 
     facts: RequestFacts
-    visitor: Visitor
+    #: None only in beacon mode, for a visitor who may not be tracked (no consent, a
+    #: crawler): the page still gets the same bytes as everyone's.
+    visitor: Visitor | None
     #: The pixels (and their options) this request's page belongs to.
     account: Account
     #: The page's PageView id, shared by the injected pixel and the mirrored server event.
@@ -119,7 +127,15 @@ def track(
     def start() -> Token[TrackedEvent | None]:
         event = TrackedEvent(event_name, when=status_filter, pixel_id=pixel_id)
         visit = _visit.get()
-        if visit is not None:
+        if visit is None or visit.visitor is None:
+            pass  # not tracked: the view's data goes nowhere
+        elif pixel_id is not None and pixel_id not in visit.account.pixel_ids:
+            logger.warning(
+                "pixelmirror: %s is for pixel %s, which this page's account does not have",
+                event_name,
+                pixel_id,
+            )
+        else:
             visit.tracked.append(event)
         return _event.set(event)
 

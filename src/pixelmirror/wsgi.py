@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from pixelmirror.beacon import MAX_BODY
 from pixelmirror.facts import RequestFacts
+from pixelmirror.mirror import BeaconAnswer, HeldPage, Plan
 from pixelmirror.tracking import Visit, activate, deactivate
 
 if TYPE_CHECKING:
@@ -120,14 +121,18 @@ class PixelMirrorWSGI:
         except ValueError:
             length = 0
         # One byte past the limit is enough to refuse an oversized body.
-        body = environ["wsgi.input"].read(min(max(length, 0), MAX_BODY + 1)) if length else b""
-        answer = self.mirror.answer_beacon(facts, body)
+        try:
+            body = environ["wsgi.input"].read(min(max(length, 0), MAX_BODY + 1)) if length else b""
+            answer = self.mirror.answer_beacon(facts, body)
+        except Exception:
+            logger.exception("pixelmirror: the beacon failed")
+            answer = BeaconAnswer.failed()
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", answer.headers)
         return [answer.body]
 
 
 class _Responder:
-    """One request's state: the held response start, the body buffer, the plan."""
+    """One request's state: the plan, and the page held until the snippet has its place."""
 
     def __init__(
         self,
@@ -141,9 +146,9 @@ class _Responder:
         self.visit = visit
         self.server_start_response = start_response
         self.status: int | None = None
-        self.held: tuple[str, Headers, ExcInfo | None] | None = None
-        self.plan: Plan | None = None
-        self.buffer = bytearray()
+        self.status_line = ""
+        self.page: HeldPage | None = None
+        self.written = bytearray()  # legacy write() calls while the page is held
         self.finished = False
 
     def run(self, environ: WSGIEnvironment) -> Iterable[bytes]:
@@ -152,7 +157,7 @@ class _Responder:
             result = self.app(environ, self.start_response)
         finally:
             deactivate(token)
-        if self.held is None and self.status is not None:
+        if self.page is None and self.status is not None:
             # Started and not held for injection: hand back the app's own iterable (a
             # wsgi.file_wrapper keeps its sendfile path) and mirror now.
             self.finish()
@@ -162,18 +167,17 @@ class _Responder:
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
     ) -> Write:
-        self.status = _status_code(status)
+        self.status, self.status_line = _status_code(status), status
         if exc_info is not None:
-            self.held, self.buffer = None, bytearray()  # an error page replaces the held one
+            self.page = None  # an error page replaces the held one
             return self.server_start_response(status, headers, exc_info)
         plan = self._plan(headers)
         if plan is None:
             return self.server_start_response(status, headers)
         if plan.snippet is None:
-            return self.server_start_response(status, [*headers, *plan.added_headers()])
-        self.plan = plan
-        self.held = (status, headers, exc_info)
-        return self.write_held
+            return self.server_start_response(status, plan.apply(headers))
+        self.page = HeldPage(plan, headers, self.mirror.config.max_buffer)
+        return self.written.extend
 
     def _plan(self, headers: Headers) -> Plan | None:
         try:
@@ -182,43 +186,29 @@ class _Responder:
             logger.exception("pixelmirror: planning the response failed; passing it through")
             return None
 
-    def write_held(self, data: bytes) -> None:
-        """The legacy ``write()`` while the start is held: its bytes join the buffer."""
-        self.buffer += data
+    def feed(self, chunk: bytes, *, more: bool = True) -> bytes:
+        """Bytes to send for this chunk of the app's body (empty while holding back).
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes to send for this chunk of the app's body (empty while holding back)."""
-        if self.held is None:
+        While holding, nothing is yielded: servers refuse even an empty body before the
+        headers, and the headers wait for the splice.
+        """
+        page = self.page
+        if page is None:
             return chunk
-        self.buffer += chunk
-        body = bytes(self.buffer)
+        if self.written:
+            chunk, self.written = bytes(self.written) + chunk, bytearray()
         try:
-            spliced = self.plan.splice(body, self.held[1]) if self.plan else None
+            decided = page.feed(chunk, more=more)
         except Exception:
             logger.exception("pixelmirror: injection failed; passing the page through")
-            spliced = None
-        if spliced is not None:
-            page, headers = spliced
-            self._release(self.held[0], headers)
-            self.visit.injected = True
-            return page
-        if len(body) > self.mirror.config.max_buffer:
-            return self.give_up()
-        return b""
-
-    def give_up(self) -> bytes:
-        """No place for the snippet (or no room to look further): the page as it was."""
-        if self.held is None:
+            decided = page.give_up()
+        if decided is None:
             return b""
-        status, headers, _ = self.held
-        body = bytes(self.buffer)
-        self._release(status, headers)
+        headers, body = decided
+        self.page = None
+        self.visit.injected = page.injected
+        self.server_start_response(self.status_line, headers)
         return body
-
-    def _release(self, status: str, headers: Headers) -> None:
-        self.held = None
-        self.server_start_response(status, headers)
-        self.buffer = bytearray()
 
     def finish(self) -> None:
         if self.finished:
@@ -243,7 +233,7 @@ class _Body:
             out = responder.feed(chunk)
             if out:
                 yield out
-        tail = responder.give_up()
+        tail = responder.feed(b"", more=False)
         if tail:
             yield tail
 
