@@ -44,7 +44,7 @@ from pixelmirror.inject import (
     should_inject,
 )
 from pixelmirror.normalize import sha256_hex
-from pixelmirror.outbox import Outbox, open_outbox
+from pixelmirror.outbox import Outbox, OutboxCounts, open_outbox
 from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 
@@ -762,7 +762,11 @@ class PixelMirror:
         if self.dispatcher is not None:
             self.dispatcher.flush(timeout)
             self.dispatcher.stop(timeout)
-        counts = self.outbox.counts()
+        try:
+            counts = self.outbox.counts()
+        except Exception as exc:  # an unreachable Redis: nothing to count, nothing to lose here
+            logger.warning("pixelmirror closing; could not count unsent events: %s", exc)
+            counts = OutboxCounts(0, 0, 0, 0)
         if counts.unfinished:
             durable = self.outbox.url != "memory://"
             (logger.warning if durable else logger.error)(

@@ -21,6 +21,15 @@ def open_outbox(url: str, *, max_events: int = 100_000) -> Outbox:
         from pixelmirror.outbox.sqlite import SQLiteOutbox
 
         return SQLiteOutbox.from_url(url)
+    if scheme in ("redis", "rediss"):
+        try:
+            from pixelmirror.outbox.redis import RedisOutbox
+        except ImportError as exc:  # the optional dependency, not a bug of ours
+            raise ImportError(
+                f"the Redis outbox needs the redis client: pip install 'pixelmirror[redis]' ({exc})"
+            ) from exc
+
+        return RedisOutbox.from_url(url)
     raise ValueError(
         f"PIXELMIRROR_OUTBOX must be memory://, sqlite:///path or redis://...; got {url!r}"
     )
