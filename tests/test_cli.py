@@ -180,3 +180,16 @@ def test_tokens_option_must_name_a_function(
     assert main(["check", "--tokens", "no_colon"]) == 2
     assert "MODULE:FUNCTION" in capsys.readouterr().err
     assert main(["check", "--tokens", "json:nothing_here"]) == 2
+
+
+def test_outbox_stats_counts_by_pixel(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+    for pixel in ("111", "111", "222"):
+        mirror.send(
+            "Lead", pixel_id=pixel, action_source="system_generated", user_data={"external_id": "a"}
+        )
+    mirror.close(timeout=0)
+    assert main(["outbox", "stats"]) == 0
+    assert json.loads(capsys.readouterr().out)["unfinished_by_pixel"] == {"111": 2, "222": 1}

@@ -661,3 +661,11 @@ def test_memory_replay_leaves_what_does_not_fit_dead(make_event: MakeEvent) -> N
     assert outbox.replay_dead() == 1
     counts = outbox.counts()
     assert (counts.pending, counts.dead, counts.dropped) == (2, 1, 0)
+
+
+def test_unfinished_counts_by_pixel(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event("1"), make_event("1"), make_event("2")])
+    claims = outbox.claim(1, lease=HOUR)  # in flight still counts
+    outbox.bury(outbox.claim(10, lease=HOUR, skip_pixels={"1"}), "rejected")  # dead does not
+    assert len(claims) == 1
+    assert outbox.unfinished_by_pixel() == {"1": 2}

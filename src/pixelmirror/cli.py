@@ -178,6 +178,7 @@ def _outbox_stats(args: argparse.Namespace) -> int:
     config = Config.from_env()
     outbox = open_outbox(config.outbox, max_events=config.queue_size)
     report: dict[str, object] = {"outbox": outbox.url, **asdict(outbox.counts())}
+    report["unfinished_by_pixel"] = outbox.unfinished_by_pixel()
     if args.dead:
         report["dead_letters"] = [
             {

@@ -75,6 +75,9 @@ class Outbox(Protocol):
 
     def counts(self) -> OutboxCounts: ...
 
+    def unfinished_by_pixel(self) -> dict[str, int]:
+        """Events not yet sent or dead (pending and in flight), by pixel id."""
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 

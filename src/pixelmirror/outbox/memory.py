@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Sequence
 
 from pixelmirror.events import ServerEvent
@@ -143,6 +143,13 @@ class MemoryOutbox:
                 dead=len(self._dead),
                 dropped=self._dropped,
             )
+
+    def unfinished_by_pixel(self) -> dict[str, int]:
+        with self._lock:
+            waiting = [event for queue in self._ready.values() for event, _ in queue]
+            waiting += (event for _, _, event, _ in self._delayed)
+            waiting += (event for _, event, _ in self._leased.values())
+            return dict(Counter(event.pixel_id for event in waiting))
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._lock:

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -568,6 +569,22 @@ class RedisOutbox:
             pending=int(pending), in_flight=int(in_flight), dead=int(dead), dropped=dropped
         )
 
+    def unfinished_by_pixel(self) -> dict[str, int]:
+        # Reads the whole stream, a chunk at a time: for the operator's `outbox stats`, not a
+        # hot path.
+        client = self._client(quick=False)
+        found: Counter[str] = Counter()
+        start = "-"
+        while entries := client.xrange(self.stream, min=start, count=_SCAN_CHUNK):
+            found.update(_text(raw.get(b"pixel_id", b"")) for _, raw in entries if raw)
+            if len(entries) < _SCAN_CHUNK:
+                break
+            last_id = entries[-1][0]
+            if last_id is None:
+                break
+            start = "(" + _text(last_id)
+        return dict(found)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         if limit < 1:
             return []
@@ -621,6 +638,9 @@ class RedisOutbox:
             work_redis.close()
         if put_redis is not None:
             put_redis.close()
+
+
+_SCAN_CHUNK = 5000
 
 
 def _fields(event: ServerEvent) -> dict[FieldT, EncodableT]:

@@ -412,6 +412,11 @@ class SQLiteOutbox:
             pending=stored - in_flight, in_flight=in_flight, dead=dead, dropped=dropped
         )
 
+    def unfinished_by_pixel(self) -> dict[str, int]:
+        with self._locked() as conn:
+            rows = conn.execute("SELECT pixel_id, COUNT(*) FROM events GROUP BY pixel_id")
+            return {pixel_id: count for pixel_id, count in rows.fetchall()}
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._locked() as conn:
             rows = conn.execute(
