@@ -621,7 +621,7 @@ def test_put_after_close_drops_and_does_not_raise(tmp_path: Path, make_event: Ma
     outbox = SQLiteOutbox(tmp_path / "o.db")
     outbox.close()
     assert outbox.put([make_event()]) == 0
-    assert outbox._dropped == 1
+    assert outbox._drops.total == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

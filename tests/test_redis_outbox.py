@@ -342,7 +342,7 @@ def test_put_to_an_unreachable_redis_drops_fast_and_never_raises(
         assert outbox.put([make_event(), make_event()]) == 0
         assert outbox.put([make_event()]) == 0  # within the cooldown: not even tried
     assert time.monotonic() - started < 2.0
-    assert outbox._dropped == 3
+    assert outbox._drops.total == 3
     assert "ConnectionError" in caplog.text
     assert "unreachable less than 1s ago" in caplog.text
     with pytest.raises(redis.ConnectionError):
@@ -357,7 +357,7 @@ def test_put_to_a_redis_that_never_answers_waits_one_timeout(make_event: MakeEve
         started = time.monotonic()
         assert outbox.put([make_event()]) == 0
         assert time.monotonic() - started < 2.0  # one 0.2 s timeout, plus scheduling
-        assert outbox._dropped == 1
+        assert outbox._drops.total == 1
         outbox.close()
 
 

@@ -9,6 +9,8 @@ claimed again. Every event ends sent, pending or dead.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +51,36 @@ class OutboxCounts:
     @property
     def unfinished(self) -> int:
         return self.pending + self.in_flight
+
+
+class Drops:
+    """Events an outbox could not take: counted, and each loss logged. Never raises.
+
+    ``expected`` are the errors of the store that need no traceback (a full disk, a lost
+    connection); anything else is logged with one.
+    """
+
+    def __init__(self, url: str, expected: tuple[type[BaseException], ...] = ()) -> None:
+        self.url = url
+        self.expected = expected
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, count: int, why: str, exc: BaseException | None = None) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self.total += count
+            total = self.total
+        unexpected = exc is not None and not isinstance(exc, self.expected)
+        logging.getLogger("pixelmirror").error(
+            "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
+            self.url,
+            count,
+            why,
+            total,
+            exc_info=exc if unexpected else None,
+        )
 
 
 class Outbox(Protocol):

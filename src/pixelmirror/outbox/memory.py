@@ -11,7 +11,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Sequence
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, OutboxCounts
+from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 
 logger = logging.getLogger("pixelmirror")
 
@@ -44,7 +44,7 @@ class MemoryOutbox:
         self._leased: dict[str, tuple[float, ServerEvent, int]] = {}
         self._dead: deque[DeadLetter] = deque(maxlen=self._max_dead)
         self._size = 0
-        self._dropped = 0
+        self._drops = Drops(self.url)
 
     def put(self, events: Sequence[ServerEvent]) -> int:
         with self._lock:
@@ -53,15 +53,7 @@ class MemoryOutbox:
             for event in taken:
                 self._ready.setdefault(event.batch_key, deque()).append((event, 0))
             self._size += len(taken)
-            overflow = len(events) - len(taken)
-            self._dropped += overflow
-        if overflow:
-            logger.error(
-                "pixelmirror outbox full (%d events): dropped %d event(s); %d dropped so far",
-                self.max_events,
-                overflow,
-                self._dropped,
-            )
+        self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
 
     def claim(
@@ -124,14 +116,8 @@ class MemoryOutbox:
             taken = self._take(claims)
             self._size -= len(taken)
             evicted = max(0, len(self._dead) + len(taken) - self._max_dead)
-            self._dropped += evicted
             self._dead.extend(DeadLetter(event, reason, now) for event, _ in taken)
-        if evicted:
-            logger.error(
-                "pixelmirror: more than %d dead letters; the %d oldest were dropped",
-                self._max_dead,
-                evicted,
-            )
+        self._drops.add(evicted, f"more than {self._max_dead} dead letters, the oldest went")
 
     def counts(self) -> OutboxCounts:
         now = time.monotonic()
@@ -141,7 +127,7 @@ class MemoryOutbox:
                 pending=self._size - in_flight,
                 in_flight=in_flight,
                 dead=len(self._dead),
-                dropped=self._dropped,
+                dropped=self._drops.total,
             )
 
     def unfinished_by_pixel(self) -> dict[str, int]:

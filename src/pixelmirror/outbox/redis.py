@@ -19,7 +19,7 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, OutboxCounts
+from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 
 logger = logging.getLogger("pixelmirror")
 
@@ -351,7 +351,7 @@ class RedisOutbox:
         self._reclaim = self._named is not None  # only a stable name has a previous life
         self._reclaim_lock = threading.Lock()
         self._cursor = "0-0"
-        self._dropped = 0
+        self._drops = Drops(self.url, (redis.RedisError,))
         self._put_blocked_until = 0.0
         self._closed = False
 
@@ -454,7 +454,7 @@ class RedisOutbox:
         if not events:
             return 0
         if time.monotonic() < self._put_blocked_until:
-            self._drop(len(events), f"Redis was unreachable less than {PUT_COOLDOWN:g}s ago")
+            self._drops.add(len(events), f"Redis was unreachable less than {PUT_COOLDOWN:g}s ago")
             return 0
         try:
             with self._client(quick=True).pipeline(transaction=True) as pipe:
@@ -468,27 +468,15 @@ class RedisOutbox:
         except Exception as exc:  # the request path must never see an outbox failure
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._put_blocked_until = time.monotonic() + PUT_COOLDOWN
-            self._drop(len(events), f"{type(exc).__name__}: {exc}", exc)
+            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
             return 0
         if self.maxlen is not None:
             trimmed = int(results[0]) + len(events) - int(results[-1])
             if trimmed > 0:
-                self._drop(trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed")
+                self._drops.add(
+                    trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed"
+                )
         return len(events)
-
-    def _drop(self, count: int, why: str, exc: Exception | None = None) -> None:
-        with self._lock:
-            self._dropped += count
-            total = self._dropped
-        logger.error(
-            "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
-            self.url,
-            count,
-            why,
-            total,
-            # A traceback only for the unexpected; a lost connection needs none.
-            exc_info=exc if exc is not None and not isinstance(exc, redis.RedisError) else None,
-        )
 
     # -- the worker side --------------------------------------------------------------------
 
@@ -563,8 +551,7 @@ class RedisOutbox:
         pending, in_flight, dead = self._client(quick=True).eval(
             _COUNTS, 2, self.stream, self._dead, self.group, PARKED, _ms(HORIZON)
         )
-        with self._lock:
-            dropped = self._dropped
+        dropped = self._drops.total
         return OutboxCounts(
             pending=int(pending), in_flight=int(in_flight), dead=int(dead), dropped=dropped
         )

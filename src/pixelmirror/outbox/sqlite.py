@@ -15,7 +15,7 @@ from typing import Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, OutboxCounts
+from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 
 logger = logging.getLogger("pixelmirror")
 
@@ -138,7 +138,7 @@ class SQLiteOutbox:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._dropped = 0
+        self._drops = Drops(self.url, (sqlite3.Error,))
         self._size_hint = 0
         self._size_checked = -_RECOUNT_INTERVAL
         self._conn: sqlite3.Connection | None = self._connect()
@@ -259,10 +259,10 @@ class SQLiteOutbox:
                 )
                 self._size_hint += len(taken)
         except Exception as exc:  # the request path must never see an outbox failure
-            self._drop(len(events), f"{type(exc).__name__}: {exc}", exc)
+            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
             return 0
         if len(taken) < len(events):
-            self._drop(len(events) - len(taken), f"outbox full ({self.max_events} events)")
+            self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
 
     def _room(self, conn: sqlite3.Connection, wanted: int) -> int:
@@ -278,20 +278,6 @@ class SQLiteOutbox:
             (self._size_hint,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
             self._size_checked = clock
         return max(0, min(wanted, self.max_events - self._size_hint))
-
-    def _drop(self, count: int, why: str, exc: Exception | None = None) -> None:
-        with self._lock:
-            self._dropped += count
-            total = self._dropped
-        logger.error(
-            "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
-            self.url,
-            count,
-            why,
-            total,
-            # A traceback only for the unexpected; a full disk or a lock needs none.
-            exc_info=exc if exc is not None and not isinstance(exc, sqlite3.Error) else None,
-        )
 
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
@@ -406,8 +392,7 @@ class SQLiteOutbox:
                 (now,),
             ).fetchone()
             (dead,) = conn.execute("SELECT COUNT(*) FROM dead").fetchone()
-        with self._lock:
-            dropped = self._dropped
+        dropped = self._drops.total
         return OutboxCounts(
             pending=stored - in_flight, in_flight=in_flight, dead=dead, dropped=dropped
         )
@@ -477,7 +462,7 @@ class SQLiteOutbox:
         # One of the parent's threads may have held the lock at fork time.
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._dropped = 0
+        self._drops = Drops(self.url, (sqlite3.Error,))
         self._size_checked = -_RECOUNT_INTERVAL
         return inherited is not None
 
