@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import MakeMirror
-from pixelmirror import EVENTS_HEADER, PixelMirror, RequestFacts, current_event, track
+from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, RequestFacts, current_event, track
 from pixelmirror.testing import FakeGraphAPI
 from pixelmirror.wsgi import PixelMirrorWSGI, StartResponse, WSGIEnvironment
 from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
@@ -437,3 +437,18 @@ def test_an_event_for_a_pixel_outside_the_account_goes_nowhere(
     assert header(headers, EVENTS_HEADER) == []
     assert mirror.flush(timeout=5)
     assert fake.events == []
+
+
+def test_without_a_pixel_the_middleware_says_so_once(
+    make_mirror: MakeMirror, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(pixel_id=None)
+    app = mirror.wsgi(tracked_app())
+    assert caplog.text.count("pages pass through untouched") == 1
+    assert call(app) == call(tracked_app())
+
+
+def test_a_missing_signing_key_fails_at_start_up(make_mirror: MakeMirror) -> None:
+    mirror = make_mirror(secret_key=())
+    with pytest.raises(ConfigError, match="PIXELMIRROR_SECRET_KEY is required"):
+        mirror.wsgi(tracked_app())

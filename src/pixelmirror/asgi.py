@@ -74,7 +74,7 @@ class PixelMirrorMiddleware:
     def __init__(self, app: ASGIApp, mirror: PixelMirror | None = None) -> None:
         self.app = app
         self.mirror = mirror if mirror is not None else PixelMirror()
-        self.mirror.identity  # noqa: B018 -- build it now: a missing signing key fails at start-up
+        self.mirror.prepare_web()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -414,6 +414,14 @@ class PixelMirror:
             self._identity = Identity(self.config, consent=self._consent)
         return self._identity
 
+    def prepare_web(self) -> None:
+        """Called by the middleware at start-up: a missing signing key fails here, not on a
+        request, and a middleware without a pixel says so once."""
+        if self.identity is None:
+            logger.warning(
+                "pixelmirror: no PIXELMIRROR_PIXEL_ID and no accounts: pages pass through untouched"
+            )
+
     def is_beacon(self, facts: RequestFacts) -> bool:
         """Whether this request is for the beacon endpoint (only served with a pixel id)."""
         return facts.path == self.config.beacon_path and self.identity is not None

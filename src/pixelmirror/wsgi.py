@@ -98,7 +98,7 @@ class PixelMirrorWSGI:
     def __init__(self, app: WSGIApplication, mirror: PixelMirror) -> None:
         self.app = app
         self.mirror = mirror
-        mirror.identity  # noqa: B018 -- build it now: a missing signing key fails at start-up
+        mirror.prepare_web()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
