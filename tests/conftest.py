@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
+import redis
 
+import redisutil
 from pixelmirror import PixelMirror
 from pixelmirror.events import ServerEvent
 from pixelmirror.testing import FakeGraphAPI
@@ -56,6 +58,39 @@ def make_mirror(fake: FakeGraphAPI) -> Iterator[MakeMirror]:
 @pytest.fixture
 def mirror(make_mirror: MakeMirror) -> PixelMirror:
     return make_mirror()
+
+
+@pytest.fixture
+def served_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeGraphAPI, str]]:
+    """A FakeGraphAPI on loopback, and PIXELMIRROR_* variables that point an app at it."""
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as url:
+        for name, value in {
+            "PIXELMIRROR_PIXEL_ID": PIXEL,
+            "PIXELMIRROR_ACCESS_TOKEN": TOKEN,
+            "PIXELMIRROR_SECRET_KEY": SECRET,
+            "PIXELMIRROR_COOKIE_SECURE": "false",
+            "PIXELMIRROR_GRAPH_URL": url,
+            "PIXELMIRROR_FLUSH_INTERVAL": "0.05",
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield fake, url
+
+
+@pytest.fixture
+def server() -> Iterator[redis.Redis]:
+    """The real Redis on 127.0.0.1:6379 (skipped without one, unless CI requires it)."""
+    client = redisutil.redis_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stream(server: redis.Redis) -> Iterator[str]:
+    """A fresh stream name of this test's own, its keys deleted afterwards."""
+    name = redisutil.fresh_stream()
+    yield name
+    redisutil.drop_keys(name)
 
 
 class MakeEvent(Protocol):

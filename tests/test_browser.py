@@ -279,22 +279,6 @@ def session(browser: Browser) -> Iterator[Session]:
     assert stub.escaped == [], "requests tried to leave loopback"
 
 
-@pytest.fixture
-def served_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeGraphAPI, str]]:
-    fake = FakeGraphAPI(access_tokens={TOKEN})
-    with fake.serve() as url:
-        for name, value in {
-            "PIXELMIRROR_PIXEL_ID": PIXEL,
-            "PIXELMIRROR_ACCESS_TOKEN": TOKEN,
-            "PIXELMIRROR_SECRET_KEY": SECRET,
-            "PIXELMIRROR_COOKIE_SECURE": "false",
-            "PIXELMIRROR_GRAPH_URL": url,
-            "PIXELMIRROR_FLUSH_INTERVAL": "0.05",
-        }.items():
-            monkeypatch.setenv(name, value)
-        yield fake, url
-
-
 def load_example(name: str) -> ModuleType:
     """A fresh copy of ``examples/<name>/app.py`` (its mirror reads the environment now)."""
     spec = importlib.util.spec_from_file_location(f"browser_{name}", EXAMPLES / name / "app.py")

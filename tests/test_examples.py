@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
 
-from conftest import PIXEL, SECRET, TOKEN
+from conftest import PIXEL
 from pixelmirror import EVENTS_HEADER
 from pixelmirror.testing import FakeGraphAPI
 from servers import serve_asgi, serve_wsgi
@@ -20,22 +19,6 @@ from webkit import CHROME, browser_events, page_external_id
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EMAIL = "ann@example.com"
-
-
-@pytest.fixture
-def served_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraphAPI]:
-    fake = FakeGraphAPI(access_tokens={TOKEN})
-    with fake.serve() as url:
-        for name, value in {
-            "PIXELMIRROR_PIXEL_ID": PIXEL,
-            "PIXELMIRROR_ACCESS_TOKEN": TOKEN,
-            "PIXELMIRROR_SECRET_KEY": SECRET,
-            "PIXELMIRROR_COOKIE_SECURE": "false",
-            "PIXELMIRROR_GRAPH_URL": url,
-            "PIXELMIRROR_FLUSH_INTERVAL": "0.05",
-        }.items():
-            monkeypatch.setenv(name, value)
-        yield fake
 
 
 def load_example(name: str) -> ModuleType:
@@ -59,8 +42,9 @@ def shop_visit(base_url: str) -> list[httpx.Response]:
 
 @pytest.mark.parametrize("name", ["flask_app", "starlette_app"])
 def test_example_shop_pairs_every_browser_event_with_its_server_twin(
-    served_fake: FakeGraphAPI, name: str
+    served_fake: tuple[FakeGraphAPI, str], name: str
 ) -> None:
+    fake, _ = served_fake
     module = load_example(name)
     serve = serve_wsgi if name == "flask_app" else serve_asgi
     try:
@@ -73,22 +57,22 @@ def test_example_shop_pairs_every_browser_event_with_its_server_twin(
     finally:
         module.mirror.close(timeout=1)
 
-    received = {(e.event_name, e.event_id): e for e in served_fake.events}
+    received = {(e.event_name, e.event_id): e for e in fake.events}
     pages = [home, product, thanks]
     fired = [event for page in pages for event in browser_events(page.content)]
     announced = [(e["event"], e["eventID"]) for e in json.loads(cart.headers[EVENTS_HEADER])]
     assert [n for n, _ in fired] == ["PageView", "PageView", "ViewContent", "PageView", "Purchase"]
     # Every browser event has its server twin: same name, same id, same pixel.
     assert set(fired + announced) == set(received)
-    assert len(served_fake.events) == len(received)  # nothing mirrored twice
-    assert {e.pixel_id for e in served_fake.events} == {PIXEL}
+    assert len(fake.events) == len(received)  # nothing mirrored twice
+    assert {e.pixel_id for e in fake.events} == {PIXEL}
 
     # One visitor on both channels: the page's external_id and the server-minted _fbp.
     external_ids = {page_external_id(p.content) for p in pages}
     assert len(external_ids) == 1
     fbp = home.cookies.get("_fbp") or ""
     assert fbp.startswith("fb.")
-    for event in served_fake.events:
+    for event in fake.events:
         assert event.user_data["external_id"] in external_ids
         assert event.user_data["fbp"] == fbp
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,20 +30,6 @@ BATCH = 250
 THREADS = 2
 #: Seconds before the survivors take over the killed worker's claims.
 LEASE = 3.0
-
-
-@pytest.fixture
-def server() -> Iterator[redis.Redis]:
-    client = redisutil.redis_client()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def stream(server: redis.Redis) -> Iterator[str]:
-    name = redisutil.fresh_stream()
-    yield name
-    redisutil.drop_keys(name)
 
 
 def wait_until(what: str, condition: Callable[[], object], timeout: float) -> None:

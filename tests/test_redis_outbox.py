@@ -33,20 +33,6 @@ OpenRedis = Callable[..., RedisOutbox]
 
 
 @pytest.fixture
-def server() -> Iterator[redis.Redis]:
-    client = redisutil.redis_client()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def stream(server: redis.Redis) -> Iterator[str]:
-    name = redisutil.fresh_stream()
-    yield name
-    redisutil.drop_keys(name)
-
-
-@pytest.fixture
 def open_redis(stream: str) -> Iterator[OpenRedis]:
     """Open outboxes on this test's stream, URL options as keywords; closed afterwards."""
     opened: list[RedisOutbox] = []
