@@ -1,0 +1,230 @@
+"""3. Through a real server: uvicorn (Starlette) and gunicorn (Flask) on loopback, driven by
+wrk from another process, bare vs wrapped by pixelmirror.
+
+Each server is one worker process pinned to CPU 0; wrk (one thread, 16 keep-alive
+connections) runs pinned to CPU 1, so the two do not fight for a core on a 2-core machine.
+The visitor is a returning Chrome with its cookies; the wrapped app injects the pixel and
+enqueues a PageView per request. Rounds alternate bare and wrapped; each figure is the
+median over rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from asgi_overhead import THIRD_PARTY_COOKIES, make_mirror
+from harness import (
+    BENCH_DIR,
+    CHROME_UA,
+    FakeGraphProcess,
+    Row,
+    median,
+    quiet_logs,
+)
+
+from pixelmirror.facts import RequestFacts
+
+CONNECTIONS = 16
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def returning_cookie() -> str:
+    """A returning visitor's cookies: signed ``_pm_vid`` and ``_fbp`` as pixelmirror set them."""
+    with quiet_logs():
+        mirror = make_mirror()
+        identity = mirror.identity
+        assert identity is not None
+        facts = RequestFacts(
+            "GET", "http", "127.0.0.1:8000", "/", "", {"user-agent": CHROME_UA}, "127.0.0.1"
+        )
+        visitor = identity.resolve(facts)
+        assert visitor is not None
+        mirror.close(timeout=0)
+    return "; ".join([THIRD_PARTY_COOKIES, *(c.split(";", 1)[0] for c in visitor.set_cookies)])
+
+
+def _pinned(command: list[str], cpu: str) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", cpu, *command]
+    return command
+
+
+@contextmanager
+def serve(kind: str, variant: str, graph_url: str | None = None) -> Iterator[str]:
+    port = _free_port()
+    env = dict(os.environ, BENCH_VARIANT=variant, PYTHONPATH=str(BENCH_DIR))
+    env.pop("BENCH_GRAPH_URL", None)
+    if graph_url:
+        env["BENCH_GRAPH_URL"] = graph_url
+    bindir = Path(sys.executable).parent
+    if kind == "uvicorn":
+        command = [
+            sys.executable, "-m", "uvicorn", "--factory", "server_apps:starlette_app",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+    else:
+        command = [
+            str(bindir / "gunicorn"), "server_apps:flask_app()",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", "4",
+            "--log-level", "warning",
+        ]  # fmt: skip
+    # The server's log goes to a file: shown only when it fails to start.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            _pinned(command, SERVER_CPU), env=env, cwd=BENCH_DIR, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            try:
+                _wait_ready(url, process)
+            except RuntimeError:
+                log.seek(0)
+                raise RuntimeError(f"{kind} {variant} failed:\n{log.read()[-2000:]}") from None
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": CHROME_UA})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not come up")
+
+
+def wrk(url: str, seconds: float, cookie: str) -> dict[str, float]:
+    env = dict(os.environ, BENCH_UA=CHROME_UA, BENCH_COOKIE=cookie)
+    command = [
+        "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s",
+        "-s", str(BENCH_DIR / "wrk_report.lua"), url,
+    ]  # fmt: skip
+    out = subprocess.run(
+        _pinned(command, LOADGEN_CPU),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
+    result: dict[str, float] = json.loads(line.removeprefix("BENCH_JSON "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def _check_injected(url: str, cookie: str, expected: bool) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": CHROME_UA, "Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    assert (b"<script data-pixelmirror" in body) == expected, url
+
+
+def run(quick: bool = False) -> list[Row]:
+    if shutil.which("wrk") is None:
+        return [
+            Row("Real server", "skipped", 0.0, "", note="wrk not found: apt-get install -y wrk")
+        ]
+    rounds, seconds, warmup = (1, 2.0, 1.0) if quick else (3, 6.0, 2.0)
+    cookie = returning_cookie()
+    rows: list[Row] = []
+    setups = [
+        ("uvicorn + Starlette", "uvicorn", False),
+        ("uvicorn + Starlette", "uvicorn", True),
+        ("gunicorn gthread + Flask", "gunicorn", False),
+    ]
+    for label, kind, with_dispatcher in setups:
+        with FakeGraphProcess(forget=True, cpu=int(LOADGEN_CPU)) as fake:
+            graph_url = fake.url if with_dispatcher else None
+            with serve(kind, "bare") as bare_url, serve(kind, "pixelmirror", graph_url) as pm_url:
+                _check_injected(bare_url, cookie, expected=False)
+                _check_injected(pm_url, cookie, expected=True)
+                urls = {"bare": bare_url, "pixelmirror": pm_url}
+                for url in urls.values():
+                    wrk(url, warmup, cookie)
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+                for _ in range(rounds):
+                    for name, url in urls.items():
+                        runs[name].append(wrk(url, seconds, cookie))
+        rows += _rows(label, with_dispatcher, runs)
+    return rows
+
+
+def _rows(label: str, with_dispatcher: bool, runs: dict[str, list[dict[str, float]]]) -> list[Row]:
+    rps = {name: median([r["rps"] for r in rs]) for name, rs in runs.items()}
+    p99 = {name: median([r["p99_us"] / 1000 for r in rs]) for name, rs in runs.items()}
+    errors = {name: sum(r["errors"] for r in rs) for name, rs in runs.items()}
+    pm = "pixelmirror + dispatcher thread" if with_dispatcher else "pixelmirror"
+    rows = []
+    if not with_dispatcher:
+        rows.append(
+            Row(
+                f"Real server ({label})",
+                "bare",
+                rps["bare"],
+                "req/s",
+                note=f"p99 {p99['bare']:.2f} ms",
+                extra={"p99_ms": p99["bare"], "errors": errors["bare"], "runs": runs["bare"]},
+            )
+        )
+    ratio = rps["pixelmirror"] / rps["bare"]
+    rows.append(
+        Row(
+            f"Real server ({label})",
+            pm,
+            rps["pixelmirror"],
+            "req/s",
+            ratio=ratio,
+            ratio_label="req/s vs bare",
+            target="≥ 0.90",
+            met=ratio >= 0.90,
+            note=f"p99 {p99['pixelmirror']:.2f} ms = {p99['pixelmirror'] / p99['bare']:.2f}x bare"
+            + (f" (bare {rps['bare']:,.0f} req/s in these rounds)" if with_dispatcher else ""),
+            extra={
+                "p99_ms": p99["pixelmirror"],
+                "p99_ratio": p99["pixelmirror"] / p99["bare"],
+                "bare_rps": rps["bare"],
+                "bare_p99_ms": p99["bare"],
+                "errors": errors["pixelmirror"],
+                "runs": runs["pixelmirror"],
+            },
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(r.benchmark, r.case, round(r.value), r.ratio, r.note)
