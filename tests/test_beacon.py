@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -11,8 +11,11 @@ from conftest import PIXEL, MakeMirror
 from pixelmirror import PixelMirror, current_event, track
 from pixelmirror.beacon import MAX_BODY, RateLimiter
 from pixelmirror.testing import FakeGraphAPI
-from pixelmirror.wsgi import StartResponse, WSGIEnvironment
 from webkit import HTML, Headers, call, environ, header
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 
 ORIGIN = "http://127.0.0.1"  # what wsgiref's testing defaults make of the request
 BEACON = "/.pixelmirror/beacon"

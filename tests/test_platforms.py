@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,8 +14,11 @@ from conftest import SECRET
 from pixelmirror import PixelMirror, current_event, track
 from pixelmirror.accounts import Account, HostAccounts
 from pixelmirror.testing import FakeGraphAPI
-from pixelmirror.wsgi import StartResponse, WSGIEnvironment
 from webkit import HTML, call, environ
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 
 AGENT = "acmeplatform"
 TOKENS = {"111": "tok-alpha", "222": "tok-beta", "333": "tok-beta", "444": "tok-gamma-new"}

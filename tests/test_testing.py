@@ -769,6 +769,18 @@ def test_json_body_without_content_type(fake: FakeGraphAPI, client: httpx.Client
     assert fake.event_ids() == ["n"]
 
 
+def test_events_may_come_as_json_strings_as_metas_sdk_sends_them(
+    fake: FakeGraphAPI, client: httpx.Client
+) -> None:
+    events = [make_event("s1"), make_event("s2")]
+    data = json.dumps([json.dumps(event) for event in events])
+    response = client.post(url(), data={"data": data, "access_token": TOKEN})
+    assert response.status_code == 200, response.text
+    assert [e.data for e in fake.events] == events
+    bad = client.post(url(), data={"data": json.dumps(["not json"]), "access_token": TOKEN})
+    assert bad.status_code == 400
+
+
 def test_form_encoded_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
     response = served.post(
         url(), data={"data": json.dumps([make_event("l")]), "access_token": TOKEN}

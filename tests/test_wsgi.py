@@ -4,15 +4,19 @@ import gzip
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from conftest import MakeMirror
 from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, RequestFacts, current_event, track
 from pixelmirror.testing import FakeGraphAPI
-from pixelmirror.wsgi import PixelMirrorWSGI, StartResponse, WSGIEnvironment
+from pixelmirror.wsgi import PixelMirrorWSGI
 from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 
 Headers = list[tuple[str, str]]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import wsgiref.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pixelmirror.wsgi import WSGIEnvironment
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 
 Headers = list[tuple[str, str]]
 

@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # httpx logs every request at INFO: one line per batch is noise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code: int = args.run(args)
     except ConfigError as exc:

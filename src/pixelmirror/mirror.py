@@ -49,8 +49,10 @@ from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snip
 from pixelmirror.tracking import TrackedEvent, Visit
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
     from pixelmirror.asgi import ASGIApp, PixelMirrorMiddleware
-    from pixelmirror.wsgi import PixelMirrorWSGI, WSGIApplication
+    from pixelmirror.wsgi import PixelMirrorWSGI
 
 logger = logging.getLogger("pixelmirror")
 

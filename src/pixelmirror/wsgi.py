@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pixelmirror.beacon import MAX_BODY
@@ -20,23 +19,15 @@ from pixelmirror.mirror import BeaconAnswer, HeldPage, Plan
 from pixelmirror.tracking import Visit, activate, deactivate
 
 if TYPE_CHECKING:
-    from pixelmirror.mirror import PixelMirror, Plan
+    # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from pixelmirror.mirror import PixelMirror
 
 logger = logging.getLogger("pixelmirror")
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 Headers = list[tuple[str, str]]
-Write = Callable[[bytes], object]
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self, status: str, headers: Headers, exc_info: ExcInfo | None = ..., /
-    ) -> Write: ...
-
-
-WSGIEnvironment = dict[str, Any]
-WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
 
 class EnvironHeaders(Mapping[str, str]):
@@ -165,8 +156,8 @@ class _Responder:
         return _Body(result, self)
 
     def start_response(
-        self, status: str, headers: Headers, exc_info: ExcInfo | None = None
-    ) -> Write:
+        self, status: str, headers: Headers, exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
         self.status, self.status_line = _status_code(status), status
         if exc_info is not None:
             self.page = None  # an error page replaces the held one
