@@ -35,10 +35,9 @@ from harness import (
     median,
     quiet_logs,
 )
-from normalize_bench import CUSTOM, URL, USER
+from normalize_bench import CUSTOM, URL, USER, sdk_event
 
 from pixelmirror import PixelMirror
-from pixelmirror.normalize import sha256_hex
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -111,50 +110,12 @@ def _sdk_api(graph_url: str) -> Any:
 
 
 def sdk_rate(graph_url: str, count: int, per_request: int) -> float:
-    from facebook_business.adobjects.serverside.action_source import ActionSource
-    from facebook_business.adobjects.serverside.content import Content
-    from facebook_business.adobjects.serverside.custom_data import CustomData
-    from facebook_business.adobjects.serverside.event import Event
     from facebook_business.adobjects.serverside.event_request import EventRequest
-    from facebook_business.adobjects.serverside.user_data import UserData
 
     _sdk_api(graph_url)
 
     def event() -> Any:
-        item = CUSTOM["contents"][0]  # type: ignore[index]
-        return Event(
-            event_name="Purchase",
-            event_time=int(time.time()),
-            event_source_url=URL,
-            event_id=uuid.uuid4().hex,
-            action_source=ActionSource.WEBSITE,
-            user_data=UserData(
-                email=USER["email"],
-                phone=USER["phone"],
-                first_name=USER["first_name"],
-                last_name=USER["last_name"],
-                city=USER["city"],
-                state=USER["state"],
-                zip_code=USER["zip_code"],
-                country_code=USER["country"],
-                external_id=sha256_hex(USER["external_id"].strip().lower()),
-                client_ip_address=USER["client_ip_address"],
-                client_user_agent=USER["client_user_agent"],
-                fbp=USER["fbp"],
-                fbc=USER["fbc"],
-            ),
-            custom_data=CustomData(
-                value=CUSTOM["value"],
-                currency=CUSTOM["currency"],
-                contents=[
-                    Content(
-                        product_id=item["id"],
-                        quantity=item["quantity"],
-                        item_price=item["item_price"],
-                    )
-                ],
-            ),
-        )
+        return sdk_event(uuid.uuid4().hex)
 
     def deliver(n: int) -> int:
         received = 0

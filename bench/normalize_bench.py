@@ -60,55 +60,60 @@ def pixelmirror_event() -> bytes:
     ).payload
 
 
-def sdk_builders() -> tuple[Callable[[], str], Callable[[], dict[str, Any]]]:
+def sdk_user_data() -> Any:
+    """The typical user as Meta's SDK takes it."""
+    from facebook_business.adobjects.serverside.user_data import UserData
+
+    return UserData(
+        email=USER["email"],
+        phone=USER["phone"],
+        first_name=USER["first_name"],
+        last_name=USER["last_name"],
+        city=USER["city"],
+        state=USER["state"],
+        zip_code=USER["zip_code"],
+        country_code=USER["country"],
+        # Meta recommends hashing external_id and the SDK does not: its users do.
+        external_id=sha256_hex(USER["external_id"].strip().lower()),
+        client_ip_address=USER["client_ip_address"],
+        client_user_agent=USER["client_user_agent"],
+        fbp=USER["fbp"],
+        fbc=USER["fbc"],
+    )
+
+
+def sdk_event(event_id: str) -> Any:
+    """The typical Purchase as Meta's SDK builds it (normalised when it is sent)."""
     from facebook_business.adobjects.serverside.action_source import ActionSource
     from facebook_business.adobjects.serverside.content import Content
     from facebook_business.adobjects.serverside.custom_data import CustomData
     from facebook_business.adobjects.serverside.event import Event
-    from facebook_business.adobjects.serverside.user_data import UserData
 
-    def user_data() -> Any:
-        return UserData(
-            email=USER["email"],
-            phone=USER["phone"],
-            first_name=USER["first_name"],
-            last_name=USER["last_name"],
-            city=USER["city"],
-            state=USER["state"],
-            zip_code=USER["zip_code"],
-            country_code=USER["country"],
-            # Meta recommends hashing external_id and the SDK does not: its users do.
-            external_id=sha256_hex(USER["external_id"].strip().lower()),
-            client_ip_address=USER["client_ip_address"],
-            client_user_agent=USER["client_user_agent"],
-            fbp=USER["fbp"],
-            fbc=USER["fbc"],
-        )
+    item = CUSTOM["contents"][0]  # type: ignore[index]
+    custom = CustomData(
+        value=CUSTOM["value"],
+        currency=CUSTOM["currency"],
+        contents=[
+            Content(product_id=item["id"], quantity=item["quantity"], item_price=item["item_price"])
+        ],
+    )
+    return Event(
+        event_name="Purchase",
+        event_time=int(time.time()),
+        event_source_url=URL,
+        event_id=event_id,
+        action_source=ActionSource.WEBSITE,
+        user_data=sdk_user_data(),
+        custom_data=custom,
+    )
 
+
+def sdk_builders() -> tuple[Callable[[], str], Callable[[], dict[str, Any]]]:
     def event() -> str:
-        item = CUSTOM["contents"][0]  # type: ignore[index]
-        custom = CustomData(
-            value=CUSTOM["value"],
-            currency=CUSTOM["currency"],
-            contents=[
-                Content(
-                    product_id=item["id"], quantity=item["quantity"], item_price=item["item_price"]
-                )
-            ],
-        )
-        built = Event(
-            event_name="Purchase",
-            event_time=int(time.time()),
-            event_source_url=URL,
-            event_id=EVENT_ID,
-            action_source=ActionSource.WEBSITE,
-            user_data=user_data(),
-            custom_data=custom,
-        )
-        return json.dumps(built.normalize())  # what EventRequest.normalize() does per event
+        return json.dumps(sdk_event(EVENT_ID).normalize())  # what EventRequest does per event
 
     def user_only() -> dict[str, Any]:
-        normalized: dict[str, Any] = user_data().normalize()
+        normalized: dict[str, Any] = sdk_user_data().normalize()
         return normalized
 
     return event, user_only
