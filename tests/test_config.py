@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from pixelmirror.config import Config, ConfigError
+from pixelmirror.config import Config, ConfigError, env_name
 
 KEY = "k" * 32
 
@@ -171,3 +173,21 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
 def test_unknown_keyword_is_an_error() -> None:
     with pytest.raises(TypeError, match="unknown pixelmirror settings: pixelid"):
         Config.from_env({}, pixelid="1")
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[-2].strip()
+        for line in readme.splitlines()
+        if line.startswith("| `PIXELMIRROR_")
+    }
+    for setting in fields(Config):
+        name = env_name(setting.name)
+        assert name in rows, f"{name} is missing from README's configuration table"
+        default = setting.default
+        if isinstance(default, bool):
+            assert f"`{str(default).lower()}`" in rows[name], name
+        elif isinstance(default, (int, float, str)):
+            text = f"{default:g}" if isinstance(default, float) else str(default)
+            assert f"`{text}" in rows[name], name
