@@ -456,3 +456,22 @@ def test_a_missing_signing_key_fails_at_start_up(make_mirror: MakeMirror) -> Non
     mirror = make_mirror(secret_key=())
     with pytest.raises(ConfigError, match="PIXELMIRROR_SECRET_KEY is required"):
         mirror.wsgi(tracked_app())
+
+
+def test_external_ids_from_the_app_add_to_the_visitors(
+    make_mirror: MakeMirror, fake: FakeGraphAPI
+) -> None:
+    mirror = make_mirror(identify=lambda facts: {"external_id": ["cust-9", "crm-77"]})
+
+    @track("Lead")
+    def view(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        current_event().user_data.update(external_id="order-5")
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    call(mirror.wsgi(view), environ(method="POST"))
+    assert mirror.flush(timeout=10)
+    (lead,) = fake.events
+    expected = [hashlib.sha256(i.encode()).hexdigest() for i in ("cust-9", "crm-77", "order-5")]
+    assert lead.user_data["external_id"][1:] == expected
+    assert len(lead.user_data["external_id"]) == 4  # the visitor's own first

@@ -830,9 +830,13 @@ def _merge_user_data(base: Mapping[str, object], extra: Mapping[str, object]) ->
     """``extra`` wins, except that external ids add up: the visitor's and the app's own."""
     merged = {**base, **extra}
     if "external_id" in extra and base.get("external_id"):
-        ids = [base["external_id"], extra["external_id"]]
+        ids = [*_as_list(base["external_id"]), *_as_list(extra["external_id"])]
         merged["external_id"] = [i for i in ids if i]
     return merged
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _hint(error: GraphError) -> str:
