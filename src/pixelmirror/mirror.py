@@ -613,8 +613,9 @@ class PixelMirror:
                     event.pixel_id,
                 )
             )
+        page_fields = self._page_fields(visit)  # once per request, not per copy
         events = [
-            self._website_event(visit, pixel_id, name, event_id, user, custom)
+            self._website_event(page_fields, pixel_id, name, event_id, user, custom)
             for name, event_id, user, custom, only in copies
             for pixel_id in ((only,) if only else visit.account.pixel_ids)
         ]
@@ -639,30 +640,36 @@ class PixelMirror:
                 user_data = _merge_user_data(user_data, found or {})
         return user_data
 
+    def _page_fields(self, visit: Visit) -> dict[str, Any]:
+        """What every server copy of one request shares: the page, its referrer, options."""
+        assert self.identity is not None
+        account = visit.account
+        referrer = visit.facts.headers.get("referer", "")
+        return {
+            "action_source": "website",
+            "event_source_url": self.identity.page_url(visit.facts),
+            "referrer_url": referrer if referrer.startswith(("http://", "https://")) else None,
+            "data_processing_options": ["LDU"] if self._ldu(account) else None,
+            "test_event_code": account.test_event_code or self.config.test_event_code,
+        }
+
     def _website_event(
         self,
-        visit: Visit,
+        page_fields: Mapping[str, Any],
         pixel_id: str,
         event_name: str,
         event_id: str,
         user_data: Mapping[str, object],
         custom_data: Mapping[str, object],
     ) -> ServerEvent | None:
-        assert self.identity is not None
-        account = visit.account
-        referrer = visit.facts.headers.get("referer", "")
         try:
             return ServerEvent.create(
                 event_name,
                 pixel_id=pixel_id,
-                action_source="website",
                 event_id=event_id,
                 user_data=user_data,
                 custom_data=custom_data,
-                event_source_url=self.identity.page_url(visit.facts),
-                referrer_url=referrer if referrer.startswith(("http://", "https://")) else None,
-                data_processing_options=["LDU"] if self._ldu(account) else None,
-                test_event_code=account.test_event_code or self.config.test_event_code,
+                **page_fields,
             )
         except ValueError as exc:
             logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
