@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from werkzeug.serving import make_server
@@ -48,4 +51,18 @@ def serve_asgi(app: Any) -> Iterator[str]:
         listener.close()
 
 
-__all__ = ["serve_asgi", "serve_wsgi"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """A fresh copy of ``examples/<name>/app.py``: its mirror reads the environment now."""
+    path = EXAMPLES / name / "app.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+__all__ = ["load_example", "serve_asgi", "serve_wsgi"]

@@ -13,7 +13,6 @@ Skipped when Chromium or Playwright is missing, unless ``PIXELMIRROR_REQUIRE_BRO
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -22,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,7 +33,7 @@ from starlette.routing import Route
 from conftest import PIXEL, SECRET, TOKEN
 from pixelmirror import PixelMirror
 from pixelmirror.testing import FakeGraphAPI, ReceivedEvent
-from servers import serve_asgi, serve_wsgi
+from servers import load_example, serve_asgi, serve_wsgi
 from webkit import browser_events
 
 if TYPE_CHECKING:
@@ -52,7 +50,6 @@ except ImportError:  # pragma: no cover - depends on the machine
 pytestmark = pytest.mark.browser
 
 TESTS = Path(__file__).resolve().parent
-EXAMPLES = TESTS.parent / "examples"
 STUB_JS = (TESTS / "browser_stub.js").read_bytes()
 CHROMIUM = "/usr/bin/chromium"  # Debian's; PIXELMIRROR_CHROMIUM points elsewhere
 CHROMIUM_ARGS = [
@@ -277,16 +274,6 @@ def session(browser: Browser) -> Iterator[Session]:
     finally:
         context.close()
     assert stub.escaped == [], "requests tried to leave loopback"
-
-
-def load_example(name: str) -> ModuleType:
-    """A fresh copy of ``examples/<name>/app.py`` (its mirror reads the environment now)."""
-    spec = importlib.util.spec_from_file_location(f"browser_{name}", EXAMPLES / name / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def key(event: ReceivedEvent) -> tuple[str, str, str | None]:

@@ -3,10 +3,7 @@ thank-you page, against a FakeGraphAPI served on loopback."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -14,20 +11,10 @@ import pytest
 from conftest import PIXEL
 from pixelmirror import EVENTS_HEADER
 from pixelmirror.testing import FakeGraphAPI
-from servers import serve_asgi, serve_wsgi
+from servers import load_example, serve_asgi, serve_wsgi
 from webkit import CHROME, browser_events, page_external_id
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EMAIL = "ann@example.com"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / name / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def shop_visit(base_url: str) -> list[httpx.Response]:
