@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pixelmirror.config import Config, ConfigError, env_name
+from pixelmirror.config import Config, ConfigError, env_name, masked_url
+from pixelmirror.outbox import open_outbox
 
 KEY = "k" * 32
 
@@ -168,6 +169,61 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         Config.from_env({}, secret_key="tooshortsecret")
     assert "tooshortsecret" not in str(caught.value)
+
+
+PASSWORD = "hunter2-redis-pass"
+
+OUTBOX_URLS = [
+    f"redis://:{PASSWORD}@redis.internal:6379/0",
+    f"redis://worker:{PASSWORD}@redis.internal:6379/0?consumer=w1",
+    f"rediss://default:{PASSWORD}@redis.internal/0",
+    f"redis://:{PASSWORD}@[::1]:6379/0",
+    f"redis://:{PASSWORD}@redis.internal:notaport/0",  # urlsplit would raise on its port
+    f"redis://:{PASSWORD}@",
+]
+
+
+@pytest.mark.parametrize("url", OUTBOX_URLS)
+def test_the_outbox_password_stays_out_of_repr(url: str) -> None:
+    text = repr(Config.from_env({}, outbox=url))
+    assert PASSWORD not in text
+    assert ":***@" in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        *OUTBOX_URLS,
+        f"redis//:{PASSWORD}@redis.internal/0",
+        f"redis:{PASSWORD}@redis.internal/0",
+        f"sqlite://:{PASSWORD}@host/x.db",
+        f"postgres://app:{PASSWORD}@db.internal/x?sslmode=require#frag",
+    ],
+)
+def test_masked_url_hides_the_password_of_any_url(url: str) -> None:
+    masked = masked_url(url)
+    assert PASSWORD not in masked
+    assert "***" in masked
+    # Everything but the password is kept, so the URL still says where it points.
+    assert masked == url.replace(PASSWORD, "***")
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///var/x.db", "redis://host:6379/0"])
+def test_masked_url_keeps_urls_without_a_password(url: str) -> None:
+    assert masked_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url", [f"redis//:{PASSWORD}@redis.internal/0", f"ftp://:{PASSWORD}@redis.internal/0"]
+)
+def test_a_bad_outbox_url_is_reported_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({}, outbox=url)
+    assert PASSWORD not in str(caught.value)
+    with pytest.raises(ValueError, match="PIXELMIRROR_OUTBOX must be") as raised:
+        open_outbox(url)
+    assert PASSWORD not in str(raised.value)
+    assert "***" in str(raised.value)
 
 
 def test_unknown_keyword_is_an_error() -> None:

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 from pixelmirror.accounts import check_partner_agent
@@ -77,8 +77,26 @@ def _bool(name: str, raw: str) -> bool:
 Parser = Callable[[str, str], Any]
 
 
-def _setting(default: Any, parse: Parser, *, secret: bool = False) -> Any:
-    return field(default=default, repr=not secret, metadata={"parse": parse})
+def _setting(default: Any, parse: Parser, *, secret: bool = False, url: bool = False) -> Any:
+    # ``url``: shown with its password masked; ``secret``: never shown.
+    return field(default=default, repr=not secret, metadata={"parse": parse, "url": url})
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for logs, errors and ``repr``: a password in it replaced by ``***``.
+
+    Parsed by hand rather than with ``urlsplit``, which raises on some malformed URLs: the
+    very ones that end up in an error message.
+    """
+    scheme, slashes, rest = url.partition("//")
+    if not slashes:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return url
+    return f"{scheme}{slashes}{user}:***@{host}{rest[end:]}"
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -91,7 +109,8 @@ class Config:
     """Every pixelmirror setting, validated.
 
     Build it with :meth:`from_env`. Secrets (the access token, signing keys, app secret) are
-    left out of ``repr`` so they cannot reach a log line by accident.
+    left out of ``repr``, and passwords in URLs (a Redis outbox's) masked, so they cannot
+    reach a log line by accident.
     """
 
     #: Pixel (dataset) id. Without it the middleware passes pages through untouched.
@@ -104,10 +123,10 @@ class Config:
     test_event_code: str | None = _setting(None, _text)
     partner_agent: str | None = _setting(None, _text)
     api_version: str = _setting("v26.0", _text)
-    graph_url: str = _setting("https://graph.facebook.com", _text)
+    graph_url: str = _setting("https://graph.facebook.com", _text, url=True)
     #: Enables ``appsecret_proof`` on every request.
     app_secret: str | None = _setting(None, _text, secret=True)
-    outbox: str = _setting("memory://", _text)
+    outbox: str = _setting("memory://", _text, url=True)
     #: ``thread``: a background thread of this process sends; ``external``: only enqueue,
     #: a ``pixelmirror worker`` sends.
     dispatch: str = _setting("thread", _text)
@@ -180,6 +199,12 @@ class Config:
         object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
         self._validate()
 
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={_shown(f, getattr(self, f.name))!r}" for f in fields(self) if f.repr
+        )
+        return f"Config({shown})"
+
     def _validate(self) -> None:
         def need(ok: bool, name: str, form: str, value: object) -> None:
             if not ok:
@@ -205,7 +230,7 @@ class Config:
             self.graph_url.startswith(("http://", "https://")),
             "graph_url",
             "an http(s) URL",
-            self.graph_url,
+            masked_url(self.graph_url),
         )
         if self.partner_agent is not None:
             try:
@@ -221,7 +246,7 @@ class Config:
             self.outbox.startswith(("memory://", "sqlite:///", "redis://", "rediss://")),
             "outbox",
             "memory://, sqlite:///path.db or redis://host:6379/0",
-            self.outbox,
+            masked_url(self.outbox),
         )
         need(
             self.dispatch in ("thread", "external"), "dispatch", "thread or external", self.dispatch
@@ -296,3 +321,7 @@ class Config:
                 values[name] = setting.metadata["parse"](name, raw)
         values.update(overrides)
         return cls(**values)
+
+
+def _shown(setting: Field[Any], value: object) -> object:
+    return masked_url(value) if setting.metadata["url"] and isinstance(value, str) else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pixelmirror.config import masked_url
 from pixelmirror.outbox.base import Claimed, DeadLetter, Outbox, OutboxCounts
 from pixelmirror.outbox.memory import MemoryOutbox
 
@@ -31,5 +32,6 @@ def open_outbox(url: str, *, max_events: int = 100_000) -> Outbox:
 
         return RedisOutbox.from_url(url)
     raise ValueError(
-        f"PIXELMIRROR_OUTBOX must be memory://, sqlite:///path or redis://...; got {url!r}"
+        "PIXELMIRROR_OUTBOX must be memory://, sqlite:///path or redis://...; "
+        f"got {masked_url(url)!r}"
     )

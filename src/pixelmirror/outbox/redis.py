@@ -18,6 +18,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from pixelmirror.config import masked_url
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 
@@ -314,7 +315,7 @@ class RedisOutbox:
         lease: float | None = None,
     ) -> None:
         parts = urlsplit(url)
-        shown = _without_password(url)
+        shown = masked_url(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(f"a Redis outbox URL looks like redis://host:6379/0; got {shown!r}")
         if parts.path not in ("", "/") and not parts.path[1:].isdigit():
@@ -371,7 +372,7 @@ class RedisOutbox:
         if unknown:
             raise ValueError(
                 f"unknown Redis outbox option(s) {', '.join(unknown)} in "
-                f"{_without_password(url)!r}; expected {', '.join(_OPTIONS)}"
+                f"{masked_url(url)!r}; expected {', '.join(_OPTIONS)}"
             )
         try:
             maxlen = int(options["maxlen"]) if "maxlen" in options else None
@@ -380,7 +381,7 @@ class RedisOutbox:
         except ValueError:
             raise ValueError(
                 "maxlen must be an integer, timeout and lease numbers of seconds; "
-                f"got {_without_password(url)!r}"
+                f"got {masked_url(url)!r}"
             ) from None
         return cls(
             url,
@@ -683,13 +684,3 @@ def _clamp(seconds: float) -> float:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def _without_password(url: str) -> str:
-    """The URL fit for logs and ``outbox stats``: any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
