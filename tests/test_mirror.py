@@ -112,6 +112,17 @@ def test_close_is_idempotent_and_flushes(make_mirror: MakeMirror, fake: FakeGrap
             id="dead-version",
         ),
         pytest.param(
+            {
+                "status": 400,
+                "error": FakeGraphAPI.graph_error(
+                    100, "Invalid appsecret_proof provided in the API argument"
+                ),
+            },
+            False,
+            "PIXELMIRROR_APP_SECRET",
+            id="wrong-app-secret",
+        ),
+        pytest.param(
             {"status": 503, "body": "Service Unavailable"}, False, "try again", id="outage"
         ),
     ],

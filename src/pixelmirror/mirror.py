@@ -31,6 +31,7 @@ from pixelmirror.delivery.graph import (
     AccessError,
     GraphClient,
     GraphError,
+    RequestError,
     TokenSource,
     TransientError,
 )
@@ -858,6 +859,16 @@ def _hint(error: GraphError) -> str:
         return "this Graph API version is retired: raise PIXELMIRROR_API_VERSION"
     if error.code == 100 and error.subcode == 33:
         return "no such pixel, or the token cannot reach it: check PIXELMIRROR_PIXEL_ID"
+    if isinstance(error, RequestError):
+        if "appsecret_proof" in error.message:
+            return (
+                "the app secret does not belong to the token's app: check "
+                "PIXELMIRROR_APP_SECRET (unset it if the app does not require appsecret_proof)"
+            )
+        return (
+            "Meta refused the request itself, not an event in it: check PIXELMIRROR_PIXEL_ID, "
+            "PIXELMIRROR_APP_SECRET and PIXELMIRROR_API_VERSION"
+        )
     if isinstance(error, AccessError):
         return (
             "the token lacks permission on this pixel: the system user needs the pixel "

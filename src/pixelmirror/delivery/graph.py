@@ -1,15 +1,17 @@
 """The Graph API client: one POST per batch, every answer sorted into what to do next.
 
-Meta answers a Conversions API request in four ways that matter to a sender, and each gets
+Meta answers a Conversions API request in five ways that matter to a sender, and each gets
 its own exception so the dispatcher's decisions read plainly:
 
 * accepted: :class:`GraphResponse`;
 * try again later: :class:`TransientError` (network, 5xx, 429, throttling codes), with the
   delay Meta asked for when it said one;
-* fix the credentials: :class:`AccessError` (expired or revoked token, missing permission,
-  unknown pixel, retired API version), where sending more only burns the queue;
-* the batch is invalid: :class:`InvalidEventsError`, where Meta rejected the whole request
-  because of one or more events in it.
+* fix the token: :class:`AccessError` (expired or revoked token, missing permission), where
+  sending more only burns the queue;
+* fix the configuration: :class:`RequestError`, an :class:`AccessError` about the request
+  itself (app secret, unknown pixel, retired API version): every event would fail alike;
+* the batch is invalid: :class:`InvalidEventsError`, only when Meta ties the rejection to an
+  event (an event subcode, or an event index in its message).
 
 The access token travels in the request body, never in the URL, so it cannot reach an access
 log, and it is scrubbed from any text Meta echoes back.
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,12 +37,20 @@ from pixelmirror.config import Config
 
 logger = logging.getLogger("pixelmirror")
 
-# Meta's error codes, grouped by what a sender should do (meta-capi.md section 8).
+# Meta's error codes, grouped by what a sender should do.
 _THROTTLE_CODES = frozenset({1, 2, 4, 17, 32, 341, 613, *range(80000, 80015)})
 _ACCESS_CODES = frozenset({10, 102, 190, *range(200, 300)})
 _DEPRECATED_VERSION = 2635
 _INVALID_PARAMETER = 100
 _UNKNOWN_OBJECT_SUBCODE = 33  # "Object with ID ... does not exist": wrong pixel or no access
+# Conversions API subcodes about one event: stale event_time, bad hashed data, missing fields.
+_EVENT_SUBCODES = range(2_804_000, 2_805_000)
+# How Meta names the event it refused: "data[3]", "event 3", "event index 3".
+_NAMES_AN_EVENT = re.compile(r"\bdata\[\d+\]|\bevent(?: index)? #?\d+", re.IGNORECASE)
+# Echoed text is cut to this many characters in error messages.
+_ECHO_LIMIT = 120
+# A run of this many leading characters of the token is hidden too: a cut echo of it.
+_TOKEN_PREFIX = 8
 
 
 class GraphError(Exception):
@@ -89,11 +100,22 @@ class TransientError(GraphError):
 
 
 class AccessError(GraphError):
-    """The token, its permissions, the pixel or the API version needs fixing by a person."""
+    """The token or its permissions need fixing by a person; no event is at fault.
+
+    ``token_fingerprint`` names the refused token (a hash, never the token), or is None
+    when there was no token to send.
+    """
+
+    token_fingerprint: str | None = None
+
+
+class RequestError(AccessError):
+    """Meta refused the request itself, not an event in it: the app secret, the pixel id or
+    the API version needs fixing, and every batch would fail the same way."""
 
 
 class InvalidEventsError(GraphError):
-    """Meta rejected the whole batch because of something in its events."""
+    """Meta rejected the whole batch, naming an event in it (an event subcode or index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +202,9 @@ class GraphClient:
             raise TransientError(_scrub(f"{type(exc).__name__}: {exc}", token)) from None
         try:
             return self._classify(response, token)
-        except AccessError:
+        except AccessError as exc:
             self.tokens.forget(pixel_id)  # the next try asks the resolver again
+            exc.token_fingerprint = token_fingerprint(token)
             raise
 
     def close(self) -> None:
@@ -206,38 +229,58 @@ class GraphClient:
         if not isinstance(error, Mapping):
             # No verdict from Meta itself (a proxy, a load balancer, an outage page): retrying
             # is safe, while treating it as a rejection would dead-letter good events.
-            snippet = " ".join(response.text.split())[:120]
-            message = _scrub(f"Graph answered HTTP {status}: {snippet!r}", token)
+            # Scrubbed before it is cut, so a cut cannot leave part of the token behind.
+            snippet = _scrub(" ".join(response.text.split()), token)[:_ECHO_LIMIT]
+            message = f"Graph answered HTTP {status}: {snippet!r}"
             if status in (401, 403):
                 return AccessError(message, status=status)
             return TransientError(message, status=status, retry_after=_retry_after(response))
-        code = _int_or_none(error.get("code"))
-        subcode = _int_or_none(error.get("error_subcode"))
         user_message = error.get("error_user_msg")
         facts: dict[str, Any] = {
             "status": status,
-            "code": code,
-            "subcode": subcode,
+            "code": _int_or_none(error.get("code")),
+            "subcode": _int_or_none(error.get("error_subcode")),
             "user_message": _scrub(str(user_message), token) if user_message else None,
             "fbtrace_id": error.get("fbtrace_id"),
         }
         message = _scrub(str(error.get("message") or "Graph API error"), token)
-        if (
-            code in _ACCESS_CODES
-            or code == _DEPRECATED_VERSION
-            or (code == _INVALID_PARAMETER and subcode == _UNKNOWN_OBJECT_SUBCODE)
-        ):
-            return AccessError(message, **facts)
-        if (
-            error.get("is_transient") is True
-            or code in _THROTTLE_CODES
-            or status >= 500
-            or status == 429
-        ):
+        kind = classify(status, error)
+        if kind is TransientError:
             return TransientError(message, retry_after=_retry_after(response), **facts)
-        if status in (401, 403):
-            return AccessError(message, **facts)
-        return InvalidEventsError(message, **facts)
+        return kind(message, **facts)
+
+
+def classify(status: int, error: Mapping[str, Any]) -> type[GraphError]:
+    """What Meta's Graph ``error`` object, answered with HTTP ``status``, asks a sender to do.
+
+    Only an error Meta ties to an event (an event subcode, or an event named in its message)
+    is :class:`InvalidEventsError`, the one answer that may split a batch and bury events.
+    Any other refusal is about the request: Meta answers a missing or wrong
+    ``appsecret_proof`` with code 100 and no subcode, and every event would fail alike.
+    """
+    code = _int_or_none(error.get("code"))
+    subcode = _int_or_none(error.get("error_subcode"))
+    if code in _ACCESS_CODES:
+        return AccessError
+    if code == _DEPRECATED_VERSION or (
+        code == _INVALID_PARAMETER and subcode == _UNKNOWN_OBJECT_SUBCODE
+    ):
+        return RequestError
+    if (
+        error.get("is_transient") is True
+        or code in _THROTTLE_CODES
+        or status >= 500
+        or status == 429
+    ):
+        return TransientError
+    if status in (401, 403):
+        return AccessError
+    texts = (error.get("message"), error.get("error_user_msg"))
+    if (subcode is not None and subcode in _EVENT_SUBCODES) or any(
+        isinstance(text, str) and _NAMES_AN_EVENT.search(text) for text in texts
+    ):
+        return InvalidEventsError
+    return RequestError
 
 
 TokenSource = Callable[[str], "str | None"]
@@ -280,8 +323,26 @@ class Tokens:
             self._cache.pop(pixel_id, None)
 
 
+def token_fingerprint(token: str) -> str:
+    """A short hash that tells tokens apart in logs and pauses without revealing them."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "[access token]")
+    """``text`` without the token, nor any cut echo of it (its first 8 characters or more)."""
+    if not token:
+        return text
+    head = token[:_TOKEN_PREFIX]
+    kept: list[str] = []
+    start = 0
+    while (found := text.find(head, start)) >= 0:
+        end = found + len(head)
+        while end < len(text) and end - found < len(token) and text[end] == token[end - found]:
+            end += 1
+        kept += (text[start:found], "[access token]")
+        start = end
+    kept.append(text[start:])
+    return "".join(kept)
 
 
 def _int_or_none(value: object) -> int | None:
