@@ -3,14 +3,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import TOKEN
-from pixelmirror.delivery.dispatcher import Dispatcher
-from pixelmirror.delivery.graph import GraphClient
+from conftest import PIXEL, TOKEN, MakeMirror
+from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, Dispatcher
+from pixelmirror.delivery.graph import GraphClient, token_fingerprint
 from pixelmirror.events import DAY, ServerEvent
 from pixelmirror.outbox.base import Claimed
 from pixelmirror.outbox.memory import MemoryOutbox
@@ -170,9 +171,8 @@ def test_a_bad_token_pauses_only_its_pixel_and_keeps_the_events(
     assert dispatcher.counts.retried == 0
     assert "PAUSED pixel 111" in caplog.text
     assert TOKEN not in caplog.text
-    # After the pause (here: cut short) the pixel is tried again and its events flow.
-    dispatcher._paused["111"] = 0.0
-    _make_due(outbox)
+    # Once resumed, the pixel is tried again at once: the outbox holds no delay for it.
+    dispatcher.resume("111")
     drain(dispatcher)
     assert fake.event_ids() == [flowing.event_id, stuck.event_id]
     assert dispatcher.paused_pixels == ()
@@ -240,3 +240,219 @@ def test_stop_releases_a_claim_taken_while_stopping(
     assert dispatcher.deliver_next() is False
     assert outbox.counts().pending == 1
     assert fake.requests == []
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+REQUEST_FAULTS = [
+    pytest.param(
+        FakeGraphAPI.graph_error(
+            100, "API calls from the server require an appsecret_proof argument"
+        ),
+        id="appsecret-proof-missing",
+    ),
+    pytest.param(
+        FakeGraphAPI.graph_error(100, "Invalid appsecret_proof provided in the API argument"),
+        id="appsecret-proof-wrong",
+    ),
+    pytest.param(
+        FakeGraphAPI.graph_error(100, "(#100) Invalid parameter"), id="100-names-no-event"
+    ),
+    pytest.param(FakeGraphAPI.graph_error(100, "Object does not exist", subcode=33), id="pixel"),
+    pytest.param(FakeGraphAPI.graph_error(2635, "deprecated version"), id="api-version"),
+]
+
+
+@pytest.mark.parametrize("error", REQUEST_FAULTS)
+@pytest.mark.parametrize("size", [1, 40])
+def test_a_request_fault_pauses_the_pixel_and_keeps_every_event(
+    dispatcher: Dispatcher,
+    fake: FakeGraphAPI,
+    outbox: RecordingOutbox,
+    error: dict[str, object],
+    size: int,
+) -> None:
+    # Not even a batch of one is proof that its event is bad when Meta names no event.
+    events = [lead() for _ in range(size)]
+    outbox.put(events)
+    fake.fail_next(400, error=error)
+    drain(dispatcher)
+    assert len(fake.requests) == 1  # no halving: one request, then the pixel waits
+    assert outbox.counts().dead == 0
+    assert outbox.counts().pending == size
+    assert dispatcher.paused_pixels == ("111",)
+    assert dispatcher.pauses["111"].cause == "request"
+    assert dispatcher.counts.dead == 0
+
+
+def test_a_request_fault_names_the_refused_token_by_its_fingerprint_only(
+    dispatcher: Dispatcher, fake: FakeGraphAPI, outbox: RecordingOutbox
+) -> None:
+    outbox.put([lead()])
+    fake.fail_next(400, error=FakeGraphAPI.graph_error(190, "Error validating access token"))
+    drain(dispatcher)
+    pause = dispatcher.pauses["111"]
+    assert (pause.cause, pause.token) == ("token", token_fingerprint(TOKEN))
+    assert TOKEN not in repr(dispatcher.pauses)
+
+
+def test_a_paused_pixels_events_are_released_without_a_pause_delay(
+    dispatcher: Dispatcher, fake: FakeGraphAPI, outbox: RecordingOutbox
+) -> None:
+    outbox.put([lead() for _ in range(3)])
+    fake.fail_next(400, error=FakeGraphAPI.graph_error(190, "Error validating access token"))
+    drain(dispatcher)
+    assert outbox.delays == [0.0]  # the pause is this process's; the outbox holds none
+    assert len(outbox.claim(10, lease=60)) == 3  # another sender may take them now
+
+
+def resolving_dispatcher(
+    outbox: RecordingOutbox, fake: FakeGraphAPI, tokens: dict[str, str], **options: Any
+) -> Dispatcher:
+    client = GraphClient(tokens.get, transport=fake.transport)
+    return Dispatcher(outbox, client, flush_interval=0.01, **options)
+
+
+def test_a_new_token_from_the_resolver_resumes_a_paused_pixel_promptly(
+    outbox: RecordingOutbox,
+) -> None:
+    fake = FakeGraphAPI(access_tokens={"tok-new"})
+    tokens = {"111": "tok-refused"}
+    dispatcher = resolving_dispatcher(outbox, fake, tokens, token_recheck=0.05)
+    events = [lead() for _ in range(5)]
+    outbox.put(events)
+    dispatcher.start()
+    try:
+        wait_until(lambda: dispatcher.paused_pixels == ("111",))
+        assert dispatcher.pauses["111"].token == token_fingerprint("tok-refused")
+        tokens["111"] = "tok-new"  # the customer pasted a new token; the pause is 60 s long
+        assert dispatcher.flush(timeout=10)
+    finally:
+        dispatcher.stop(timeout=5)
+    assert sorted(fake.event_ids()) == sorted(e.event_id for e in events)
+    assert {e.access_token for e in fake.events} == {"tok-new"}
+    assert dispatcher.paused_pixels == ()
+
+
+def test_a_paused_pixels_resolver_is_not_asked_once_per_loop_spin(
+    outbox: RecordingOutbox,
+) -> None:
+    fake = FakeGraphAPI(access_tokens={"tok-new"})
+    asked: list[str] = []
+
+    def resolver(pixel_id: str) -> str:
+        asked.append(pixel_id)
+        return "tok-refused"
+
+    client = GraphClient(resolver, transport=fake.transport)
+    dispatcher = Dispatcher(outbox, client, token_recheck=3600)
+    outbox.put([lead()])
+    drain(dispatcher)
+    assert dispatcher.paused_pixels == ("111",)
+    for _ in range(200):
+        dispatcher.deliver_next()
+    assert asked == ["111"]  # the send's own ask; the next is due in token_recheck seconds
+    assert dispatcher.pauses["111"].token == token_fingerprint("tok-refused")  # same token
+    assert len(fake.requests) == 1
+
+
+def test_a_successful_check_lifts_the_pause(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
+    mirror = make_mirror()
+    assert mirror.dispatcher is not None
+    fake.fail_next(400, error=FakeGraphAPI.graph_error(190, "Error validating access token"))
+    event_id = mirror.send("Lead", action_source="system_generated", user_data={"email": "a@b.c"})
+    wait_until(lambda: mirror.stats().paused_pixels == (PIXEL,))
+    result = mirror.check(test_event_code="TEST1")
+    assert result.ok
+    assert mirror.stats().paused_pixels == ()
+    assert mirror.flush(timeout=10)
+    assert event_id in fake.event_ids()
+
+
+def test_a_wrong_app_secret_buries_nothing_and_a_fixed_config_sends_it_all(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    fake = FakeGraphAPI(access_tokens={TOKEN}, app_secret="the-right-secret")
+    outbox = f"sqlite:///{tmp_path / 'outbox.db'}"
+    wrong = make_mirror(outbox=outbox, app_secret="a-wrong-secret", transport=fake.transport)
+    ids = [
+        wrong.send("Lead", action_source="system_generated", user_data={"external_id": f"c{n}"})
+        for n in range(60)
+    ]
+    wait_until(lambda: wrong.stats().paused_pixels == (PIXEL,))
+    assert not wrong.flush(timeout=0.3)
+    stats = wrong.stats()
+    assert (stats.dead, stats.pending + stats.in_flight) == (0, 60)
+    assert len(fake.requests) < 5  # one refused request, then the pixel waits
+    assert fake.event_ids() == []
+    wrong.close(timeout=0.1)
+
+    fixed = make_mirror(outbox=outbox, app_secret="the-right-secret", transport=fake.transport)
+    assert fixed.flush(timeout=10)
+    assert sorted(fake.event_ids()) == sorted(ids)
+    assert fixed.stats().dead == 0
+
+
+def test_another_process_sends_what_one_process_paused_without_waiting(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    fake = FakeGraphAPI(access_tokens={"tok-good"})
+    outbox = f"sqlite:///{tmp_path / 'outbox.db'}"
+    stale = make_mirror(outbox=outbox, access_token="tok-refused", transport=fake.transport)
+    ids = [
+        stale.send("Lead", action_source="system_generated", user_data={"external_id": f"c{n}"})
+        for n in range(20)
+    ]
+    wait_until(lambda: stale.stats().paused_pixels == (PIXEL,))
+    # The first process is still running, its pause 60 s long; a well-configured one sends.
+    fresh = make_mirror(outbox=outbox, access_token="tok-good", transport=fake.transport)
+    assert fresh.flush(timeout=10)
+    assert sorted(fake.event_ids()) == sorted(ids)
+    assert stale.stats().paused_pixels == (PIXEL,)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Retry-After": "100000000"}, id="retry-after-three-years"),
+        pytest.param({"Retry-After": str(8 * DAY)}, id="retry-after-past-expiry"),
+        pytest.param(
+            {
+                "X-Business-Use-Case-Usage": json.dumps(
+                    {"1": [{"type": "ads_management", "estimated_time_to_regain_access": 10**6}]}
+                )
+            },
+            id="regain-access-in-years",
+        ),
+    ],
+)
+def test_a_huge_retry_after_never_parks_an_event_past_its_expiry(
+    dispatcher: Dispatcher,
+    fake: FakeGraphAPI,
+    outbox: RecordingOutbox,
+    headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    throttled = FakeGraphAPI.graph_error(80004, "Too many calls")
+    fresh, ageing = lead(), lead(event_time=time.time() - 7 * DAY + 2 * EXPIRY_MARGIN)
+    for event in (fresh, ageing):
+        outbox.put([event])
+        fake.fail_next(429, error=throttled, headers=headers)
+        before = time.time()
+        dispatcher.deliver_next()
+        # Due again no later than the moment the expiry check takes it.
+        assert 0 <= outbox.delays[-1] <= event.expires_at - EXPIRY_MARGIN - before
+    # At that moment, the ageing event is dead-lettered with its reason.
+    last_chance = ageing.expires_at - EXPIRY_MARGIN
+    monkeypatch.setattr(time, "time", lambda: last_chance)
+    _make_due(outbox)
+    drain(dispatcher)
+    (letter,) = outbox.dead_letters()
+    assert letter.event.event_id == ageing.event_id
+    assert letter.reason.startswith("expired")
+    assert fake.event_ids() == [fresh.event_id]

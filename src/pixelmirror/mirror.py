@@ -732,7 +732,8 @@ class PixelMirror:
         """Send one test event now and report Meta's answer: "test this connection".
 
         The event goes straight to Meta (not through the outbox) as ``PixelMirrorCheck``
-        with the test event code, so it shows in Events Manager > Test events.
+        with the test event code, so it shows in Events Manager > Test events. Success ends
+        this process's pause of the pixel, if any.
         """
         pixel = pixel_id or self.config.pixel_id
         if not pixel:
@@ -762,6 +763,8 @@ class PixelMirror:
                 error=str(exc),
                 hint=_hint(exc),
             )
+        if self.dispatcher is not None:  # what Meta just took, the paused pixel may send
+            self.dispatcher.resume(pixel, "a check of the connection succeeded")
         return CheckResult(
             ok=True,
             pixel_id=pixel,

@@ -9,11 +9,17 @@ What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.gr
 * accepted → ack;
 * transient → released for a retry after exponential backoff with jitter, or the wait Meta
   asked for, whichever is longer; the events keep their ids and times, nothing is re-built;
-* access → the pixel is paused (its events stay in the outbox) and tried again rarely;
-* invalid → the batch is split in halves until the bad events stand alone; the good ones are
-  sent, the bad ones dead-lettered with Meta's message.
+* access (the token) or request (app secret, pixel, API version) → this process pauses the
+  pixel and keeps its events, due at once in the outbox: the pause is this process's own,
+  so another process, or this one restarted with a fixed configuration, is not held back.
+  A pause ends when the token resolver answers a token other than the refused one (asked
+  every ``token_recheck`` seconds), when :meth:`Dispatcher.resume` is called (a successful
+  check), or after ``pause_seconds``, when one batch probes Meta again;
+* invalid (Meta names an event) → the batch is split in halves until the bad events stand
+  alone; the good ones are sent, the bad ones dead-lettered with Meta's message.
 
-Events that Meta would refuse as too old are dead-lettered before they can poison a batch.
+Events that Meta would refuse as too old are dead-lettered before they can poison a batch,
+and no retry delay (not even Meta's ``Retry-After``) parks an event past that moment.
 """
 
 from __future__ import annotations
@@ -22,15 +28,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from pixelmirror.config import Config
 from pixelmirror.delivery.graph import (
     AccessError,
     GraphClient,
     InvalidEventsError,
+    RequestError,
     TransientError,
+    token_fingerprint,
 )
 from pixelmirror.outbox.base import Claimed, Outbox
 
@@ -38,8 +47,10 @@ logger = logging.getLogger("pixelmirror")
 
 #: Dead-letter events this close to Meta's age limit rather than risk the whole batch.
 EXPIRY_MARGIN = 60.0
-#: How long a pixel whose token or permission failed waits before the next try.
-PAUSE_SECONDS = 300.0
+#: How long a paused pixel waits before one batch probes Meta again.
+PAUSE_SECONDS = 60.0
+#: How often a paused pixel's token resolver is asked again, past its cache.
+TOKEN_RECHECK = 5.0
 #: Poll period while someone waits in :meth:`Dispatcher.flush`.
 FLUSH_POLL = 0.02
 #: Longest wait after repeated failures of the loop itself (say, the outbox is unreachable).
@@ -55,6 +66,21 @@ class DeliveryCounts:
     dead: int = 0
     expired: int = 0
     batches: int = 0
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why this process holds a pixel's events back, and until when at most."""
+
+    #: ``token``: Meta refused the token or its permissions. ``request``: Meta refused the
+    #: request itself (app secret, pixel id, API version).
+    cause: Literal["token", "request"]
+    #: Fingerprint of the token Meta refused (never the token); None if there was none.
+    token: str | None
+    #: Monotonic time when one batch probes Meta again.
+    until: float
+    #: Monotonic time when the token resolver is asked again.
+    recheck: float
 
 
 class Dispatcher:
@@ -75,6 +101,7 @@ class Dispatcher:
         retry_backoff: float = 2.0,
         retry_backoff_max: float = 600.0,
         pause_seconds: float = PAUSE_SECONDS,
+        token_recheck: float = TOKEN_RECHECK,
         threads: int = 1,
     ) -> None:
         self.outbox = outbox
@@ -85,12 +112,14 @@ class Dispatcher:
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.pause_seconds = pause_seconds
+        self.token_recheck = token_recheck
         self.thread_count = threads
         self.counts = DeliveryCounts()
         #: The same counts, pixel by pixel.
         self.pixel_counts: dict[str, DeliveryCounts] = {}
         self._counts_lock = threading.Lock()
-        self._paused: dict[str, float] = {}  # pixel id -> monotonic time it may try again
+        self._paused: dict[str, Pause] = {}
+        self._pause_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._flushing = 0
@@ -163,7 +192,22 @@ class Dispatcher:
     @property
     def paused_pixels(self) -> tuple[str, ...]:
         now = time.monotonic()
-        return tuple(sorted(p for p, until in list(self._paused.items()) if until > now))
+        with self._pause_lock:
+            return tuple(sorted(p for p, pause in self._paused.items() if pause.until > now))
+
+    @property
+    def pauses(self) -> Mapping[str, Pause]:
+        """This process's pauses by pixel id, with what each was set for."""
+        with self._pause_lock:
+            return dict(self._paused)
+
+    def resume(self, pixel_id: str, why: str = "resumed by hand") -> None:
+        """End this process's pause of ``pixel_id`` (say, after a successful check)."""
+        with self._pause_lock:
+            pause = self._paused.pop(pixel_id, None)
+        if pause is not None:
+            logger.warning("pixelmirror resumed pixel %s: %s", pixel_id, why)
+            self._wakeup.set()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -191,7 +235,7 @@ class Dispatcher:
     def deliver_next(self) -> bool:
         """Claim and deliver one batch; False when nothing was due."""
         claims = self.outbox.claim(
-            self.batch_size, lease=self.lease, skip_pixels=self.paused_pixels
+            self.batch_size, lease=self.lease, skip_pixels=self._still_paused()
         )
         if not claims:
             return False
@@ -202,6 +246,40 @@ class Dispatcher:
         with self._counts_lock:
             self.counts.batches += 1
         return True
+
+    def _still_paused(self) -> tuple[str, ...]:
+        """The pixels to skip, after ending the pauses whose probe is due or whose token
+        resolver now answers another token than the refused one."""
+        now = time.monotonic()
+        with self._pause_lock:
+            due = {
+                p: pause
+                for p, pause in self._paused.items()
+                if min(pause.recheck, pause.until) <= now
+            }
+            for pixel_id, pause in due.items():  # one thread asks; the next ask is later
+                self._paused[pixel_id] = replace(pause, recheck=now + self.token_recheck)
+        for pixel_id, pause in due.items():
+            if pause.until <= now:
+                with self._pause_lock:
+                    self._paused.pop(pixel_id, None)  # the next batch is the probe
+                continue
+            token = self.client.tokens.fresh(pixel_id)
+            if token is not None and token_fingerprint(token) != pause.token:
+                self.resume(pixel_id, "the token resolver answers a new token")
+        return self.paused_pixels
+
+    def _pause(self, pixel_id: str, exc: AccessError) -> Pause:
+        now = time.monotonic()
+        pause = Pause(
+            cause="request" if isinstance(exc, RequestError) else "token",
+            token=exc.token_fingerprint,
+            until=now + self.pause_seconds,
+            recheck=now + min(self.token_recheck, self.pause_seconds),
+        )
+        with self._pause_lock:
+            self._paused[pixel_id] = pause
+        return pause
 
     def _drop_expired(self, claims: list[Claimed]) -> list[Claimed]:
         cutoff = time.time() + EXPIRY_MARGIN
@@ -226,6 +304,9 @@ class Dispatcher:
             )
         except TransientError as exc:
             delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
+            # Due again before the first of them must be dead-lettered as too old.
+            last_chance = min(c.event.expires_at for c in claims) - EXPIRY_MARGIN - time.time()
+            delay = max(0.0, min(delay, last_chance))
             self.outbox.release(claims, delay=delay)
             self._count(pixel_id, retried=len(claims))
             logger.warning(
@@ -236,16 +317,20 @@ class Dispatcher:
                 exc,
             )
         except AccessError as exc:
-            self._paused[pixel_id] = time.monotonic() + self.pause_seconds
-            self.outbox.release(claims, delay=self.pause_seconds, failed=False)
+            pause = self._pause(pixel_id, exc)
+            # Due at once: other processes skip only the pixels they paused themselves.
+            self.outbox.release(claims, delay=0.0, failed=False)
             logger.error(
-                "pixelmirror PAUSED pixel %s for %.0fs, %d event(s) kept in the outbox: %s. "
-                "Check PIXELMIRROR_ACCESS_TOKEN, its permissions on the pixel and "
-                "PIXELMIRROR_API_VERSION.",
+                "pixelmirror PAUSED pixel %s in this process, %d event(s) kept in the "
+                "outbox: %s. %s One batch probes Meta again in %.0fs.",
                 pixel_id,
-                self.pause_seconds,
                 len(claims),
                 exc,
+                "Check PIXELMIRROR_APP_SECRET, PIXELMIRROR_PIXEL_ID and PIXELMIRROR_API_VERSION."
+                if pause.cause == "request"
+                else "Check PIXELMIRROR_ACCESS_TOKEN (or what the token resolver answers) and "
+                "its permissions on the pixel; a new token resumes it within seconds.",
+                self.pause_seconds,
             )
         except InvalidEventsError as exc:
             if len(claims) == 1:
@@ -265,7 +350,8 @@ class Dispatcher:
                 self._deliver(claims[middle:])
         else:
             self.outbox.ack(claims)
-            self._paused.pop(pixel_id, None)
+            with self._pause_lock:
+                self._paused.pop(pixel_id, None)
             self._count(pixel_id, sent=len(claims))
 
     def _error_backoff(self, failures: int) -> float:

@@ -318,6 +318,14 @@ class Tokens:
             self._cache[pixel_id] = (token, now + self._ttl)
         return token
 
+    def fresh(self, pixel_id: str) -> str | None:
+        """Ask the resolver again, past the cache; None when it has no token to give."""
+        self.forget(pixel_id)
+        try:
+            return self.get(pixel_id)
+        except AccessError:
+            return None
+
     def forget(self, pixel_id: str) -> None:
         with self._lock:
             self._cache.pop(pixel_id, None)
