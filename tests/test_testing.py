@@ -226,6 +226,17 @@ def test_custom_data_defaults_to_empty(fake: FakeGraphAPI, client: httpx.Client)
             make_event(user_data={"client_user_agent": "UA", "fbc": "fb.1.1.abc"}),
             id="fbc-and-ua",
         ),
+        # Meta recommends hashing external_id but takes it as sent.
+        pytest.param(
+            make_event(user_data={"client_user_agent": "UA", "external_id": "user-42"}),
+            id="raw-external-id",
+        ),
+        pytest.param(
+            make_event(
+                action_source="email", event_source_url=None, user_data={"external_id": ["a", "b"]}
+            ),
+            id="raw-external-id-list",
+        ),
         pytest.param(
             make_event(user_data={"client_user_agent": "UA", "client_ip_address": "203.0.113.9"}),
             id="ipv4-and-ua",
@@ -340,8 +351,11 @@ PURCHASE = testing.SUBCODE_PURCHASE_VALUE_CURRENCY
         pytest.param(user("st", "ca"), HASH, "user_data.st", id="raw-state"),
         pytest.param(user("zp", "94025"), HASH, "user_data.zp", id="raw-zip"),
         pytest.param(user("country", "us"), HASH, "user_data.country", id="raw-country"),
+        pytest.param(user("external_id", ""), None, "external_id", id="external-id-empty"),
+        pytest.param(user("external_id", 42), None, "external_id", id="external-id-number"),
+        pytest.param(user("external_id", []), None, "external_id", id="external-id-empty-list"),
         pytest.param(
-            user("external_id", "user-42"), HASH, "user_data.external_id", id="raw-external-id"
+            user("external_id", ["a", 1]), None, "external_id", id="external-id-list-one-number"
         ),
         pytest.param(user("em", sha("a").upper()), HASH, "user_data.em", id="uppercase-hex"),
         pytest.param(user("em", sha("a")[:63]), HASH, "user_data.em", id="hash-63-chars"),
