@@ -1,12 +1,15 @@
 """Graph's wire format as the fake speaks it: reading a request, writing the answers.
 
-:func:`parse_request` takes parameters from a JSON object body, a form-encoded body or the
-query string (and the token from an ``Authorization`` header), the ways Graph takes them;
-the rest builds Graph's success and error bodies, and the stock bodies of injected faults.
+:func:`parse_request` takes parameters from a JSON object body, a form-encoded or multipart
+body or the query string (and the token from an ``Authorization`` header), the ways Graph
+takes them; the rest builds Graph's success and error bodies, and the stock bodies of
+injected faults.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import re
 import secrets
@@ -127,10 +130,30 @@ def _read_body(request: httpx.Request, params: dict[str, Any]) -> str | None:
             return "(#100) The request body is not valid UTF-8."
         params.update(urllib.parse.parse_qsl(text, keep_blank_values=True))
         return None
+    if media == "multipart/form-data":
+        # What Meta's own curl examples send (curl -F data=... -F access_token=...).
+        return _read_multipart(request.headers["Content-Type"], body, params)
     return (
-        f"(#100) Unsupported Content-Type {media!r}: "
-        "send application/json or application/x-www-form-urlencoded."
+        f"(#100) Unsupported Content-Type {media!r}: send application/json, "
+        "application/x-www-form-urlencoded or multipart/form-data."
     )
+
+
+def _read_multipart(content_type: str, body: bytes, params: dict[str, Any]) -> str | None:
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        return "(#100) The multipart request body could not be read."
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            continue
+        try:
+            params[name] = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return "(#100) The request body is not valid UTF-8."
+    return None
 
 
 def _read_data(params: Mapping[str, Any]) -> tuple[list[Any] | None, str | None]:
