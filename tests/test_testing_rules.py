@@ -69,6 +69,17 @@ def test_custom_data_defaults_to_empty(fake: FakeGraphAPI, client: httpx.Client)
             make_event(user_data={"client_user_agent": "UA", "fbc": "fb.1.1.abc"}),
             id="fbc-and-ua",
         ),
+        pytest.param(
+            make_event(
+                user_data={
+                    "client_user_agent": "UA",
+                    "lead_id": 1234567890123456,
+                    "fb_login_id": "100001",
+                    "subscription_id": "sub-1",
+                }
+            ),
+            id="never-hashed-ids-as-numbers-or-strings",
+        ),
         # Meta recommends hashing external_id but takes it as sent.
         pytest.param(
             make_event(user_data={"client_user_agent": "UA", "external_id": "user-42"}),
@@ -181,6 +192,11 @@ PURCHASE = testing.SUBCODE_PURCHASE_VALUE_CURRENCY
         ),
         pytest.param(user("client_user_agent", ""), None, "client_user_agent", id="ua-empty"),
         pytest.param(user("fbp", 123), None, "fbp", id="fbp-not-string"),
+        pytest.param(user("fbc", [sha("a")]), None, "fbc", id="fbc-list"),
+        pytest.param(user("lead_id", ["1"]), None, "lead_id", id="lead-id-list"),
+        pytest.param(user("subscription_id", ""), None, "subscription_id", id="sub-id-empty"),
+        pytest.param(user("fb_login_id", None), None, "fb_login_id", id="login-id-null"),
+        pytest.param(user("fb_login_id", True), None, "fb_login_id", id="login-id-bool"),
         pytest.param(
             user("client_ip_address", "999.1.1.1"), None, "client_ip_address", id="bad-ip"
         ),

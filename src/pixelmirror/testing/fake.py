@@ -109,9 +109,10 @@ class FakeGraphAPI:
     "Malformed" covers: an event that is not an object, ``event_name`` (non-empty, at most
     50 characters), ``event_time`` not an int, ``action_source`` not a known one, a
     ``website`` event without ``event_source_url`` or ``user_data.client_user_agent``,
-    ``user_data`` missing or not an object, ``client_ip_address`` not an IP, ``fbc``/``fbp``/
-    ``client_user_agent`` not non-empty strings, ``external_id`` not a non-empty string or
-    list of them, ``custom_data`` not an object, ``event_id`` not a non-empty string. "Too
+    ``user_data`` missing or not an object, ``client_ip_address`` not an IP, another key Meta
+    wants unhashed (``client_user_agent fbc fbp subscription_id lead_id fb_login_id``) not a
+    non-empty string (the three ids may be numbers), ``external_id`` not a non-empty string
+    or list of them, ``custom_data`` not an object, ``event_id`` not a non-empty string. "Too
     old" is 7 days, 62 for ``physical_store`` events. The subcode constants are exported
     (``SUBCODE_TIMESTAMP_TOO_OLD`` ...); 2804008 is the fake's own pick, Meta documents none
     for that case. The rules live in :mod:`pixelmirror.testing.rules`.

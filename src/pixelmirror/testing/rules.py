@@ -103,7 +103,8 @@ SUBCODE_INSUFFICIENT_USER_DATA = 2804050
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")  # ISO 4217: three letters
 _LETTER = re.compile(r"[A-Za-z]")
-_PLAIN_STRING_KEYS = ("client_user_agent", "fbc", "fbp")
+# Never-hashed ids Meta's SDK types as strings but JSON clients may send as numbers.
+_ID_KEYS = frozenset({"subscription_id", "lead_id", "fb_login_id"})
 
 
 class EventRejected(Exception):
@@ -216,8 +217,10 @@ def _check_user_data(user_data: dict[str, Any], source: str) -> None:
         raise EventRejected(
             "Invalid IP Address", "user_data.client_ip_address must be an IPv4 or IPv6 address"
         )
-    for key in _PLAIN_STRING_KEYS:
-        if key in user_data and (not isinstance(user_data[key], str) or not user_data[key]):
+    for key in sorted(NEVER_HASHED_USER_DATA_KEYS.intersection(user_data) - {"client_ip_address"}):
+        value = user_data[key]
+        number = key in _ID_KEYS and isinstance(value, int) and not isinstance(value, bool)
+        if not number and (not isinstance(value, str) or not value):
             raise EventRejected("Invalid User Data", f"user_data.{key} must be a non-empty string")
     if source == "website" and "client_user_agent" not in user_data:
         raise EventRejected("Missing User Agent", "website events need user_data.client_user_agent")
