@@ -180,9 +180,7 @@ class FakeGraphAPI:
         self._latency = latency
         self._clock = clock
         self._on_event = on_event
-
         self._tokens = TokenBook(access_tokens)
-
         self._cond = threading.Condition(threading.Lock())
         self._faults: deque[_Fault] = deque()
         self._requests: list[RecordedRequest] = []

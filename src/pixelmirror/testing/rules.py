@@ -50,8 +50,8 @@ MAX_EVENT_NAME_LENGTH = 50
 MAX_EVENT_AGE = 7 * DAY
 #: ...except a ``physical_store`` one, which may be up to 62 days old.
 MAX_PHYSICAL_STORE_AGE = 62 * DAY
-#: How far ahead of the fake's clock an ``event_time`` may be. Meta refuses future times; the
-#: tolerance for clock drift between hosts is the fake's choice.
+#: How far ahead of the fake's clock an ``event_time`` may be. Meta refuses event times in
+#: the future; how much clock drift it tolerates is not documented, so this is the fake's choice.
 MAX_FUTURE_SKEW = 10 * 60
 
 #: The ``action_source`` values Meta documents.
