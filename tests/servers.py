@@ -56,8 +56,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def load_example(name: str) -> ModuleType:
     """A fresh copy of ``examples/<name>/app.py``: its mirror reads the environment now."""
-    path = EXAMPLES / name / "app.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    return _load(f"example_{name}", EXAMPLES / name / "app.py")
+
+
+def load_example_helper(name: str) -> ModuleType:
+    """A fresh copy of ``examples/<name>.py``, a module the example apps share."""
+    return _load(f"example_helper_{name}", EXAMPLES / f"{name}.py")
+
+
+def _load(module_name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -65,4 +73,4 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-__all__ = ["load_example", "serve_asgi", "serve_wsgi"]
+__all__ = ["load_example", "load_example_helper", "serve_asgi", "serve_wsgi"]

@@ -4,14 +4,17 @@ thank-you page, against a FakeGraphAPI served on loopback."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from types import ModuleType
 
 import httpx
 import pytest
 
 from conftest import PIXEL
-from pixelmirror import EVENTS_HEADER
+from pixelmirror import EVENTS_HEADER, PixelMirror
 from pixelmirror.testing import FakeGraphAPI
-from servers import load_example, serve_asgi, serve_wsgi
+from servers import load_example, load_example_helper, serve_asgi, serve_wsgi
 from webkit import CHROME, browser_events, page_external_id
 
 EMAIL = "ann@example.com"
@@ -73,3 +76,48 @@ def test_example_shop_pairs_every_browser_event_with_its_server_twin(
         assert "predicted_ltv" not in html
         assert EMAIL not in html
         assert purchase.user_data["em"] not in html
+
+
+@pytest.fixture
+def demo(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """``examples/demo.py``, with the log level and loopback servers it sets up undone after."""
+    for name in ("PIXELMIRROR_PIXEL_ID", "PIXELMIRROR_ACCESS_TOKEN", "PIXELMIRROR_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    logger = logging.getLogger("pixelmirror")
+    level = logger.level
+    module = load_example_helper("demo")
+    try:
+        yield module
+    finally:
+        module._demo_servers.close()
+        logger.setLevel(level)
+
+
+def test_demo_settings_without_a_token_send_to_a_fake_that_prints_what_meta_receives(
+    demo: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = demo.demo_settings({})
+    assert settings["pixel_id"] == demo.DEMO_PIXEL_ID
+    assert settings["cookie_secure"] is False
+    assert settings["graph_url"].startswith("http://127.0.0.1:")
+    mirror = PixelMirror(**settings)
+    try:
+        event_id = mirror.send(
+            "Lead", action_source="system_generated", user_data={"external_id": "cust-1"}
+        )
+        assert mirror.flush(timeout=15)
+    finally:
+        mirror.close(timeout=1)
+    out = capsys.readouterr().out
+    assert f"CAPI goes to a FakeGraphAPI at {settings['graph_url']}" in out
+    assert f"CAPI    <- Lead eventID={event_id}" in out
+
+
+def test_demo_settings_leave_configured_values_to_the_environment(demo: ModuleType) -> None:
+    environ = {
+        "PIXELMIRROR_PIXEL_ID": PIXEL,
+        "PIXELMIRROR_ACCESS_TOKEN": "EAAB-real",
+        "PIXELMIRROR_SECRET_KEY": "k" * 32,
+        "PIXELMIRROR_COOKIE_SECURE": "true",
+    }
+    assert demo.demo_settings(environ) == {}

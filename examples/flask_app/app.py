@@ -15,13 +15,13 @@ from flask import Flask, abort, jsonify, redirect, request
 from flask.typing import ResponseReturnValue
 
 from pixelmirror import PixelMirror, current_event, track
-from pixelmirror.testing import demo_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import demo
 import shop
 
 app = Flask(__name__)
-mirror = PixelMirror(**demo_settings())
+mirror = PixelMirror(**demo.demo_settings())
 mirror.init_app(app)
 
 

@@ -18,12 +18,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from pixelmirror import PixelMirror, PixelMirrorMiddleware, current_event, track
-from pixelmirror.testing import demo_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import demo
 import shop
 
-mirror = PixelMirror(**demo_settings())
+mirror = PixelMirror(**demo.demo_settings())
 
 
 async def home(request: Request) -> Response:
