@@ -78,7 +78,7 @@ def platform_mirror(resolver: dict[str, str]) -> Iterable[tuple[PixelMirror, Fak
         flush_interval=0.05,
     )
     assert mirror.dispatcher is not None
-    mirror.dispatcher.pause_seconds = 0.2  # a revoked token is retried "rarely": here, soon
+    mirror.dispatcher.token_recheck = 0.2  # a rotated token is noticed within seconds: here, soon
     yield mirror, fake
     mirror.close(timeout=1)
 
