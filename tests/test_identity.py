@@ -127,6 +127,11 @@ def test_a_malformed_cookie_domain_is_a_config_error() -> None:
         make(cookie_domain="example.com; Secure")
 
 
+def test_a_public_suffix_as_cookie_domain_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"PIXELMIRROR_COOKIE_DOMAIN.*public suffix"):
+        make(cookie_domain="com.pl")
+
+
 # --------------------------------------------------------------------------------------------
 # The visitor cookie
 
@@ -332,27 +337,64 @@ def test_fb_cookies_off_reads_but_never_sets() -> None:
     assert visitor.set_cookies == ()
 
 
+# (host, Domain of _fbp/_fbc or None for host-only, subdomainIndex): the registrable domain by
+# the Public Suffix List, ICANN and private sections alike, as browsers apply it.
+FB_SITES = [
+    ("example.com", "example.com", 1),
+    ("www.example.com", "example.com", 1),
+    ("a.b.c.example.com", "example.com", 1),
+    ("WWW.Example.COM.:443", "example.com", 1),
+    ("example.co.uk", "example.co.uk", 2),
+    ("shop.example.co.uk", "example.co.uk", 2),
+    ("a.b.example.com.au", "example.com.au", 2),
+    # country second levels a short hand-kept list misses
+    ("shop.example.com.pl", "example.com.pl", 2),
+    ("www.example.org.il", "example.org.il", 2),
+    ("shop.example.tokyo.jp", "example.tokyo.jp", 2),
+    ("shop.example.com.es", "example.com.es", 2),
+    ("www.example.com.br", "example.com.br", 2),
+    ("www.example.gov.uk", "example.gov.uk", 2),
+    ("x.city.kobe.jp", "city.kobe.jp", 2),  # an exception to the *.kobe.jp wildcard
+    ("www.shop.foo.kobe.jp", "shop.foo.kobe.jp", 3),  # under the wildcard itself
+    # private section: hosting platforms whose every label is another owner
+    ("bucket.s3.amazonaws.com", "bucket.s3.amazonaws.com", 3),
+    ("me.github.io", "me.github.io", 2),
+    ("www.me.github.io", "me.github.io", 2),
+    ("app.herokuapp.com", "app.herokuapp.com", 2),
+    ("shop.vercel.app", "shop.vercel.app", 2),
+    ("a.b.appspot.com", "b.appspot.com", 2),
+    # IDN in punycode
+    ("shop.example.xn--p1ai", "example.xn--p1ai", 1),
+    ("www.shop.xn--ciqpn.hk", "shop.xn--ciqpn.hk", 2),
+    ("SHOP.XN--P1AI.", "shop.xn--p1ai", 1),
+    # a host that is a public suffix itself may only have a host-only cookie
+    ("co.uk", None, 1),
+    ("com.pl", None, 1),
+    ("github.io", None, 1),
+    ("s3.amazonaws.com", None, 2),
+    ("xn--ciqpn.hk", None, 1),
+    # no domain at all
+    ("localhost", None, 0),
+    ("localhost:8000", None, 0),
+    ("app.localhost", None, 0),
+    ("127.0.0.1", None, 0),
+    ("127.0.0.1:5000", None, 0),
+    ("[::1]", None, 0),
+    ("[::1]:8000", None, 0),
+    ("[2001:db8::1]:443", None, 0),
+    ("intranet", None, 0),
+    ("evil.com;domain=x", None, 0),
+    ("", None, 0),
+]
+
+
 @pytest.mark.parametrize(
     ("host", "domain", "index", "settings"),
     [
-        pytest.param("example.com", "example.com", 1, {}, id="example.com"),
-        pytest.param("www.example.com", "example.com", 1, {}, id="www.example.com"),
-        pytest.param("WWW.Example.COM.:443", "example.com", 1, {}, id="case-port-dot"),
-        pytest.param("example.co.uk", "example.co.uk", 2, {}, id="example.co.uk"),
-        pytest.param("shop.example.co.uk", "example.co.uk", 2, {}, id="shop.example.co.uk"),
-        pytest.param("a.b.example.com.au", "example.com.au", 2, {}, id="deep-com.au"),
-        pytest.param("app.herokuapp.com", "app.herokuapp.com", 2, {}, id="paas-host"),
-        pytest.param("co.uk", None, 1, {}, id="public-suffix-itself"),
-        pytest.param("localhost", None, 0, {}, id="localhost"),
-        pytest.param("localhost:8000", None, 0, {}, id="localhost-port"),
-        pytest.param("app.localhost", None, 0, {}, id="sub.localhost"),
-        pytest.param("127.0.0.1", None, 0, {}, id="ipv4"),
-        pytest.param("127.0.0.1:5000", None, 0, {}, id="ipv4-port"),
-        pytest.param("[::1]", None, 0, {}, id="ipv6"),
-        pytest.param("[::1]:8000", None, 0, {}, id="ipv6-port"),
-        pytest.param("intranet", None, 0, {}, id="single-label"),
-        pytest.param("evil.com;domain=x", None, 0, {}, id="garbage"),
-        pytest.param("", None, 0, {}, id="empty"),
+        *(
+            pytest.param(host, domain, index, {}, id=host or "empty")
+            for host, domain, index in FB_SITES
+        ),
         pytest.param(
             "a.shop.example.com",
             "shop.example.com",

@@ -25,6 +25,8 @@ from itsdangerous import BadData, TimestampSigner, URLSafeSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import HMACAlgorithm
 
+from pixelmirror import _domains
+from pixelmirror._domains import HOSTNAME, registrable_domain
 from pixelmirror.config import Config, ConfigError, IPNetwork
 from pixelmirror.facts import RequestFacts
 from pixelmirror.normalize import sha256_hex
@@ -63,31 +65,7 @@ _FBCLID = r"[\x21\x23-\x2b\x2d\x2f-\x3a\x3c-\x5b\x5d-\x7e]{1,500}"
 _FBCLID_ONLY = re.compile(_FBCLID)
 _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9_-]{{1,16}})?")
 
-_HOSTNAME = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-)
 _HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
-
-# Public suffixes under which every label is a different owner, so a cookie's Domain must
-# keep one more label: the common country second levels and big multi-tenant hosts. A
-# heuristic, not the Public Suffix List; set ``cookie_domain`` where it guesses wrong.
-_PUBLIC_SUFFIXES = frozenset(
-    {
-        # United Kingdom, Australia, New Zealand, Japan, Brazil and other country registries
-        *("co.uk", "org.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk", "ac.uk", "gov.uk"),
-        *("com.au", "net.au", "org.au", "edu.au", "gov.au", "co.nz", "net.nz", "org.nz"),
-        *("co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "or.kr", "co.in", "net.in"),
-        *("com.br", "net.br", "org.br", "com.mx", "com.ar", "com.co", "com.pe", "com.uy"),
-        *("com.cn", "net.cn", "org.cn", "com.hk", "com.tw", "com.sg", "com.my", "com.ph"),
-        *("co.id", "co.th", "com.vn", "com.tr", "co.il", "co.za", "com.ng", "com.eg"),
-        *("com.sa", "com.pk", "com.ua", "org.in", "gov.in", "gov.br"),
-        # hosting platforms: app.herokuapp.com is one site, herokuapp.com is not
-        *("herokuapp.com", "github.io", "gitlab.io", "vercel.app", "netlify.app"),
-        *("pages.dev", "workers.dev", "appspot.com", "web.app", "firebaseapp.com"),
-        *("azurewebsites.net", "cloudfront.net", "onrender.com", "fly.dev", "up.railway.app"),
-        *("ngrok.io", "ngrok-free.app", "blogspot.com"),
-    }
-)
 
 # Crawlers run no JavaScript: a server PageView for them is one the pixel never matches.
 # Both patterns run on the lower-cased User-Agent (much faster than re.IGNORECASE, and a
@@ -246,14 +224,14 @@ class Identity:
 
     ``_fbp`` / ``_fbc`` are set (only when ``fb_cookies`` is on, and only when new or changed)
     on the registrable domain, without ``HttpOnly`` because the pixel rewrites them. The
-    registrable domain is ``cookie_domain`` when the host lies within it, else a heuristic:
-    the last two labels, or three under a known multi-label public suffix (``co.uk``,
-    ``com.au``, ``co.jp``, ``com.br``, ``herokuapp.com``, ... ; a short built-in list, not
-    the Public Suffix List). IP addresses and ``localhost`` get host-only cookies.
+    registrable domain is ``cookie_domain`` when the host lies within it, else the host's
+    public suffix plus one label, by the Public Suffix List (private section included:
+    ``app.github.io`` is a site of its own). A host that is a public suffix itself, an IP
+    address or ``localhost`` gets host-only cookies.
 
     :param config: the settings; ``secret_key`` must not be empty.
     :param consent: decides consent per request, overriding ``consent_cookie``.
-    :raises ConfigError: no ``secret_key``, or a malformed ``cookie_domain``.
+    :raises ConfigError: no ``secret_key``.
     """
 
     def __init__(
@@ -265,12 +243,8 @@ class Identity:
                 "the visitor cookie so that visitor ids cannot be forged. Generate one with: "
                 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
-        domain = config.cookie_domain.strip(".").lower() if config.cookie_domain else None
-        if domain is not None and not _HOSTNAME.fullmatch(domain):
-            raise ConfigError(
-                f"PIXELMIRROR_COOKIE_DOMAIN must be a domain name like example.com, "
-                f"got {config.cookie_domain!r}"
-            )
+        _domains.load()  # the Public Suffix List: read now rather than on a request
+        domain = config.cookie_domain
         self._domain = domain
         self._max_age = config.cookie_max_age
         self._fb_cookies = config.fb_cookies
@@ -428,13 +402,10 @@ class Identity:
             return None, 0  # IP, localhost, a single-label intranet name, or nonsense
         if self._domain and (name == self._domain or name.endswith("." + self._domain)):
             return self._domain, self._domain.count(".")
-        labels = name.split(".")
-        for size in (3, 2):
-            if len(labels) >= size and ".".join(labels[-size:]) in _PUBLIC_SUFFIXES:
-                if len(labels) == size:
-                    return None, size - 1  # the host is a public suffix itself
-                return ".".join(labels[-size - 1 :]), size
-        return ".".join(labels[-2:]), 1
+        domain = registrable_domain(name)
+        if domain is None:  # the host is a public suffix itself: host-only is all it may have
+            return None, name.count(".")
+        return domain, domain.count(".")
 
     # -- client IP and page URL -------------------------------------------------------------
 
@@ -657,7 +628,7 @@ def _hostname(host: str) -> str | None:
     if host.startswith("["):
         return host[1 : host.find("]")].lower()
     name = host.partition(":")[0].rstrip(".").lower()
-    return name if _HOSTNAME.fullmatch(name) or _is_ip(name) else None
+    return name if HOSTNAME.fullmatch(name) or _is_ip(name) else None
 
 
 def _is_ip(name: str) -> bool:
