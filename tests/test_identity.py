@@ -177,6 +177,36 @@ def test_visitor_cookie_validity(token: str | None, kept: bool, set_cookie: bool
         assert again.set_cookies == ()
 
 
+VID2 = "ZyXwVuTsRqPoNmLkJiHgFe"
+GARBAGE_COOKIES = [
+    pytest.param("not-a-token", id="garbage"),
+    pytest.param(signed(key=OTHER_KEY), id="another-sites-key"),
+    pytest.param(signed(at=NOW - MAX_AGE - 1), id="expired"),
+    pytest.param("", id="empty"),
+    pytest.param("x" * 300, id="oversized"),
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_COOKIES)
+def test_the_first_visitor_cookie_that_verifies_wins_over_garbage_before_it(garbage: str) -> None:
+    # A sibling subdomain's cookie of the same name comes first; ours follows it.
+    header = f"_pm_vid={garbage}; _pm_vid={signed()}"
+    visitor = resolve(headers={"cookie": header})
+    assert visitor.visitor_id == VID
+    assert cookie(visitor, "_pm_vid") is None  # nothing to fix: no Set-Cookie
+
+
+def test_of_two_valid_visitor_cookies_the_first_wins() -> None:
+    header = f"_pm_vid={signed(VID2)}; other=1; _pm_vid={signed()}"
+    assert resolve(headers={"cookie": header}).visitor_id == VID2
+
+
+def test_only_garbage_visitor_cookies_give_a_new_id() -> None:
+    visitor = resolve(headers={"cookie": "_pm_vid=junk; _pm_vid=more-junk"})
+    assert visitor.visitor_id not in ("junk", "more-junk")
+    assert cookie(visitor, "_pm_vid") is not None
+
+
 def test_new_visitors_get_distinct_ids() -> None:
     assert resolve().visitor_id != resolve().visitor_id
 

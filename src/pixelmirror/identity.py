@@ -292,9 +292,8 @@ class Identity:
             return None
         if not self._consented(facts):
             return None
-        cookies = facts.cookies
         set_cookies: list[str] = []
-        visitor_id = self._visitor_id(cookies.get(self._cookie_name), now, set_cookies)
+        visitor_id = self._visitor_id(facts.cookie_values(self._cookie_name), now, set_cookies)
         peer, trusted = self._peer(facts)
         fbp, fbc = self._fb(facts, trusted, now, set_cookies)
         return Visitor(
@@ -307,17 +306,22 @@ class Identity:
             set_cookies=tuple(set_cookies),
         )
 
-    def _visitor_id(self, token: str | None, now: float, set_cookies: list[str]) -> str:
-        if token and len(token) <= _MAX_VISITOR_COOKIE:
+    def _visitor_id(self, tokens: Sequence[str], now: float, set_cookies: list[str]) -> str:
+        # A sibling subdomain may send its own cookie of the same name, garbage to us, and
+        # maybe first: the first one that verifies is the visitor's.
+        for token in tokens:
+            if not token or len(token) > _MAX_VISITOR_COOKIE:
+                continue
             opened = self._visitor_seal.open(token)
-            if opened is not None:
-                value, signed_at, newest_key = opened
-                age = now - signed_at
-                visitor_id = value.decode("ascii", "replace")
-                if -_CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
-                    if not newest_key or age > self._max_age / 2:
-                        set_cookies.append(self._visitor_cookie(visitor_id, now))
-                    return visitor_id
+            if opened is None:
+                continue
+            value, signed_at, newest_key = opened
+            age = now - signed_at
+            visitor_id = value.decode("ascii", "replace")
+            if -_CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
+                if not newest_key or age > self._max_age / 2:
+                    set_cookies.append(self._visitor_cookie(visitor_id, now))
+                return visitor_id
         visitor_id = secrets.token_urlsafe(16)
         set_cookies.append(self._visitor_cookie(visitor_id, now))
         return visitor_id
