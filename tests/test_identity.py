@@ -1048,3 +1048,67 @@ def test_garbage_requests_never_raise(facts: RequestFacts) -> None:
     for set_cookie in visitor.set_cookies:  # nothing from the request leaks into attributes
         assert set_cookie.isascii()
         assert all(c not in set_cookie for c in "\r\n\x00,")
+
+
+# --------------------------------------------------------------------------------------------
+# Secure cookies over plain http
+
+
+def _secure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "PIXELMIRROR_COOKIE_SECURE" in r.getMessage()]
+
+
+def test_a_secure_cookie_over_plain_http_warns_once_naming_the_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    identity = make()
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for _ in range(50):  # no cookie comes back: each request mints a new id
+            visitor = resolve(identity, scheme="http", host="shop.example.com")
+            assert cookie(visitor, "_pm_vid") is not None
+    warnings = _secure_warnings(caplog)
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "shop.example.com" in warnings[0].getMessage()
+
+
+def test_each_identity_warns_about_secure_over_http_on_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for identity in (make(), make()):
+            resolve(identity, scheme="http")
+            resolve(identity, scheme="http")
+    assert len(_secure_warnings(caplog)) == 2
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "settings", "headers"),
+    [
+        pytest.param("https", "shop.example.com", {}, {}, id="https"),
+        pytest.param("http", "localhost:8000", {}, {}, id="localhost"),
+        pytest.param("http", "app.localhost", {}, {}, id="sub.localhost"),
+        pytest.param("http", "127.0.0.1:5000", {}, {}, id="127.0.0.1"),
+        pytest.param("http", "[::1]:8000", {}, {}, id="ipv6-loopback"),
+        pytest.param("http", "shop.example.com", {"cookie_secure": False}, {}, id="secure-off"),
+        pytest.param(
+            "http",
+            "app:8000",
+            {"trusted_proxies": ("10.0.0.0/8",)},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "shop.example.com"},
+            id="https-at-the-proxy",
+        ),
+    ],
+)
+def test_no_secure_cookie_warning_where_browsers_keep_it(
+    caplog: pytest.LogCaptureFixture,
+    scheme: str,
+    host: str,
+    settings: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    identity = make(**settings)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for _ in range(3):
+            resolve(identity, scheme=scheme, host=host, headers=headers, peer="10.0.0.1")
+    assert _secure_warnings(caplog) == []

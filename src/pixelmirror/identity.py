@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -264,6 +265,9 @@ class Identity:
             self._classify
         )
 
+        self._secure = config.cookie_secure
+        self._warned_http = False
+        self._warn_lock = threading.Lock()
         self._cookie_name = config.cookie_name
         self._carry_name = f"{config.cookie_name}_ev"
         # Attributes after "name=value; Path=/; Max-Age=N", the same for every response.
@@ -295,6 +299,8 @@ class Identity:
         set_cookies: list[str] = []
         visitor_id = self._visitor_id(facts.cookie_values(self._cookie_name), now, set_cookies)
         peer, trusted = self._peer(facts)
+        if set_cookies and self._secure and not self._warned_http:
+            self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb(facts, trusted, now, set_cookies)
         return Visitor(
             visitor_id=visitor_id,
@@ -325,6 +331,24 @@ class Identity:
         visitor_id = secrets.token_urlsafe(16)
         set_cookies.append(self._visitor_cookie(visitor_id, now))
         return visitor_id
+
+    def _warn_if_http(self, facts: RequestFacts, trusted: bool) -> None:
+        """Say once that a ``Secure`` visitor cookie went out over plain http: browsers drop
+        it (but on localhost), so every page would look like a new visitor."""
+        scheme, host = self._origin(facts, trusted)
+        if scheme != "http" or _is_local(host):
+            return
+        with self._warn_lock:
+            if self._warned_http:
+                return
+            self._warned_http = True
+        _log.warning(
+            "pixelmirror: PIXELMIRROR_COOKIE_SECURE is on, but %s came over plain http: "
+            "browsers drop Secure cookies there, so every page gets a new visitor id. Serve "
+            "https (behind a proxy: list it in PIXELMIRROR_TRUSTED_PROXIES so its "
+            "X-Forwarded-Proto counts), or set PIXELMIRROR_COOKIE_SECURE=false for local http",
+            host,
+        )
 
     def _visitor_cookie(self, visitor_id: str, now: float) -> str:
         token = self._visitor_seal.seal(visitor_id.encode("ascii"), now)
@@ -633,6 +657,16 @@ def _hostname(host: str) -> str | None:
         return host[1 : host.find("]")].lower()
     name = host.partition(":")[0].rstrip(".").lower()
     return name if HOSTNAME.fullmatch(name) or _is_ip(name) else None
+
+
+def _is_local(host: str) -> bool:
+    """``localhost`` or a loopback address: browsers keep Secure cookies there over http."""
+    name = _hostname(host)
+    if name is None:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    return _is_ip(name) and ipaddress.ip_address(name).is_loopback
 
 
 def _is_ip(name: str) -> bool:
