@@ -32,7 +32,7 @@ from pixelmirror.config import Config, ConfigError, IPNetwork
 from pixelmirror.facts import RequestFacts
 from pixelmirror.normalize import sha256_hex
 
-__all__ = ["Identity", "Visitor"]
+__all__ = ["Identity", "Visitor", "is_crawler"]
 
 _log = logging.getLogger("pixelmirror")
 
@@ -68,32 +68,55 @@ _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9
 
 _HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
-# Crawlers run no JavaScript: a server PageView for them is one the pixel never matches.
-# Both patterns run on the lower-cased User-Agent (much faster than re.IGNORECASE, and a
-# leading literal lets the engine skip ahead). "bot" as a word end covers Googlebot, bingbot,
-# DuckDuckBot, Applebot, AhrefsBot, SemrushBot, MJ12bot, PetalBot, GPTBot, CCBot, ClaudeBot,
-# PerplexityBot, Amazonbot, facebookbot and the rest ("CUBOT" phones excepted); "crawl" and
-# "spider" cover Baiduspider, Bytespider and the like. Named after them: crawlers without
-# those tokens, Meta's own among them. "HeadlessChrome" is deliberately NOT matched: it runs
-# the pixel, and so do our own browser tests.
+# Crawlers, link-preview fetchers and HTTP libraries run no JavaScript: a server PageView for
+# them is one the pixel never matches. One pattern, run on the lower-cased User-Agent (much
+# faster than re.IGNORECASE). Its parts, in order:
+# - not a browser's shape: every browser, in-app ones included, starts with "Mozilla/" (old
+#   Opera with "Opera/"), so WhatsApp/2.19, Slackbot-LinkExpanding, facebookexternalhit,
+#   meta-externalads, curl, Apache-HttpClient or "Python/3.11 aiohttp/3.9" are out at once;
+# - what no browser says: a URL, a domain, an e-mail address, or "compatible;" but after
+#   MSIE and Konqueror, which really said it ("Mozilla/5.0 (compatible; Go-http-client/1.1)",
+#   Google-Site-Verification, GoogleOther, Perplexity-User);
+# - words crawlers, fetchers and monitors put in their names, anywhere ("bot" but in CUBOT
+#   phones, "preview" for SkypeUriPreview, "http" for most HTTP libraries);
+# - by name, the few that otherwise look like a browser (Lighthouse, WebPageTest's PTST, ...),
+#   and HTTP libraries wherever they are named.
+# "HeadlessChrome" alone is deliberately NOT matched: it runs the pixel, and so do our browser
+# tests. The tests check this pattern against a public list of crawler user agents and a table
+# of browsers and in-app browsers (Meta's own among them), which must never match.
 _CRAWLERS = re.compile(
-    r"bot\b(?<!cubot)|crawl|spider|slurp|yandex\.com/bots|mediapartners-google|bingpreview"
-    r"|facebookexternalhit|facebookcatalog|meta-externalagent|meta-externalfetcher"
-    r"|chatgpt-user|claude-user|anthropic-ai|google-inspectiontool|ahrefs|semrush"
+    r"^(?!mozilla/|opera/)"
+    r"|https?:|www\.|@|\(at\)|[a-z0-9]\.(?:com|net|org|io|ai|app|fr|de|ru)\b"
+    r"|compatible(?!; msie|; konqueror)"
+    r"|(?<!cu)bot|crawl|spider|scrap|slurp|fetch|preview|archiv|monitor|check|scan|proxy"
+    r"|validat|index|\bhttp|httrack|client|library|feed|rss|webhook|uptime|probe|analy[sz]"
+    r"|screenshot|capture|download|sitemap|harvest|reader|parser|extract|synthetic|inspect"
+    r"|-google|google[- ]|googleother|googleagent|lighthouse|ptst/|pingdom|appinsights"
+    r"|siteimprove|dareboost|zgrab|outbrain|ips-agent|daumoa|datanyze|hotjar|playwright"
+    r"|puppeteer|selenium|gtmetrix|newsai|collapsify|cookiehub|hardenize|manus-user|nitro-"
+    r"|scope3|silktide|thousandeyes|sindup|sqwatcher|turingos|\bbw/|dlc/|foregenix|linktiger"
+    r"|marketgoo|miniature|pwabuilder|readable/|securityheaders|splash version|rigor\)"
+    r"|testlocally|ylt chrome|watchtowr|geedo|newsnow|openvas|printfriendly"
+    r"|requests/|urllib|aiohttp|okhttp|curl/|wget|java/|libwww|scrapy|axios|undici|guzzle"
 )
-# HTTP libraries and command-line clients, named at the start of the User-Agent. They run no
-# JavaScript either, so they count as bots (set bot_filter off to drive pages with them).
-_HTTP_CLIENTS = re.compile(
-    r"(?:curl|wget|python-requests|python-httpx|python-urllib|aiohttp|httpie|go-http-client"
-    r"|okhttp|java|libwww-perl|scrapy|axios|node-fetch|undici|guzzlehttp)\b"
-)
+# Verdicts by User-Agent: a site sees the same few hundred strings again and again.
+_MAX_CACHED_AGENT = 512
 
 
-def _is_bot(user_agent: str | None) -> bool:
-    if user_agent is None:
+@functools.lru_cache(maxsize=4096)
+def _crawler_verdict(user_agent: str) -> bool:
+    return _CRAWLERS.search(user_agent.lower()) is not None
+
+
+def is_crawler(user_agent: str | None) -> bool:
+    """The built-in crawler check: True for crawlers, link-preview fetchers, HTTP libraries
+    and a missing or blank User-Agent; False for browsers, in-app browsers and Headless
+    Chrome. Compose it in your own ``is_bot`` hook to add a site's rules."""
+    if user_agent is None or not user_agent.strip():
         return True
-    lowered = user_agent.lower()
-    return bool(_HTTP_CLIENTS.match(lowered) or _CRAWLERS.search(lowered))
+    if len(user_agent) > _MAX_CACHED_AGENT:  # keep the cache small whatever clients send
+        return _CRAWLERS.search(user_agent.lower()) is not None
+    return _crawler_verdict(user_agent)
 
 
 # Values of a "name"-only consent cookie that mean no.
@@ -232,11 +255,18 @@ class Identity:
 
     :param config: the settings; ``secret_key`` must not be empty.
     :param consent: decides consent per request, overriding ``consent_cookie``.
+    :param is_bot: decides per request whether it comes from a crawler, replacing the
+        built-in :func:`is_crawler` check (``bot_filter`` off still turns filtering off). A
+        failing callable falls back to the built-in check.
     :raises ConfigError: no ``secret_key``.
     """
 
     def __init__(
-        self, config: Config, *, consent: Callable[[RequestFacts], bool] | None = None
+        self,
+        config: Config,
+        *,
+        consent: Callable[[RequestFacts], bool] | None = None,
+        is_bot: Callable[[RequestFacts], bool] | None = None,
     ) -> None:
         if not config.secret_key:
             raise ConfigError(
@@ -250,6 +280,7 @@ class Identity:
         self._max_age = config.cookie_max_age
         self._fb_cookies = config.fb_cookies
         self._bot_filter = config.bot_filter
+        self._is_bot = is_bot
         self._consent = consent
         self._consent_name: str | None = None
         self._consent_value: str | None = None
@@ -292,7 +323,7 @@ class Identity:
         event (no consent, or a crawler while ``bot_filter`` is on)."""
         now = time.time() if now is None else now
         user_agent = facts.headers.get("user-agent", "").strip() or None
-        if self._bot_filter and _is_bot(user_agent):
+        if self._bot_filter and self._crawler(facts, user_agent):
             return None
         if not self._consented(facts):
             return None
@@ -353,6 +384,18 @@ class Identity:
     def _visitor_cookie(self, visitor_id: str, now: float) -> str:
         token = self._visitor_seal.seal(visitor_id.encode("ascii"), now)
         return f"{self._cookie_name}={token}{self._visitor_suffix}"
+
+    def _crawler(self, facts: RequestFacts, user_agent: str | None) -> bool:
+        if self._is_bot is None:
+            return is_crawler(user_agent)
+        try:
+            return bool(self._is_bot(facts))
+        except Exception:
+            _log.warning(
+                "pixelmirror: the is_bot callable failed; using the built-in crawler check",
+                exc_info=True,
+            )
+            return is_crawler(user_agent)
 
     # -- consent ----------------------------------------------------------------------------
 
