@@ -2,11 +2,13 @@
 
 Pure except for the rate limiter's memory. :mod:`pixelmirror.mirror` answers the beacon;
 this module decides whether a request may be answered at all: same origin only, a bounded
-JSON body, event names from an allow-list, and per-visitor and per-IP rate limits.
+JSON body, event names from an allow-list, and per-visitor and per-IP rate limits (an IPv6
+address counts by its /64).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pixelmirror.facts import RequestFacts
+from pixelmirror.normalize import canonical_ip
 
 #: Largest beacon body read, in bytes.
 MAX_BODY = 8 * 1024
@@ -93,6 +96,20 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
             raise BeaconRefused(413, f"custom_data over {MAX_CUSTOM_DATA} bytes")
         parsed.append((name, custom_data))
     return BrowserRequest(url, referrer or None, tuple(parsed))
+
+
+def ip_budget_key(client_ip: str | None) -> str:
+    """Whose per-IP beacon budget a client address spends: an IPv4 address's own, an IPv6
+    address's /64 (one host is handed a whole /64 and may send from any address in it)."""
+    if client_ip is None:
+        return "-"
+    try:
+        ip = canonical_ip(ipaddress.ip_address(client_ip))
+    except ValueError:
+        return client_ip
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return ip.compressed
 
 
 def origin_of(url: str) -> str | None:

@@ -30,13 +30,11 @@ from pixelmirror import _domains
 from pixelmirror._domains import HOSTNAME, registrable_domain
 from pixelmirror.config import Config, ConfigError, IPNetwork
 from pixelmirror.facts import RequestFacts
-from pixelmirror.normalize import sha256_hex
+from pixelmirror.normalize import IPAddress, canonical_ip, sha256_hex
 
 __all__ = ["Identity", "Visitor", "is_crawler"]
 
 _log = logging.getLogger("pixelmirror")
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 VISITOR_SALT = "pixelmirror.visitor"
 CARRY_SALT = "pixelmirror.carry"
@@ -649,7 +647,7 @@ def _fbclid(query: str) -> str | None:
     return None
 
 
-def _parse_ip(text: str) -> _IPAddress | None:
+def _parse_ip(text: str) -> IPAddress | None:
     """An address from a peer or a proxy hop: quotes, ``[...]`` and ports are stripped,
     IPv4-mapped IPv6 becomes IPv4, a zone id is dropped."""
     text = text.strip().strip('"')
@@ -660,15 +658,9 @@ def _parse_ip(text: str) -> _IPAddress | None:
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(text)
+        return canonical_ip(ipaddress.ip_address(text))
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.scope_id is not None:
-            return ipaddress.IPv6Address(int(ip))
-    return ip
 
 
 def _forwarded_params(header: str | None, key: str) -> list[str]:

@@ -22,6 +22,7 @@ from pixelmirror.beacon import (
     BeaconRefused,
     RateLimiter,
     check_origin,
+    ip_budget_key,
     origin_of,
     parse_request,
 )
@@ -566,7 +567,7 @@ class PixelMirror:
                 raise BeaconRefused(403, "no pixel here, no consent, or a crawler")
             cost = len(asked.events)
             if not self._beacon_visitors.allow(visitor.visitor_id, cost) or not (
-                self._beacon_ips.allow(visitor.client_ip or "-", cost)
+                self._beacon_ips.allow(ip_budget_key(visitor.client_ip), cost)
             ):
                 raise BeaconRefused(429, "too many beacon events; slow down")
         except BeaconRefused as refused:
