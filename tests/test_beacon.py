@@ -207,6 +207,44 @@ def test_abuse_gets_a_4xx_and_never_reaches_the_outbox(
     assert fake.events == []
 
 
+@pytest.mark.parametrize(
+    "custom_data",
+    [
+        pytest.param(b'{"value": NaN}', id="nan"),
+        pytest.param(b'{"value": Infinity}', id="infinity"),
+        pytest.param(b'{"value": -Infinity}', id="minus-infinity"),
+        pytest.param(b'{"contents": [{"item_price": NaN}]}', id="nested-nan"),
+        pytest.param(b'{"a": {"b": [1, {"c": -Infinity}]}}', id="nested-minus-infinity"),
+        pytest.param(b'{"value": 1e999}', id="overflowing-float"),
+        pytest.param(b'{"value": -1e999}', id="overflowing-negative-float"),
+    ],
+)
+def test_nan_and_infinity_in_custom_data_get_a_400(
+    beacon_mirror: PixelMirror, fake: FakeGraphAPI, custom_data: bytes
+) -> None:
+    body = (
+        b'{"url": "' + ORIGIN.encode() + b'/", "referrer": "", '
+        b'"events": [{"event": "ViewContent", "custom_data": ' + custom_data + b"}]}"
+    )
+    status, headers, answer = beacon(beacon_mirror.wsgi(shop), None, raw=body)
+    assert status == 400
+    assert b"number" in answer
+    assert header(headers, "Set-Cookie") == []
+    assert beacon_mirror.flush(timeout=5)
+    assert beacon_mirror.stats().queued == 0
+    assert fake.events == []
+
+
+def test_finite_numbers_in_custom_data_are_kept(beacon_mirror: PixelMirror) -> None:
+    body = (
+        b'{"url": "' + ORIGIN.encode() + b'/", "referrer": "", '
+        b'"events": [{"event": "ViewContent", "custom_data": {"value": 1.5e300, "n": -0.0}}]}'
+    )
+    status, _, answer = beacon(beacon_mirror.wsgi(shop), None, raw=body)
+    assert status == 200
+    assert json.loads(answer)["events"][0]["custom_data"] == {"value": 1.5e300, "n": -0.0}
+
+
 def test_no_consent_no_beacon(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
     mirror = make_mirror(mode="beacon", consent_cookie="consent=yes")
     app = mirror.wsgi(shop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -68,7 +69,9 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
     if len(body) > MAX_BODY:
         raise BeaconRefused(413, f"beacon body over {MAX_BODY} bytes")
     try:
-        data = json.loads(body)
+        # NaN and Infinity (spelled out, or a float too big to be finite) are no JSON: they
+        # would come back out as invalid JSON in the events' payloads.
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # a body nested thousands deep is not a beacon
         raise BeaconRefused(400, "beacon body is not JSON") from None
     if not isinstance(data, dict):
@@ -110,6 +113,17 @@ def ip_budget_key(client_ip: str | None) -> str:
     if ip.version == 6:
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return ip.compressed
+
+
+def _no_constant(name: str) -> object:
+    raise BeaconRefused(400, f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise BeaconRefused(400, f"{text[:20]} is too large a number")
+    return number
 
 
 def origin_of(url: str) -> str | None:
