@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from pixelmirror import _domains
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import (
@@ -455,6 +457,21 @@ def test_fb_cookie_domain_and_subdomain_index(
     assert issued[1].get("domain") == domain
     assert visitor.fbp is not None
     assert visitor.fbp.startswith(f"fb.{index}.")
+
+
+def test_the_public_suffix_list_loads_without_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Public Suffix List must come from the installed package")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    _domains._suffixes.cache_clear()
+    _domains.registrable_domain.cache_clear()
+    try:
+        assert _domains.registrable_domain("shop.example.com.pl") == "example.com.pl"
+        assert _domains.is_public_suffix("s3.amazonaws.com")
+    finally:
+        _domains.registrable_domain.cache_clear()
 
 
 def test_fb_cookies_follow_the_forwarded_host_behind_a_trusted_proxy() -> None:
