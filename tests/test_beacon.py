@@ -9,7 +9,7 @@ import pytest
 
 from conftest import PIXEL, MakeMirror
 from pixelmirror import PixelMirror, current_event, track
-from pixelmirror.beacon import MAX_BODY, RateLimiter
+from pixelmirror.beacon import MAX_BODY, RateLimiter, ip_budget_key
 from pixelmirror.testing import FakeGraphAPI
 from webkit import HTML, Headers, call, environ, header
 
@@ -51,6 +51,7 @@ def beacon(
     cookie: str | None = None,
     raw: bytes | None = None,
     method: str = "POST",
+    peer: str | None = None,
     **headers: str,
 ) -> tuple[int, Headers, bytes]:
     body = raw if raw is not None else json.dumps(payload).encode()
@@ -60,6 +61,8 @@ def beacon(
     if cookie is not None:
         extra["COOKIE"] = cookie
     env = environ(BEACON, method=method, **extra)
+    if peer is not None:
+        env["REMOTE_ADDR"] = peer
     env["wsgi.input"] = io.BytesIO(body)
     env["CONTENT_LENGTH"] = str(len(body))
     env["CONTENT_TYPE"] = "application/json"
@@ -204,6 +207,44 @@ def test_abuse_gets_a_4xx_and_never_reaches_the_outbox(
     assert fake.events == []
 
 
+@pytest.mark.parametrize(
+    "custom_data",
+    [
+        pytest.param(b'{"value": NaN}', id="nan"),
+        pytest.param(b'{"value": Infinity}', id="infinity"),
+        pytest.param(b'{"value": -Infinity}', id="minus-infinity"),
+        pytest.param(b'{"contents": [{"item_price": NaN}]}', id="nested-nan"),
+        pytest.param(b'{"a": {"b": [1, {"c": -Infinity}]}}', id="nested-minus-infinity"),
+        pytest.param(b'{"value": 1e999}', id="overflowing-float"),
+        pytest.param(b'{"value": -1e999}', id="overflowing-negative-float"),
+    ],
+)
+def test_nan_and_infinity_in_custom_data_get_a_400(
+    beacon_mirror: PixelMirror, fake: FakeGraphAPI, custom_data: bytes
+) -> None:
+    body = (
+        b'{"url": "' + ORIGIN.encode() + b'/", "referrer": "", '
+        b'"events": [{"event": "ViewContent", "custom_data": ' + custom_data + b"}]}"
+    )
+    status, headers, answer = beacon(beacon_mirror.wsgi(shop), None, raw=body)
+    assert status == 400
+    assert b"number" in answer
+    assert header(headers, "Set-Cookie") == []
+    assert beacon_mirror.flush(timeout=5)
+    assert beacon_mirror.stats().queued == 0
+    assert fake.events == []
+
+
+def test_finite_numbers_in_custom_data_are_kept(beacon_mirror: PixelMirror) -> None:
+    body = (
+        b'{"url": "' + ORIGIN.encode() + b'/", "referrer": "", '
+        b'"events": [{"event": "ViewContent", "custom_data": {"value": 1.5e300, "n": -0.0}}]}'
+    )
+    status, _, answer = beacon(beacon_mirror.wsgi(shop), None, raw=body)
+    assert status == 200
+    assert json.loads(answer)["events"][0]["custom_data"] == {"value": 1.5e300, "n": -0.0}
+
+
 def test_no_consent_no_beacon(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
     mirror = make_mirror(mode="beacon", consent_cookie="consent=yes")
     app = mirror.wsgi(shop)
@@ -221,6 +262,57 @@ def test_rate_limits_per_visitor_and_per_ip(make_mirror: MakeMirror) -> None:
     # New visitors from the same IP share its budget of 5 x 3.
     statuses = [beacon(app, page_view())[0] for _ in range(13)]
     assert statuses.count(429) >= 1
+
+
+def _accepted(app: Any, peers: Iterable[str]) -> list[int]:
+    return [beacon(app, page_view(), peer=peer)[0] for peer in peers]
+
+
+# The per-IP budget at beacon_rate=3 is 15 a minute. It refills by one every 4 seconds, so a
+# slow machine may see one or two more accepted: far from the 200 an unlimited key gets.
+IP_BUDGET = 15
+
+
+def _limited_like_one_address(statuses: list[int]) -> bool:
+    return statuses[:IP_BUDGET] == [200] * IP_BUDGET and statuses.count(200) < 2 * IP_BUDGET
+
+
+def test_an_ipv6_host_walking_its_64_is_limited_like_one_address(make_mirror: MakeMirror) -> None:
+    mirror = make_mirror(mode="beacon", beacon_rate=3)
+    app = mirror.wsgi(shop)
+    one_64 = [f"2001:db8:1:2:{n:x}:{7 * n:x}:{n:x}:1" for n in range(1, 201)]
+    assert len(set(one_64)) == 200
+    assert _limited_like_one_address(_accepted(app, one_64))
+    # Another /64 is another host, with a budget of its own.
+    assert _limited_like_one_address(_accepted(app, ["2001:db8:1:3::1"] * 200))
+    # And one IPv4 address gets the same as the whole /64 did.
+    assert _limited_like_one_address(_accepted(app, ["198.51.100.7"] * 200))
+
+
+def test_an_ipv4_mapped_address_shares_the_ipv4_budget(make_mirror: MakeMirror) -> None:
+    mirror = make_mirror(mode="beacon", beacon_rate=3)
+    app = mirror.wsgi(shop)
+    peers = ["198.51.100.7", "::ffff:198.51.100.7", "::ffff:c633:6407"] * 70
+    assert _limited_like_one_address(_accepted(app, peers))
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+        (None, "-"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_the_ip_budget_is_kept_by_ipv4_address_or_ipv6_64(client_ip: str | None, key: str) -> None:
+    assert ip_budget_key(client_ip) == key
 
 
 def test_rate_limiter_refills_and_forgets_old_keys() -> None:

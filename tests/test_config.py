@@ -247,3 +247,46 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
         elif isinstance(default, (int, float, str)):
             text = f"{default:g}" if isinstance(default, float) else str(default)
             assert f"`{text}" in rows[name], name
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "com",
+        "co.uk",
+        "com.pl",
+        "org.il",
+        "tokyo.jp",
+        "com.es",
+        "github.io",
+        "s3.amazonaws.com",
+        "herokuapp.com",
+        "xn--ciqpn.hk",  # an IDN second level, in punycode
+        ".CO.UK",
+        "co.uk.",
+    ],
+)
+def test_a_public_suffix_as_cookie_domain_is_refused_naming_the_variable(domain: str) -> None:
+    with pytest.raises(ConfigError, match="PIXELMIRROR_COOKIE_DOMAIN must be a registrable domain"):
+        Config.from_env({"PIXELMIRROR_COOKIE_DOMAIN": domain})
+    with pytest.raises(ConfigError, match="PIXELMIRROR_COOKIE_DOMAIN"):
+        Config(cookie_domain=domain)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("example.com", "example.com"),
+        (".Example.COM", "example.com"),
+        ("example.co.uk.", "example.co.uk"),
+        ("shop.example.com.pl", "shop.example.com.pl"),
+        ("app.github.io", "app.github.io"),
+    ],
+)
+def test_a_registrable_cookie_domain_is_kept_in_canonical_form(given: str, kept: str) -> None:
+    assert Config.from_env({"PIXELMIRROR_COOKIE_DOMAIN": given}).cookie_domain == kept
+
+
+def test_a_malformed_cookie_domain_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PIXELMIRROR_COOKIE_DOMAIN must be a domain name"):
+        Config(cookie_domain="example.com; Secure")

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
+import socket
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from pixelmirror import _domains
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import (
@@ -19,7 +23,9 @@ from pixelmirror.identity import (
     VISITOR_SALT,
     Identity,
     Visitor,
+    is_crawler,
 )
+from pixelmirror.mirror import PixelMirror
 from pixelmirror.normalize import sha256_hex
 
 KEY = "k" * 32
@@ -50,9 +56,14 @@ HEADLESS = (
 )
 
 
-def make(consent: Callable[[RequestFacts], bool] | None = None, **settings: Any) -> Identity:
+def make(
+    consent: Callable[[RequestFacts], bool] | None = None,
+    *,
+    is_bot: Callable[[RequestFacts], bool] | None = None,
+    **settings: Any,
+) -> Identity:
     settings.setdefault("secret_key", (KEY, OLD_KEY))
-    return Identity(Config(pixel_id="1", **settings), consent=consent)
+    return Identity(Config(pixel_id="1", **settings), consent=consent, is_bot=is_bot)
 
 
 def request(
@@ -127,6 +138,11 @@ def test_a_malformed_cookie_domain_is_a_config_error() -> None:
         make(cookie_domain="example.com; Secure")
 
 
+def test_a_public_suffix_as_cookie_domain_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"PIXELMIRROR_COOKIE_DOMAIN.*public suffix"):
+        make(cookie_domain="com.pl")
+
+
 # --------------------------------------------------------------------------------------------
 # The visitor cookie
 
@@ -170,6 +186,36 @@ def test_visitor_cookie_validity(token: str | None, kept: bool, set_cookie: bool
         again = resolve(only_new_key, cookies={"_pm_vid": issued[0], "_fbp": FBP})
         assert again.visitor_id == visitor.visitor_id
         assert again.set_cookies == ()
+
+
+VID2 = "ZyXwVuTsRqPoNmLkJiHgFe"
+GARBAGE_COOKIES = [
+    pytest.param("not-a-token", id="garbage"),
+    pytest.param(signed(key=OTHER_KEY), id="another-sites-key"),
+    pytest.param(signed(at=NOW - MAX_AGE - 1), id="expired"),
+    pytest.param("", id="empty"),
+    pytest.param("x" * 300, id="oversized"),
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_COOKIES)
+def test_the_first_visitor_cookie_that_verifies_wins_over_garbage_before_it(garbage: str) -> None:
+    # A sibling subdomain's cookie of the same name comes first; ours follows it.
+    header = f"_pm_vid={garbage}; _pm_vid={signed()}"
+    visitor = resolve(headers={"cookie": header})
+    assert visitor.visitor_id == VID
+    assert cookie(visitor, "_pm_vid") is None  # nothing to fix: no Set-Cookie
+
+
+def test_of_two_valid_visitor_cookies_the_first_wins() -> None:
+    header = f"_pm_vid={signed(VID2)}; other=1; _pm_vid={signed()}"
+    assert resolve(headers={"cookie": header}).visitor_id == VID2
+
+
+def test_only_garbage_visitor_cookies_give_a_new_id() -> None:
+    visitor = resolve(headers={"cookie": "_pm_vid=junk; _pm_vid=more-junk"})
+    assert visitor.visitor_id not in ("junk", "more-junk")
+    assert cookie(visitor, "_pm_vid") is not None
 
 
 def test_new_visitors_get_distinct_ids() -> None:
@@ -332,27 +378,64 @@ def test_fb_cookies_off_reads_but_never_sets() -> None:
     assert visitor.set_cookies == ()
 
 
+# (host, Domain of _fbp/_fbc or None for host-only, subdomainIndex): the registrable domain by
+# the Public Suffix List, ICANN and private sections alike, as browsers apply it.
+FB_SITES = [
+    ("example.com", "example.com", 1),
+    ("www.example.com", "example.com", 1),
+    ("a.b.c.example.com", "example.com", 1),
+    ("WWW.Example.COM.:443", "example.com", 1),
+    ("example.co.uk", "example.co.uk", 2),
+    ("shop.example.co.uk", "example.co.uk", 2),
+    ("a.b.example.com.au", "example.com.au", 2),
+    # country second levels a short hand-kept list misses
+    ("shop.example.com.pl", "example.com.pl", 2),
+    ("www.example.org.il", "example.org.il", 2),
+    ("shop.example.tokyo.jp", "example.tokyo.jp", 2),
+    ("shop.example.com.es", "example.com.es", 2),
+    ("www.example.com.br", "example.com.br", 2),
+    ("www.example.gov.uk", "example.gov.uk", 2),
+    ("x.city.kobe.jp", "city.kobe.jp", 2),  # an exception to the *.kobe.jp wildcard
+    ("www.shop.foo.kobe.jp", "shop.foo.kobe.jp", 3),  # under the wildcard itself
+    # private section: hosting platforms whose every label is another owner
+    ("bucket.s3.amazonaws.com", "bucket.s3.amazonaws.com", 3),
+    ("me.github.io", "me.github.io", 2),
+    ("www.me.github.io", "me.github.io", 2),
+    ("app.herokuapp.com", "app.herokuapp.com", 2),
+    ("shop.vercel.app", "shop.vercel.app", 2),
+    ("a.b.appspot.com", "b.appspot.com", 2),
+    # IDN in punycode
+    ("shop.example.xn--p1ai", "example.xn--p1ai", 1),
+    ("www.shop.xn--ciqpn.hk", "shop.xn--ciqpn.hk", 2),
+    ("SHOP.XN--P1AI.", "shop.xn--p1ai", 1),
+    # a host that is a public suffix itself may only have a host-only cookie
+    ("co.uk", None, 1),
+    ("com.pl", None, 1),
+    ("github.io", None, 1),
+    ("s3.amazonaws.com", None, 2),
+    ("xn--ciqpn.hk", None, 1),
+    # no domain at all
+    ("localhost", None, 0),
+    ("localhost:8000", None, 0),
+    ("app.localhost", None, 0),
+    ("127.0.0.1", None, 0),
+    ("127.0.0.1:5000", None, 0),
+    ("[::1]", None, 0),
+    ("[::1]:8000", None, 0),
+    ("[2001:db8::1]:443", None, 0),
+    ("intranet", None, 0),
+    ("evil.com;domain=x", None, 0),
+    ("", None, 0),
+]
+
+
 @pytest.mark.parametrize(
     ("host", "domain", "index", "settings"),
     [
-        pytest.param("example.com", "example.com", 1, {}, id="example.com"),
-        pytest.param("www.example.com", "example.com", 1, {}, id="www.example.com"),
-        pytest.param("WWW.Example.COM.:443", "example.com", 1, {}, id="case-port-dot"),
-        pytest.param("example.co.uk", "example.co.uk", 2, {}, id="example.co.uk"),
-        pytest.param("shop.example.co.uk", "example.co.uk", 2, {}, id="shop.example.co.uk"),
-        pytest.param("a.b.example.com.au", "example.com.au", 2, {}, id="deep-com.au"),
-        pytest.param("app.herokuapp.com", "app.herokuapp.com", 2, {}, id="paas-host"),
-        pytest.param("co.uk", None, 1, {}, id="public-suffix-itself"),
-        pytest.param("localhost", None, 0, {}, id="localhost"),
-        pytest.param("localhost:8000", None, 0, {}, id="localhost-port"),
-        pytest.param("app.localhost", None, 0, {}, id="sub.localhost"),
-        pytest.param("127.0.0.1", None, 0, {}, id="ipv4"),
-        pytest.param("127.0.0.1:5000", None, 0, {}, id="ipv4-port"),
-        pytest.param("[::1]", None, 0, {}, id="ipv6"),
-        pytest.param("[::1]:8000", None, 0, {}, id="ipv6-port"),
-        pytest.param("intranet", None, 0, {}, id="single-label"),
-        pytest.param("evil.com;domain=x", None, 0, {}, id="garbage"),
-        pytest.param("", None, 0, {}, id="empty"),
+        *(
+            pytest.param(host, domain, index, {}, id=host or "empty")
+            for host, domain, index in FB_SITES
+        ),
         pytest.param(
             "a.shop.example.com",
             "shop.example.com",
@@ -374,6 +457,21 @@ def test_fb_cookie_domain_and_subdomain_index(
     assert issued[1].get("domain") == domain
     assert visitor.fbp is not None
     assert visitor.fbp.startswith(f"fb.{index}.")
+
+
+def test_the_public_suffix_list_loads_without_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Public Suffix List must come from the installed package")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    _domains._suffixes.cache_clear()
+    _domains.registrable_domain.cache_clear()
+    try:
+        assert _domains.registrable_domain("shop.example.com.pl") == "example.com.pl"
+        assert _domains.is_public_suffix("s3.amazonaws.com")
+    finally:
+        _domains.registrable_domain.cache_clear()
 
 
 def test_fb_cookies_follow_the_forwarded_host_behind_a_trusted_proxy() -> None:
@@ -680,28 +778,147 @@ BOTS = {
     "python-requests": "python-requests/2.31.0",
     "httpx": "python-httpx/0.27.0",
     "go": "Go-http-client/2.0",
+    # link-preview fetchers: no JavaScript either
+    "whatsapp": "WhatsApp/2.23.20.0 A",
+    "whatsapp-ios": "WhatsApp/2.24.8.85 i",
+    "slackbot-link-expanding": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "slack-imgproxy": "Slack-ImgProxy (+https://api.slack.com/robots)",
+    "skype-preview": "Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5",
+    "telegram": "TelegramBot (like TwitterBot)",
+    "discord": "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+    "googleother": "GoogleOther",
+    "googleother-mobile": (
+        "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36 (compatible; GoogleOther)"
+    ),
+    "google-site-verification": "Mozilla/5.0 (compatible; Google-Site-Verification/1.0)",
+    "google-inspectiontool": ("Mozilla/5.0 (compatible; Google-InspectionTool/1.0;)"),
+    "meta-externalads": (
+        "meta-externalads/1.1 (+https://developers.facebook.com/docs/sharing/webmasters/crawler)"
+    ),
+    "perplexity-user": (
+        f"{WEBKIT}; compatible; Perplexity-User/1.0; +https://perplexity.ai/perplexity-user)"
+    ),
+    # HTTP libraries, wherever they are named
+    "aiohttp-after-python": "Python/3.11 aiohttp/3.9.5",
+    "go-in-compatible": "Mozilla/5.0 (compatible; Go-http-client/1.1)",
+    "apache-httpclient": "Apache-HttpClient/4.5.14 (Java/17.0.9)",
+    "okhttp": "okhttp/4.12.0",
+    "requests-at-the-end": "Mozilla/5.0 (X11; Linux x86_64) python-requests/2.31.0",
+    "node-fetch": "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
+    "dalvik": "Dalvik/2.1.0 (Linux; U; Android 14; Pixel 8 Build/AP1A.240405.002)",
     "empty": "",
     "blank": "   ",
 }
 
+ANDROID_WV = (
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Version/4.0 Chrome/124.0.6367.82 Mobile Safari/537.36"
+)
+IOS_APP = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Mobile/15E148"
+)
+# Real browsers and in-app browsers: they run the pixel, so none may ever count as a crawler.
 BROWSERS = {
     "chrome": CHROME,
+    "chrome-mac": (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36"
+    ),
+    "chrome-android": (
+        "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Mobile Safari/537.36"
+    ),
+    "chrome-ios": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_7 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) CriOS/131.0.6778.73 Mobile/15E148 Safari/604.1"
+    ),
     "safari": SAFARI,
     "ios-safari": IOS_SAFARI,
+    "ipad-safari": (
+        "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.4 Mobile/15E148 Safari/604.1"
+    ),
     "firefox": FIREFOX,
+    "firefox-windows": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    ),
+    "firefox-android": "Mozilla/5.0 (Android 14; Mobile; rv:133.0) Gecko/133.0 Firefox/133.0",
+    "firefox-ios": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_7 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) FxiOS/133.0 Mobile/15E148 Safari/605.1.15"
+    ),
     "edge": CHROME + " Edg/124.0.2478.51",
+    "edge-android": (
+        "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Mobile Safari/537.36 EdgA/131.0.0.0"
+    ),
+    "edge-ios": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_7 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.0 EdgiOS/131.2903.68 Mobile/15E148 Safari/605.1.15"
+    ),
+    "opera": CHROME + " OPR/115.0.0.0",
+    "ie11": "Mozilla/5.0 (Windows NT 10.0; WOW64; Trident/7.0; rv:11.0) like Gecko",
+    "ie10": "Mozilla/5.0 (compatible; MSIE 10.0; Windows NT 6.1; Trident/6.0)",
     "samsung": (
         "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
         "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"
     ),
-    "facebook-in-app": (
+    "google-app": (
         "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/458.0.0.38.108;FBBV/577146420]"
+        "(KHTML, like Gecko) GSA/343.0.695551749 Mobile/15E148 Safari/604.1"
     ),
+    # Meta's own in-app browsers
+    "facebook-in-app": f"{IOS_APP} [FBAN/FBIOS;FBAV/458.0.0.38.108;FBBV/577146420]",
+    "facebook-in-app-full": (
+        f"{IOS_APP} [FBAN/FBIOS;FBAV/490.0.0.40.107;FBBV/660839245;FBDV/iPhone15,3;FBMD/iPhone;"
+        "FBSN/iOS;FBSV/17.4;FBSS/3;FBID/phone;FBLC/en_US;FBOP/5;FBRV/662370178]"
+    ),
+    "facebook-android": f"{ANDROID_WV} [FB_IAB/FB4A;FBAV/462.0.0.41.83;]",
+    "metaiab-facebook": f"{ANDROID_WV} MetaIAB Facebook",
+    "messenger-android": f"{ANDROID_WV} [FB_IAB/Orca-Android;FBAV/451.0.0.48.109;]",
+    "messenger-ios": f"{IOS_APP} [FBAN/MessengerLiteForiOS;FBAV/451.0.0.29.108;FBBV/596003217]",
     "instagram-in-app": (
         "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Version/4.0 Chrome/124.0.6367.82 Mobile Safari/537.36 Instagram 329.0.0.41.93 Android"
     ),
+    "instagram-ios": (
+        f"{IOS_APP} Instagram 329.0.3.29.108 (iPhone14,2; iOS 17_4; en_US; en; scale=3.00; "
+        "1170x2532; 597349282)"
+    ),
+    "instagram-android-full": (
+        f"{ANDROID_WV} Instagram 406.0.0.58.159 Android (35/15; 450dpi; 1080x2400; OnePlus; "
+        "CPH2557; OP5D0DL1; qcom; en_US; 824871342)"
+    ),
+    "threads": f"{ANDROID_WV} Barcelona 330.0.0.26.88 Android (34/14; 450dpi; 1080x2340)",
+    "meta-quest": (
+        "Mozilla/5.0 (X11; Linux x86_64; Quest 3) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "OculusBrowser/33.0.0.0 SamsungBrowser/4.0 Chrome/126.0.6478.122 VR Safari/537.36"
+    ),
+    "whatsapp-in-app": f"{ANDROID_WV} WhatsApp/2.24.8.85",
+    # other apps' in-app browsers
+    "tiktok": (
+        f"{ANDROID_WV} trill_310703 JsSdk/1.0 NetType/WIFI Channel/googleplay "
+        "AppName/musical_ly app_version/31.7.3 ByteLocale/en ByteFullLocale/en Region/US "
+        "AppId/1233 Spark/1.4.6.3-bugfix AppVersion/31.7.3 BytedanceWebview/d8a21c6"
+    ),
+    "tiktok-ios": (
+        f"{IOS_APP} musical_ly_34.5.0 JsSdk/2.0 NetType/WIFI Channel/App Store "
+        "ByteLocale/en Region/US isDarkMode/0 WKWebView/1 RevealType/Dialog "
+        "BytedanceWebview/d8a21c6"
+    ),
+    "wechat-ios": f"{IOS_APP} MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN",
+    "wechat-android": (
+        f"{ANDROID_WV} XWEB/1160065 MMWEBSDK/20240301 MMWEBID/6533 "
+        "MicroMessenger/8.0.48.2580(0x28003035) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN "
+        "ABI/arm64"
+    ),
+    "snapchat": f"{IOS_APP} Snapchat/13.10.0.41 (like Safari/8617.1.17.10.9, panda)",
+    "pinterest": f"{ANDROID_WV} [Pinterest/Android]",
+    "linkedin": f"{IOS_APP} [LinkedInApp]/9.30.1466",
+    "line": f"{IOS_APP} Safari Line/14.5.0",
+    "twitter": f"{ANDROID_WV} TwitterAndroid",
     "cubot-phone": (
         "Mozilla/5.0 (Linux; Android 9; CUBOT P30) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Chrome/124.0.0.0 Mobile Safari/537.36"
@@ -966,7 +1183,9 @@ def test_carry_does_not_change_the_callers_events() -> None:
     ],
 )
 def test_garbage_requests_never_raise(facts: RequestFacts) -> None:
-    identity = make(trusted_proxies=TRUSTED)
+    # The filter's verdict on a garbage User-Agent is not the point: let every request through.
+    is_crawler(facts.headers.get("user-agent"))
+    identity = make(trusted_proxies=TRUSTED, bot_filter=False)
     visitor = identity.resolve(facts, now=NOW)
     assert visitor is not None
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", visitor.visitor_id)
@@ -976,3 +1195,180 @@ def test_garbage_requests_never_raise(facts: RequestFacts) -> None:
     for set_cookie in visitor.set_cookies:  # nothing from the request leaks into attributes
         assert set_cookie.isascii()
         assert all(c not in set_cookie for c in "\r\n\x00,")
+
+
+# --------------------------------------------------------------------------------------------
+# Secure cookies over plain http
+
+
+def _secure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "PIXELMIRROR_COOKIE_SECURE" in r.getMessage()]
+
+
+def test_a_secure_cookie_over_plain_http_warns_once_naming_the_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    identity = make()
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for _ in range(50):  # no cookie comes back: each request mints a new id
+            visitor = resolve(identity, scheme="http", host="shop.example.com")
+            assert cookie(visitor, "_pm_vid") is not None
+    warnings = _secure_warnings(caplog)
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "shop.example.com" in warnings[0].getMessage()
+
+
+def test_each_identity_warns_about_secure_over_http_on_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for identity in (make(), make()):
+            resolve(identity, scheme="http")
+            resolve(identity, scheme="http")
+    assert len(_secure_warnings(caplog)) == 2
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "settings", "headers"),
+    [
+        pytest.param("https", "shop.example.com", {}, {}, id="https"),
+        pytest.param("http", "localhost:8000", {}, {}, id="localhost"),
+        pytest.param("http", "app.localhost", {}, {}, id="sub.localhost"),
+        pytest.param("http", "127.0.0.1:5000", {}, {}, id="127.0.0.1"),
+        pytest.param("http", "[::1]:8000", {}, {}, id="ipv6-loopback"),
+        pytest.param("http", "shop.example.com", {"cookie_secure": False}, {}, id="secure-off"),
+        pytest.param(
+            "http",
+            "app:8000",
+            {"trusted_proxies": ("10.0.0.0/8",)},
+            {"x-forwarded-proto": "https", "x-forwarded-host": "shop.example.com"},
+            id="https-at-the-proxy",
+        ),
+    ],
+)
+def test_no_secure_cookie_warning_where_browsers_keep_it(
+    caplog: pytest.LogCaptureFixture,
+    scheme: str,
+    host: str,
+    settings: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    identity = make(**settings)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        for _ in range(3):
+            resolve(identity, scheme=scheme, host=host, headers=headers, peer="10.0.0.1")
+    assert _secure_warnings(caplog) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The crawler filter against a maintained public list of crawler user agents (tests/data)
+
+# Entries of the list (by their pattern) that are browsers a person uses: they run the pixel.
+LISTED_BROWSERS = {
+    "HeadlessChrome": "Chrome without a window: it runs the pixel, and our browser tests use it",
+    "MetaIAB Facebook": "Meta's own in-app browser",
+    "AP3A\\.240617\\.008": "an Android build whose Instagram in-app browser bots also copy",
+    "Code\\/1\\.": "Visual Studio Code's built-in browser (Electron)",
+    "Trae\\/": "the Trae editor's built-in browser (Electron)",
+    "Fluid": "Fluid, a macOS site-specific browser",
+}
+
+
+def _listed_crawlers() -> list[Any]:
+    path = Path(__file__).parent / "data" / "crawler-user-agents.json"
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        pytest.param(ua, id=f"{entry['pattern'][:40]}#{n}")
+        for entry in entries
+        if entry["pattern"] not in LISTED_BROWSERS
+        for n, ua in enumerate(entry.get("instances", []))
+    ]
+
+
+def test_the_public_crawler_list_is_read_whole() -> None:
+    # A format change upstream must fail loudly, not quietly test nothing.
+    assert len(_listed_crawlers()) > 2000
+
+
+@pytest.mark.parametrize("ua", _listed_crawlers())
+def test_every_listed_crawler_is_flagged(ua: str) -> None:
+    assert is_crawler(ua)
+
+
+def test_the_listed_exceptions_are_in_the_list_and_look_like_browsers() -> None:
+    path = Path(__file__).parent / "data" / "crawler-user-agents.json"
+    listed = {entry["pattern"]: entry["instances"] for entry in json.loads(path.read_text())}
+    for pattern in LISTED_BROWSERS:
+        assert listed[pattern], pattern
+        assert not any(is_crawler(ua) for ua in listed[pattern]), pattern
+
+
+@pytest.mark.parametrize("ua", [pytest.param(ua, id=name) for name, ua in BROWSERS.items()])
+def test_no_browser_is_a_crawler(ua: str) -> None:
+    assert not is_crawler(ua)
+
+
+@pytest.mark.parametrize("ua", [WEBKIT, CHROME, HEADLESS, FIREFOX, *BOTS.values()])
+def test_the_crawler_verdict_ignores_case(ua: str) -> None:
+    assert is_crawler(ua.upper()) is is_crawler(ua.lower()) is is_crawler(ua)
+
+
+def test_user_agents_too_long_to_cache_get_the_same_verdict() -> None:
+    padding = " " + "a" * 1000
+    assert not is_crawler(CHROME + padding)
+    assert is_crawler(CHROME + " AhrefsBot/7.0" + padding)
+    assert is_crawler("x" * 5000)
+
+
+# --------------------------------------------------------------------------------------------
+# A site's own crawler rules
+
+
+def _monitor_is_bot(facts: RequestFacts) -> bool:
+    return "AcmeMonitor" in facts.headers.get("user-agent", "")
+
+
+def test_is_bot_replaces_the_built_in_check() -> None:
+    identity = make(is_bot=_monitor_is_bot)
+    assert identity.resolve(request(ua=f"{CHROME} AcmeMonitor/1.0"), now=NOW) is None
+    # The built-in check no longer applies: curl is a visitor by this site's rules.
+    assert identity.resolve(request(ua="curl/8.5.0"), now=NOW) is not None
+    assert identity.resolve(request(ua=CHROME), now=NOW) is not None
+
+
+def test_is_bot_can_extend_the_built_in_check() -> None:
+    def is_bot(facts: RequestFacts) -> bool:
+        return _monitor_is_bot(facts) or is_crawler(facts.headers.get("user-agent"))
+
+    identity = make(is_bot=is_bot)
+    assert identity.resolve(request(ua=f"{CHROME} AcmeMonitor/1.0"), now=NOW) is None
+    assert identity.resolve(request(ua="curl/8.5.0"), now=NOW) is None
+    assert identity.resolve(request(ua=CHROME), now=NOW) is not None
+
+
+def test_pixelmirror_passes_is_bot_to_its_identity() -> None:
+    mirror = PixelMirror(pixel_id="1", secret_key=KEY, is_bot=_monitor_is_bot)
+    try:
+        assert mirror.begin(request(ua=f"{CHROME} AcmeMonitor/1.0")) is None
+        assert mirror.begin(request(ua="curl/8.5.0")) is not None
+    finally:
+        mirror.close()
+
+
+def test_bot_filter_off_also_turns_is_bot_off() -> None:
+    identity = make(is_bot=lambda facts: True, bot_filter=False)
+    assert identity.resolve(request(), now=NOW) is not None
+
+
+def test_a_failing_is_bot_falls_back_to_the_built_in_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(facts: RequestFacts) -> bool:
+        raise RuntimeError("boom")
+
+    identity = make(is_bot=broken)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        assert identity.resolve(request(ua="curl/8.5.0"), now=NOW) is None
+        assert identity.resolve(request(ua=CHROME), now=NOW) is not None
+    assert "is_bot callable failed" in caplog.text

@@ -2,12 +2,15 @@
 
 Pure except for the rate limiter's memory. :mod:`pixelmirror.mirror` answers the beacon;
 this module decides whether a request may be answered at all: same origin only, a bounded
-JSON body, event names from an allow-list, and per-visitor and per-IP rate limits.
+JSON body, event names from an allow-list, and per-visitor and per-IP rate limits (an IPv6
+address counts by its /64).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pixelmirror.facts import RequestFacts
+from pixelmirror.normalize import canonical_ip
 
 #: Largest beacon body read, in bytes.
 MAX_BODY = 8 * 1024
@@ -65,7 +69,9 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
     if len(body) > MAX_BODY:
         raise BeaconRefused(413, f"beacon body over {MAX_BODY} bytes")
     try:
-        data = json.loads(body)
+        # NaN and Infinity (spelled out, or a float too big to be finite) are no JSON: they
+        # would come back out as invalid JSON in the events' payloads.
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # a body nested thousands deep is not a beacon
         raise BeaconRefused(400, "beacon body is not JSON") from None
     if not isinstance(data, dict):
@@ -93,6 +99,31 @@ def parse_request(body: bytes, *, origin: str, allowed: Collection[str]) -> Brow
             raise BeaconRefused(413, f"custom_data over {MAX_CUSTOM_DATA} bytes")
         parsed.append((name, custom_data))
     return BrowserRequest(url, referrer or None, tuple(parsed))
+
+
+def ip_budget_key(client_ip: str | None) -> str:
+    """Whose per-IP beacon budget a client address spends: an IPv4 address's own, an IPv6
+    address's /64 (one host is handed a whole /64 and may send from any address in it)."""
+    if client_ip is None:
+        return "-"
+    try:
+        ip = canonical_ip(ipaddress.ip_address(client_ip))
+    except ValueError:
+        return client_ip
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return ip.compressed
+
+
+def _no_constant(name: str) -> object:
+    raise BeaconRefused(400, f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise BeaconRefused(400, f"{text[:20]} is too large a number")
+    return number
 
 
 def origin_of(url: str) -> str | None:

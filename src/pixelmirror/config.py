@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
+from pixelmirror._domains import HOSTNAME, is_public_suffix
 from pixelmirror.accounts import check_partner_agent
 
 ENV_PREFIX = "PIXELMIRROR_"
@@ -197,6 +198,8 @@ class Config:
             self, "trusted_proxies", _networks("trusted_proxies", self.trusted_proxies)
         )
         object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
+        if self.cookie_domain is not None:  # ".Example.com" means example.com to a browser
+            object.__setattr__(self, "cookie_domain", self.cookie_domain.strip(".").lower())
         self._validate()
 
     def __repr__(self) -> str:
@@ -279,6 +282,20 @@ class Config:
             "a cookie name (letters, digits, _ and -)",
             self.cookie_name,
         )
+        if self.cookie_domain is not None:
+            need(
+                bool(HOSTNAME.fullmatch(self.cookie_domain)),
+                "cookie_domain",
+                "a domain name like example.com",
+                self.cookie_domain,
+            )
+            # Browsers refuse a cookie set on a public suffix: every visit would look new.
+            need(
+                not is_public_suffix(self.cookie_domain),
+                "cookie_domain",
+                "a registrable domain like example.com, not a public suffix",
+                self.cookie_domain,
+            )
         if self.consent_cookie is not None:
             name = self.consent_cookie.partition("=")[0]
             need(

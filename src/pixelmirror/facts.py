@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -37,12 +37,21 @@ class RequestFacts:
         """Cookies of the request; the first of two same-named cookies wins, as browsers send
         the most specific first. Malformed pairs are skipped."""
         jar: dict[str, str] = {}
+        for name, value in self._cookie_pairs():
+            jar.setdefault(name, value)
+        return jar
+
+    def cookie_values(self, name: str) -> list[str]:
+        """Every value sent for cookie ``name``, in order: a sibling subdomain's cookie of
+        the same name comes along with ours, and it may come first."""
+        return [value for found, value in self._cookie_pairs() if found == name]
+
+    def _cookie_pairs(self) -> Iterator[tuple[str, str]]:
         for pair in self.headers.get("cookie", "").split(";"):
             name, sep, value = pair.partition("=")
             name = name.strip()
-            if sep and name and name not in jar:
+            if sep and name:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
-                jar[name] = value
-        return jar
+                yield name, value

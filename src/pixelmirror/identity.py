@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,15 +26,15 @@ from itsdangerous import BadData, TimestampSigner, URLSafeSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import HMACAlgorithm
 
+from pixelmirror import _domains
+from pixelmirror._domains import HOSTNAME, registrable_domain
 from pixelmirror.config import Config, ConfigError, IPNetwork
 from pixelmirror.facts import RequestFacts
-from pixelmirror.normalize import sha256_hex
+from pixelmirror.normalize import IPAddress, canonical_ip, sha256_hex
 
-__all__ = ["Identity", "Visitor"]
+__all__ = ["Identity", "Visitor", "is_crawler"]
 
 _log = logging.getLogger("pixelmirror")
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 VISITOR_SALT = "pixelmirror.visitor"
 CARRY_SALT = "pixelmirror.carry"
@@ -63,58 +64,57 @@ _FBCLID = r"[\x21\x23-\x2b\x2d\x2f-\x3a\x3c-\x5b\x5d-\x7e]{1,500}"
 _FBCLID_ONLY = re.compile(_FBCLID)
 _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9_-]{{1,16}})?")
 
-_HOSTNAME = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-)
 _HOST_HEADER = re.compile(r"(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
-# Public suffixes under which every label is a different owner, so a cookie's Domain must
-# keep one more label: the common country second levels and big multi-tenant hosts. A
-# heuristic, not the Public Suffix List; set ``cookie_domain`` where it guesses wrong.
-_PUBLIC_SUFFIXES = frozenset(
-    {
-        # United Kingdom, Australia, New Zealand, Japan, Brazil and other country registries
-        *("co.uk", "org.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk", "ac.uk", "gov.uk"),
-        *("com.au", "net.au", "org.au", "edu.au", "gov.au", "co.nz", "net.nz", "org.nz"),
-        *("co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "or.kr", "co.in", "net.in"),
-        *("com.br", "net.br", "org.br", "com.mx", "com.ar", "com.co", "com.pe", "com.uy"),
-        *("com.cn", "net.cn", "org.cn", "com.hk", "com.tw", "com.sg", "com.my", "com.ph"),
-        *("co.id", "co.th", "com.vn", "com.tr", "co.il", "co.za", "com.ng", "com.eg"),
-        *("com.sa", "com.pk", "com.ua", "org.in", "gov.in", "gov.br"),
-        # hosting platforms: app.herokuapp.com is one site, herokuapp.com is not
-        *("herokuapp.com", "github.io", "gitlab.io", "vercel.app", "netlify.app"),
-        *("pages.dev", "workers.dev", "appspot.com", "web.app", "firebaseapp.com"),
-        *("azurewebsites.net", "cloudfront.net", "onrender.com", "fly.dev", "up.railway.app"),
-        *("ngrok.io", "ngrok-free.app", "blogspot.com"),
-    }
-)
-
-# Crawlers run no JavaScript: a server PageView for them is one the pixel never matches.
-# Both patterns run on the lower-cased User-Agent (much faster than re.IGNORECASE, and a
-# leading literal lets the engine skip ahead). "bot" as a word end covers Googlebot, bingbot,
-# DuckDuckBot, Applebot, AhrefsBot, SemrushBot, MJ12bot, PetalBot, GPTBot, CCBot, ClaudeBot,
-# PerplexityBot, Amazonbot, facebookbot and the rest ("CUBOT" phones excepted); "crawl" and
-# "spider" cover Baiduspider, Bytespider and the like. Named after them: crawlers without
-# those tokens, Meta's own among them. "HeadlessChrome" is deliberately NOT matched: it runs
-# the pixel, and so do our own browser tests.
+# Crawlers, link-preview fetchers and HTTP libraries run no JavaScript: a server PageView for
+# them is one the pixel never matches. One pattern, run on the lower-cased User-Agent (much
+# faster than re.IGNORECASE). Its parts, in order:
+# - not a browser's shape: every browser, in-app ones included, starts with "Mozilla/" (old
+#   Opera with "Opera/"), so WhatsApp/2.19, Slackbot-LinkExpanding, facebookexternalhit,
+#   meta-externalads, curl, Apache-HttpClient or "Python/3.11 aiohttp/3.9" are out at once;
+# - what no browser says: a URL, a domain, an e-mail address, or "compatible;" but after
+#   MSIE and Konqueror, which really said it ("Mozilla/5.0 (compatible; Go-http-client/1.1)",
+#   Google-Site-Verification, GoogleOther, Perplexity-User);
+# - words crawlers, fetchers and monitors put in their names, anywhere ("bot" but in CUBOT
+#   phones, "preview" for SkypeUriPreview, "http" for most HTTP libraries);
+# - by name, the few that otherwise look like a browser (Lighthouse, WebPageTest's PTST, ...),
+#   and HTTP libraries wherever they are named.
+# "HeadlessChrome" alone is deliberately NOT matched: it runs the pixel, and so do our browser
+# tests. The tests check this pattern against a public list of crawler user agents and a table
+# of browsers and in-app browsers (Meta's own among them), which must never match.
 _CRAWLERS = re.compile(
-    r"bot\b(?<!cubot)|crawl|spider|slurp|yandex\.com/bots|mediapartners-google|bingpreview"
-    r"|facebookexternalhit|facebookcatalog|meta-externalagent|meta-externalfetcher"
-    r"|chatgpt-user|claude-user|anthropic-ai|google-inspectiontool|ahrefs|semrush"
+    r"^(?!mozilla/|opera/)"
+    r"|https?:|www\.|@|\(at\)|[a-z0-9]\.(?:com|net|org|io|ai|app|fr|de|ru)\b"
+    r"|compatible(?!; msie|; konqueror)"
+    r"|(?<!cu)bot|crawl|spider|scrap|slurp|fetch|preview|archiv|monitor|check|scan|proxy"
+    r"|validat|index|\bhttp|httrack|client|library|feed|rss|webhook|uptime|probe|analy[sz]"
+    r"|screenshot|capture|download|sitemap|harvest|reader|parser|extract|synthetic|inspect"
+    r"|-google|google[- ]|googleother|googleagent|lighthouse|ptst/|pingdom|appinsights"
+    r"|siteimprove|dareboost|zgrab|outbrain|ips-agent|daumoa|datanyze|hotjar|playwright"
+    r"|puppeteer|selenium|gtmetrix|newsai|collapsify|cookiehub|hardenize|manus-user|nitro-"
+    r"|scope3|silktide|thousandeyes|sindup|sqwatcher|turingos|\bbw/|dlc/|foregenix|linktiger"
+    r"|marketgoo|miniature|pwabuilder|readable/|securityheaders|splash version|rigor\)"
+    r"|testlocally|ylt chrome|watchtowr|geedo|newsnow|openvas|printfriendly"
+    r"|requests/|urllib|aiohttp|okhttp|curl/|wget|java/|libwww|scrapy|axios|undici|guzzle"
 )
-# HTTP libraries and command-line clients, named at the start of the User-Agent. They run no
-# JavaScript either, so they count as bots (set bot_filter off to drive pages with them).
-_HTTP_CLIENTS = re.compile(
-    r"(?:curl|wget|python-requests|python-httpx|python-urllib|aiohttp|httpie|go-http-client"
-    r"|okhttp|java|libwww-perl|scrapy|axios|node-fetch|undici|guzzlehttp)\b"
-)
+# Verdicts by User-Agent: a site sees the same few hundred strings again and again.
+_MAX_CACHED_AGENT = 512
 
 
-def _is_bot(user_agent: str | None) -> bool:
-    if user_agent is None:
+@functools.lru_cache(maxsize=4096)
+def _crawler_verdict(user_agent: str) -> bool:
+    return _CRAWLERS.search(user_agent.lower()) is not None
+
+
+def is_crawler(user_agent: str | None) -> bool:
+    """The built-in crawler check: True for crawlers, link-preview fetchers, HTTP libraries
+    and a missing or blank User-Agent; False for browsers, in-app browsers and Headless
+    Chrome. Compose it in your own ``is_bot`` hook to add a site's rules."""
+    if user_agent is None or not user_agent.strip():
         return True
-    lowered = user_agent.lower()
-    return bool(_HTTP_CLIENTS.match(lowered) or _CRAWLERS.search(lowered))
+    if len(user_agent) > _MAX_CACHED_AGENT:  # keep the cache small whatever clients send
+        return _CRAWLERS.search(user_agent.lower()) is not None
+    return _crawler_verdict(user_agent)
 
 
 # Values of a "name"-only consent cookie that mean no.
@@ -246,18 +246,25 @@ class Identity:
 
     ``_fbp`` / ``_fbc`` are set (only when ``fb_cookies`` is on, and only when new or changed)
     on the registrable domain, without ``HttpOnly`` because the pixel rewrites them. The
-    registrable domain is ``cookie_domain`` when the host lies within it, else a heuristic:
-    the last two labels, or three under a known multi-label public suffix (``co.uk``,
-    ``com.au``, ``co.jp``, ``com.br``, ``herokuapp.com``, ... ; a short built-in list, not
-    the Public Suffix List). IP addresses and ``localhost`` get host-only cookies.
+    registrable domain is ``cookie_domain`` when the host lies within it, else the host's
+    public suffix plus one label, by the Public Suffix List (private section included:
+    ``app.github.io`` is a site of its own). A host that is a public suffix itself, an IP
+    address or ``localhost`` gets host-only cookies.
 
     :param config: the settings; ``secret_key`` must not be empty.
     :param consent: decides consent per request, overriding ``consent_cookie``.
-    :raises ConfigError: no ``secret_key``, or a malformed ``cookie_domain``.
+    :param is_bot: decides per request whether it comes from a crawler, replacing the
+        built-in :func:`is_crawler` check (``bot_filter`` off still turns filtering off). A
+        failing callable falls back to the built-in check.
+    :raises ConfigError: no ``secret_key``.
     """
 
     def __init__(
-        self, config: Config, *, consent: Callable[[RequestFacts], bool] | None = None
+        self,
+        config: Config,
+        *,
+        consent: Callable[[RequestFacts], bool] | None = None,
+        is_bot: Callable[[RequestFacts], bool] | None = None,
     ) -> None:
         if not config.secret_key:
             raise ConfigError(
@@ -265,16 +272,13 @@ class Identity:
                 "the visitor cookie so that visitor ids cannot be forged. Generate one with: "
                 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
-        domain = config.cookie_domain.strip(".").lower() if config.cookie_domain else None
-        if domain is not None and not _HOSTNAME.fullmatch(domain):
-            raise ConfigError(
-                f"PIXELMIRROR_COOKIE_DOMAIN must be a domain name like example.com, "
-                f"got {config.cookie_domain!r}"
-            )
+        _domains.load()  # the Public Suffix List: read now rather than on a request
+        domain = config.cookie_domain
         self._domain = domain
         self._max_age = config.cookie_max_age
         self._fb_cookies = config.fb_cookies
         self._bot_filter = config.bot_filter
+        self._is_bot = is_bot
         self._consent = consent
         self._consent_name: str | None = None
         self._consent_value: str | None = None
@@ -290,6 +294,9 @@ class Identity:
             self._classify
         )
 
+        self._secure = config.cookie_secure
+        self._warned_http = False
+        self._warn_lock = threading.Lock()
         self._cookie_name = config.cookie_name
         self._carry_name = f"{config.cookie_name}_ev"
         # Attributes after "name=value; Path=/; Max-Age=N", the same for every response.
@@ -314,14 +321,15 @@ class Identity:
         event (no consent, or a crawler while ``bot_filter`` is on)."""
         now = time.time() if now is None else now
         user_agent = facts.headers.get("user-agent", "").strip() or None
-        if self._bot_filter and _is_bot(user_agent):
+        if self._bot_filter and self._crawler(facts, user_agent):
             return None
         if not self._consented(facts):
             return None
-        cookies = facts.cookies
         set_cookies: list[str] = []
-        visitor_id = self._visitor_id(cookies.get(self._cookie_name), now, set_cookies)
+        visitor_id = self._visitor_id(facts.cookie_values(self._cookie_name), now, set_cookies)
         peer, trusted = self._peer(facts)
+        if set_cookies and self._secure and not self._warned_http:
+            self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb(facts, trusted, now, set_cookies)
         return Visitor(
             visitor_id=visitor_id,
@@ -333,24 +341,59 @@ class Identity:
             set_cookies=tuple(set_cookies),
         )
 
-    def _visitor_id(self, token: str | None, now: float, set_cookies: list[str]) -> str:
-        if token and len(token) <= _MAX_VISITOR_COOKIE:
+    def _visitor_id(self, tokens: Sequence[str], now: float, set_cookies: list[str]) -> str:
+        # A sibling subdomain may send its own cookie of the same name, garbage to us, and
+        # maybe first: the first one that verifies is the visitor's.
+        for token in tokens:
+            if not token or len(token) > _MAX_VISITOR_COOKIE:
+                continue
             opened = self._visitor_seal.open(token)
-            if opened is not None:
-                value, signed_at, newest_key = opened
-                age = now - signed_at
-                visitor_id = value.decode("ascii", "replace")
-                if -_CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
-                    if not newest_key or age > self._max_age / 2:
-                        set_cookies.append(self._visitor_cookie(visitor_id, now))
-                    return visitor_id
+            if opened is None:
+                continue
+            value, signed_at, newest_key = opened
+            age = now - signed_at
+            visitor_id = value.decode("ascii", "replace")
+            if -_CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
+                if not newest_key or age > self._max_age / 2:
+                    set_cookies.append(self._visitor_cookie(visitor_id, now))
+                return visitor_id
         visitor_id = secrets.token_urlsafe(16)
         set_cookies.append(self._visitor_cookie(visitor_id, now))
         return visitor_id
 
+    def _warn_if_http(self, facts: RequestFacts, trusted: bool) -> None:
+        """Say once that a ``Secure`` visitor cookie went out over plain http: browsers drop
+        it (but on localhost), so every page would look like a new visitor."""
+        scheme, host = self._origin(facts, trusted)
+        if scheme != "http" or _is_local(host):
+            return
+        with self._warn_lock:
+            if self._warned_http:
+                return
+            self._warned_http = True
+        _log.warning(
+            "pixelmirror: PIXELMIRROR_COOKIE_SECURE is on, but %s came over plain http: "
+            "browsers drop Secure cookies there, so every page gets a new visitor id. Serve "
+            "https (behind a proxy: list it in PIXELMIRROR_TRUSTED_PROXIES so its "
+            "X-Forwarded-Proto counts), or set PIXELMIRROR_COOKIE_SECURE=false for local http",
+            host,
+        )
+
     def _visitor_cookie(self, visitor_id: str, now: float) -> str:
         token = self._visitor_seal.seal(visitor_id.encode("ascii"), now)
         return f"{self._cookie_name}={token}{self._visitor_suffix}"
+
+    def _crawler(self, facts: RequestFacts, user_agent: str | None) -> bool:
+        if self._is_bot is None:
+            return is_crawler(user_agent)
+        try:
+            return bool(self._is_bot(facts))
+        except Exception:
+            _log.warning(
+                "pixelmirror: the is_bot callable failed; using the built-in crawler check",
+                exc_info=True,
+            )
+            return is_crawler(user_agent)
 
     # -- consent ----------------------------------------------------------------------------
 
@@ -428,13 +471,10 @@ class Identity:
             return None, 0  # IP, localhost, a single-label intranet name, or nonsense
         if self._domain and (name == self._domain or name.endswith("." + self._domain)):
             return self._domain, self._domain.count(".")
-        labels = name.split(".")
-        for size in (3, 2):
-            if len(labels) >= size and ".".join(labels[-size:]) in _PUBLIC_SUFFIXES:
-                if len(labels) == size:
-                    return None, size - 1  # the host is a public suffix itself
-                return ".".join(labels[-size - 1 :]), size
-        return ".".join(labels[-2:]), 1
+        domain = registrable_domain(name)
+        if domain is None:  # the host is a public suffix itself: host-only is all it may have
+            return None, name.count(".")
+        return domain, domain.count(".")
 
     # -- client IP and page URL -------------------------------------------------------------
 
@@ -607,7 +647,7 @@ def _fbclid(query: str) -> str | None:
     return None
 
 
-def _parse_ip(text: str) -> _IPAddress | None:
+def _parse_ip(text: str) -> IPAddress | None:
     """An address from a peer or a proxy hop: quotes, ``[...]`` and ports are stripped,
     IPv4-mapped IPv6 becomes IPv4, a zone id is dropped."""
     text = text.strip().strip('"')
@@ -618,15 +658,9 @@ def _parse_ip(text: str) -> _IPAddress | None:
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(text)
+        return canonical_ip(ipaddress.ip_address(text))
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.scope_id is not None:
-            return ipaddress.IPv6Address(int(ip))
-    return ip
 
 
 def _forwarded_params(header: str | None, key: str) -> list[str]:
@@ -657,7 +691,17 @@ def _hostname(host: str) -> str | None:
     if host.startswith("["):
         return host[1 : host.find("]")].lower()
     name = host.partition(":")[0].rstrip(".").lower()
-    return name if _HOSTNAME.fullmatch(name) or _is_ip(name) else None
+    return name if HOSTNAME.fullmatch(name) or _is_ip(name) else None
+
+
+def _is_local(host: str) -> bool:
+    """``localhost`` or a loopback address: browsers keep Secure cookies there over http."""
+    name = _hostname(host)
+    if name is None:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    return _is_ip(name) and ipaddress.ip_address(name).is_loopback
 
 
 def _is_ip(name: str) -> bool:

@@ -22,6 +22,7 @@ from pixelmirror.beacon import (
     BeaconRefused,
     RateLimiter,
     check_origin,
+    ip_budget_key,
     origin_of,
     parse_request,
 )
@@ -215,6 +216,7 @@ EVENTS_HEADER = "X-PixelMirror-Events"
 
 Identify = Callable[[RequestFacts], "Mapping[str, object] | None"]
 Consent = Callable[[RequestFacts], bool]
+BotCheck = Callable[[RequestFacts], bool]
 
 
 class NonceSource(Protocol):
@@ -261,8 +263,10 @@ class PixelMirror:
 
     Web hooks: ``identify(facts)`` returns user_data (long SDK names) that enriches every
     event of a request, say the logged-in customer's email; ``consent(facts)`` replaces the
-    ``PIXELMIRROR_CONSENT_COOKIE`` rule; ``csp_nonce(facts, response_headers)`` finds the
-    nonce for the injected script (default: the one in the response's own CSP header).
+    ``PIXELMIRROR_CONSENT_COOKIE`` rule; ``is_bot(facts)`` replaces the built-in crawler
+    check (``pixelmirror.identity.is_crawler``, which a site's own rules can call);
+    ``csp_nonce(facts, response_headers)`` finds the nonce for the injected script (default:
+    the one in the response's own CSP header).
     """
 
     def __init__(
@@ -272,6 +276,7 @@ class PixelMirror:
         transport: httpx.BaseTransport | None = None,
         identify: Identify | None = None,
         consent: Consent | None = None,
+        is_bot: BotCheck | None = None,
         csp_nonce: NonceSource = nonce_from_csp,
         accounts: AccountSource | None = None,
         tokens: TokenSource | None = None,
@@ -283,6 +288,7 @@ class PixelMirror:
         self._transport = transport
         self._identify = identify
         self._consent = consent
+        self._is_bot = is_bot
         self._csp_nonce = csp_nonce
         self._tokens = tokens
         self._identity: Identity | None = None
@@ -414,7 +420,7 @@ class PixelMirror:
         untouched.
         """
         if self._identity is None and self._accounts is not None:
-            self._identity = Identity(self.config, consent=self._consent)
+            self._identity = Identity(self.config, consent=self._consent, is_bot=self._is_bot)
         return self._identity
 
     def prepare_web(self) -> None:
@@ -562,7 +568,7 @@ class PixelMirror:
                 raise BeaconRefused(403, "no pixel here, no consent, or a crawler")
             cost = len(asked.events)
             if not self._beacon_visitors.allow(visitor.visitor_id, cost) or not (
-                self._beacon_ips.allow(visitor.client_ip or "-", cost)
+                self._beacon_ips.allow(ip_budget_key(visitor.client_ip), cost)
             ):
                 raise BeaconRefused(429, "too many beacon events; slow down")
         except BeaconRefused as refused:

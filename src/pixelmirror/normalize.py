@@ -28,6 +28,8 @@ __all__ = [
     "HASHED_KEYS",
     "USER_DATA_KEYS",
     "WIRE_KEYS",
+    "IPAddress",
+    "canonical_ip",
     "identifies_user",
     "normalize_user_data",
     "sha256_hex",
@@ -376,6 +378,21 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def canonical_ip(ip: IPAddress) -> IPAddress:
+    """One address, one form: IPv4-mapped IPv6 (``::ffff:1.2.3.4``, from a dual-stack
+    socket) becomes the IPv4 address; an IPv6 zone (``%eth0`` names an interface of ours) is
+    dropped."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.scope_id is not None:
+            return ipaddress.IPv6Address(int(ip))
+    return ip
+
+
 def _plain(wire: str, value: object) -> object | None:
     if isinstance(value, str) and not value.strip():
         return None
@@ -383,7 +400,7 @@ def _plain(wire: str, value: object) -> object | None:
         return value  # user agent, fbp, fbc (case-sensitive!), ids: verbatim
     if isinstance(value, str) and _PLAIN_IPV4.fullmatch(text := value.strip()):
         return text  # already what ip_address(text).compressed would give, at a tenth the cost
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ip: IPAddress
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         ip = value
     else:
@@ -391,12 +408,7 @@ def _plain(wire: str, value: object) -> object | None:
             ip = ipaddress.ip_address(str(value).strip())
         except ValueError:
             raise _Drop("not an IPv4 or IPv6 address") from None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # "::ffff:1.2.3.4" from a dual-stack socket
-            ip = ip.ipv4_mapped
-        elif ip.scope_id is not None:  # "%zone" names an interface of ours: drop it
-            ip = ipaddress.IPv6Address(int(ip))
-    return ip.compressed
+    return canonical_ip(ip).compressed
 
 
 # --------------------------------------------------------------------------------------------
