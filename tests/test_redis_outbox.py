@@ -381,6 +381,34 @@ def test_put_to_a_redis_that_never_answers_waits_one_timeout(make_event: MakeEve
         outbox.close()
 
 
+# -- the dispatcher's lease renewal ----------------------------------------------------------
+
+
+def test_a_dispatcher_renews_within_the_lease_the_url_gives(open_redis: OpenRedis) -> None:
+    slow = open_redis(consumer="slow", lease=0.6)  # every claim's lease, whatever is asked
+    rival = open_redis(consumer="rival")
+    event = ServerEvent.create(
+        "Lead", pixel_id="1", action_source="system_generated", user_data={"external_id": "c"}
+    )
+    slow.put([event])
+    fake = FakeGraphAPI(access_tokens={TOKEN}, latency=2.0)  # three leases long
+    client = GraphClient(TOKEN, transport=fake.transport)
+    dispatcher = Dispatcher(slow, client, lease=HOUR)
+    sender = threading.Thread(target=dispatcher.deliver_next)
+    sender.start()
+    wait_until(lambda: slow.counts().in_flight == 1)
+
+    taken: list[Claimed] = []
+    while sender.is_alive():  # the rival polls all along the slow request
+        taken += rival.claim(10, lease=HOUR)
+        time.sleep(0.01)
+    client.close()
+
+    assert taken == []
+    assert fake.event_ids() == [event.event_id]
+    assert slow.counts() == counts()
+
+
 # -- the dispatcher when the outbox is down -------------------------------------------------
 
 
