@@ -316,6 +316,40 @@ def test_a_batch_in_flight_keeps_its_lease_however_long_meta_takes(fake: FakeGra
     wait_until(lambda: not heartbeat.is_alive())  # nothing left in flight: it ends
 
 
+class OnceUnreachableOutbox(RenewingOutbox):
+    """Its first renewal fails, as when the store is briefly out of reach."""
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        if not self.renewers:
+            self.renewers.append(threading.current_thread())
+            raise ConnectionError("outbox unreachable")
+        return super().renew(claims, lease=lease)
+
+
+def test_a_failed_renewal_is_logged_and_the_next_beat_renews(
+    fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = OnceUnreachableOutbox()
+    gate = Gate(fake)
+    client = GraphClient(TOKEN, transport=gate.transport)
+    dispatcher = Dispatcher(outbox, client, lease=1.2)
+    outbox.put([lead()])
+    sender = threading.Thread(target=dispatcher.deliver_next)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        sender.start()
+        try:
+            wait_until(lambda: len(outbox.renewers) >= 4)  # one failed, three renewed
+            assert outbox.claim(10, lease=60) == []
+        finally:
+            gate.opened.set()
+            sender.join(timeout=10)
+    client.close()
+
+    assert "could not renew the lease of 1 event(s) in flight" in caplog.text
+    assert outbox.counts().unfinished == 0
+    assert dispatcher.counts.sent == 1
+
+
 def test_a_batch_being_halved_keeps_its_lease_to_the_last_half() -> None:
     slow = FakeGraphAPI(access_tokens={TOKEN}, latency=0.6)
     outbox = RecordingOutbox()
