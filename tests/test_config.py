@@ -41,6 +41,7 @@ def test_every_variable_is_read() -> None:
         "PIXELMIRROR_FLUSH_INTERVAL": "0.5",
         "PIXELMIRROR_QUEUE_SIZE": "10",
         "PIXELMIRROR_REQUEST_TIMEOUT": "3",
+        "PIXELMIRROR_LEASE": "12",
         "PIXELMIRROR_RETRY_BACKOFF": "0.1",
         "PIXELMIRROR_RETRY_BACKOFF_MAX": "30",
         "PIXELMIRROR_SHUTDOWN_TIMEOUT": "2",
@@ -63,6 +64,7 @@ def test_every_variable_is_read() -> None:
     assert config.consent_cookie == "consent=yes"
     assert (config.batch_size, config.queue_size) == (500, 10)
     assert (config.flush_interval, config.request_timeout) == (0.5, 3.0)
+    assert config.lease == 12.0
     assert (config.retry_backoff, config.retry_backoff_max, config.shutdown_timeout) == (
         0.1,
         30.0,
@@ -132,6 +134,9 @@ def test_keywords_override_environment() -> None:
             "0",
             "PIXELMIRROR_REQUEST_TIMEOUT must be a positive number",
             id="timeout-zero",
+        ),
+        pytest.param(
+            "LEASE", "-1", "PIXELMIRROR_LEASE must be a positive number", id="lease-negative"
         ),
         pytest.param(
             "TRUSTED_PROXIES", "10.0.0.0/33", "PIXELMIRROR_TRUSTED_PROXIES must be", id="proxies"

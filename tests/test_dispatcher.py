@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import PIXEL, TOKEN, MakeMirror
-from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, Dispatcher
+from pixelmirror.config import Config
+from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import GraphClient, token_fingerprint
 from pixelmirror.events import DAY, ServerEvent
 from pixelmirror.outbox.base import Claimed
@@ -28,6 +32,32 @@ class RecordingOutbox(MemoryOutbox):
     def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
         self.delays.append(delay)
         super().release(claims, delay=delay, failed=failed)
+
+
+class RenewingOutbox(RecordingOutbox):
+    """A memory outbox that also remembers which thread renewed what, and when."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewers: list[threading.Thread] = []
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        lost = super().renew(claims, lease=lease)
+        self.renewers.append(threading.current_thread())
+        return lost
+
+
+class Gate:
+    """A transport that holds every request until :attr:`opened`, then lets ``fake`` answer."""
+
+    def __init__(self, fake: FakeGraphAPI) -> None:
+        self.fake = fake
+        self.opened = threading.Event()
+        self.transport = httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        assert self.opened.wait(timeout=30), "the test never opened the gate"
+        return self.fake.handle(request)
 
 
 @pytest.fixture
@@ -66,6 +96,13 @@ def with_raw_email(event: ServerEvent) -> ServerEvent:
         action_source=event.action_source,
         payload=json.dumps(body).encode(),
     )
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def drain(dispatcher: Dispatcher) -> None:
@@ -240,13 +277,6 @@ def test_stop_releases_a_claim_taken_while_stopping(
     assert dispatcher.deliver_next() is False
     assert outbox.counts().pending == 1
     assert fake.requests == []
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 REQUEST_FAULTS = [
@@ -456,3 +486,101 @@ def test_a_huge_retry_after_never_parks_an_event_past_its_expiry(
     assert letter.event.event_id == ageing.event_id
     assert letter.reason.startswith("expired")
     assert fake.event_ids() == [fresh.event_id]
+
+
+@pytest.mark.parametrize("request_timeout", [1.0, 10.0, 60.0])
+def test_the_lease_comes_from_its_setting_whatever_the_request_timeout(
+    fake: FakeGraphAPI, outbox: RecordingOutbox, request_timeout: float
+) -> None:
+    client = GraphClient(TOKEN, transport=fake.transport)
+    default = Dispatcher.from_config(Config(request_timeout=request_timeout), outbox, client)
+    tuned = Config(request_timeout=request_timeout, lease=90)
+    assert (default.lease, Dispatcher.from_config(tuned, outbox, client).lease) == (30.0, 90.0)
+    client.close()
+
+
+def test_a_batch_in_flight_keeps_its_lease_however_long_meta_takes(fake: FakeGraphAPI) -> None:
+    outbox = RenewingOutbox()
+    gate = Gate(fake)
+    client = GraphClient(TOKEN, transport=gate.transport)
+    dispatcher = Dispatcher(outbox, client, lease=1.2)  # renewed every 0.4 s
+    events = [lead() for _ in range(3)]
+    outbox.put(events)
+    sender = threading.Thread(target=dispatcher.deliver_next)
+    sender.start()
+    try:
+        # Four renewals: more than the first lease has passed since the claim.
+        wait_until(lambda: len(outbox.renewers) >= 4)
+        assert outbox.claim(10, lease=60) == []  # no other sender may take the batch
+        assert outbox.counts().in_flight == 3
+    finally:
+        gate.opened.set()
+        sender.join(timeout=10)
+    client.close()
+
+    assert fake.event_ids() == [event.event_id for event in events]
+    assert outbox.counts().unfinished == 0
+    heartbeat = outbox.renewers[-1]
+    assert heartbeat is not sender
+    wait_until(lambda: not heartbeat.is_alive())  # nothing left in flight: it ends
+
+
+class OnceUnreachableOutbox(RenewingOutbox):
+    """Its first renewal fails, as when the store is briefly out of reach."""
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        if not self.renewers:
+            self.renewers.append(threading.current_thread())
+            raise ConnectionError("outbox unreachable")
+        return super().renew(claims, lease=lease)
+
+
+def test_a_failed_renewal_is_logged_and_the_next_beat_renews(
+    fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = OnceUnreachableOutbox()
+    gate = Gate(fake)
+    client = GraphClient(TOKEN, transport=gate.transport)
+    dispatcher = Dispatcher(outbox, client, lease=1.2)
+    outbox.put([lead()])
+    sender = threading.Thread(target=dispatcher.deliver_next)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        sender.start()
+        try:
+            wait_until(lambda: len(outbox.renewers) >= 4)  # one failed, three renewed
+            assert outbox.claim(10, lease=60) == []
+        finally:
+            gate.opened.set()
+            sender.join(timeout=10)
+    client.close()
+
+    assert "could not renew the lease of 1 event(s) in flight" in caplog.text
+    assert outbox.counts().unfinished == 0
+    assert dispatcher.counts.sent == 1
+
+
+def test_a_batch_being_halved_keeps_its_lease_to_the_last_half() -> None:
+    slow = FakeGraphAPI(access_tokens={TOKEN}, latency=0.6)
+    outbox = RecordingOutbox()
+    good = [lead() for _ in range(3)]
+    poisoned = with_raw_email(lead())
+    outbox.put([good[0], poisoned, *good[1:]])
+    client = GraphClient(TOKEN, transport=slow.transport)
+    first = Dispatcher(outbox, client, lease=1.5)
+    rival = Dispatcher(outbox, client, lease=1.5, flush_interval=0.01)
+    sender = threading.Thread(target=first.deliver_next)
+    sender.start()
+    wait_until(lambda: outbox.counts().in_flight == 4)
+    rival.start()  # polls all along: it would take any claim whose lease ran out
+    try:
+        # Halved 4 → 2 → 1 + 1, then 2: five requests, two leases long.
+        sender.join(timeout=30)
+    finally:
+        rival.stop(timeout=10)
+    client.close()
+
+    assert collections.Counter(slow.event_ids()) == {event.event_id: 1 for event in good}
+    assert len(slow.requests) == 5
+    assert (first.counts.sent, first.counts.dead) == (3, 1)
+    assert rival.counts == DeliveryCounts()
+    assert outbox.counts().unfinished == 0

@@ -217,6 +217,69 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_receipt_changes_nothing
     assert outbox.counts() == counts()
 
 
+def test_a_renewed_claim_outlasts_its_first_lease(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event(event_id="e0"), make_event(event_id="e1")])
+    claims = outbox.claim(10, lease=0)  # the first lease is over at once
+
+    assert outbox.renew(claims, lease=HOUR) == []
+
+    assert outbox.claim(10, lease=HOUR) == []  # nobody else may take them
+    assert outbox.counts() == counts(in_flight=2)
+    outbox.ack(claims)  # the receipts still answer for them
+    assert outbox.counts() == counts()
+
+
+def test_renewal_shortens_a_lease_too(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put([make_event(event_id="e")])
+    claims = outbox.claim(10, lease=HOUR)
+
+    assert outbox.renew(claims, lease=0) == []
+
+    assert ids(outbox.claim(10, lease=HOUR)) == ["e"]
+
+
+def test_a_claim_taken_over_is_not_renewed_nor_taken_back(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    outbox.put([make_event(event_id="lost"), make_event(event_id="kept")])
+    lost, kept = outbox.claim(10, lease=0)  # this sender stalls past its lease
+    outbox.renew([kept], lease=HOUR)  # ...but renews one claim before anyone takes it
+    (taken,) = outbox.claim(10, lease=0)  # another sender takes over the other one
+    assert taken.event == lost.event
+
+    assert outbox.renew([lost, kept], lease=HOUR) == [lost]
+
+    # Still the taker's, with its lease untouched (over at once): a third sender gets it.
+    (again,) = outbox.claim(10, lease=HOUR)
+    assert again.event == lost.event
+    assert outbox.renew([taken], lease=HOUR) == [taken]
+    outbox.ack([lost, taken])  # stale receipts change nothing
+    assert outbox.counts() == counts(in_flight=2)
+    outbox.ack([again, kept])
+    assert outbox.counts() == counts()
+
+
+@pytest.mark.parametrize("answer", ["ack", "release", "bury"])
+def test_an_answered_claim_is_not_renewed(
+    outbox: Outbox, make_event: MakeEvent, answer: str
+) -> None:
+    outbox.put([make_event(event_id="e")])
+    claims = outbox.claim(10, lease=HOUR)
+    if answer == "ack":
+        outbox.ack(claims)
+    elif answer == "release":
+        outbox.release(claims, delay=HOUR)
+    else:
+        outbox.bury(claims, "rejected")
+    before = outbox.counts()
+
+    assert outbox.renew(claims, lease=HOUR) == claims
+
+    assert outbox.counts() == before
+    assert outbox.claim(10, lease=HOUR) == []
+    assert outbox.renew([], lease=HOUR) == []
+
+
 def test_expired_leases_come_back_in_order(outbox: Outbox, make_event: MakeEvent) -> None:
     outbox.put([make_event(event_id=f"e{n}") for n in range(3)])
     outbox.claim(10, lease=0)

@@ -25,7 +25,7 @@ from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
-from pixelmirror.outbox.redis import DEFAULT_GROUP, PARKED, RedisOutbox
+from pixelmirror.outbox.redis import DEFAULT_GROUP, HORIZON, PARKED, RedisOutbox
 from pixelmirror.testing import FakeGraphAPI
 
 HOUR = 3600.0
@@ -145,6 +145,40 @@ def test_the_lease_option_overrides_the_lease_a_claim_asks_for(
     taken: list[Claimed] = []
     wait_until(lambda: taken.extend(survivor.claim(10, lease=HOUR)) or taken)
     assert ids(taken) == ["e"]
+
+
+def test_renewal_resets_the_idle_clock_and_keeps_the_receipt(
+    open_redis: OpenRedis, make_event: MakeEvent, server: redis.Redis, stream: str
+) -> None:
+    outbox, other = open_redis(consumer="w"), open_redis(consumer="other")
+    outbox.put([make_event(event_id="e")])
+    (claim,) = outbox.claim(10, lease=0)  # expired at once, not yet taken
+
+    for _ in range(3):
+        assert outbox.renew([claim], lease=HOUR) == []
+
+    (entry,) = server.xpending_range(stream, DEFAULT_GROUP, "-", "+", 10)
+    assert (entry["consumer"].decode(), entry["times_delivered"]) == ("w", 1)
+    lease_left = HORIZON - entry["time_since_delivered"] / 1000  # the idle clock's reading
+    assert HOUR - 60 < lease_left <= HOUR
+    assert other.claim(10, lease=HOUR) == []
+    outbox.ack([claim])  # the receipt still holds
+    assert outbox.counts() == counts()
+
+
+def test_an_entry_another_consumer_holds_is_not_renewed_even_with_the_same_count(
+    open_redis: OpenRedis, make_event: MakeEvent, server: redis.Redis, stream: str
+) -> None:
+    outbox = open_redis(consumer="w")
+    outbox.put([make_event(event_id="e")])
+    (claim,) = outbox.claim(10, lease=HOUR)
+    entry_id = claim.receipt.rpartition(":")[0]
+    # A hand-over that keeps the delivery count (a restarted namesake parks what it finds).
+    server.xclaim(stream, DEFAULT_GROUP, "elsewhere", 0, [entry_id], justid=True)
+
+    assert outbox.renew([claim], lease=HOUR) == [claim]
+
+    assert owners(server, stream) == {entry_id: "elsewhere"}
 
 
 def test_a_retry_waits_parked_in_the_pending_list(
@@ -345,6 +379,34 @@ def test_put_to_a_redis_that_never_answers_waits_one_timeout(make_event: MakeEve
         assert time.monotonic() - started < 2.0  # one 0.2 s timeout, plus scheduling
         assert outbox._drops.total == 1
         outbox.close()
+
+
+# -- the dispatcher's lease renewal ----------------------------------------------------------
+
+
+def test_a_dispatcher_renews_within_the_lease_the_url_gives(open_redis: OpenRedis) -> None:
+    slow = open_redis(consumer="slow", lease=0.6)  # every claim's lease, whatever is asked
+    rival = open_redis(consumer="rival")
+    event = ServerEvent.create(
+        "Lead", pixel_id="1", action_source="system_generated", user_data={"external_id": "c"}
+    )
+    slow.put([event])
+    fake = FakeGraphAPI(access_tokens={TOKEN}, latency=2.0)  # three leases long
+    client = GraphClient(TOKEN, transport=fake.transport)
+    dispatcher = Dispatcher(slow, client, lease=HOUR)
+    sender = threading.Thread(target=dispatcher.deliver_next)
+    sender.start()
+    wait_until(lambda: slow.counts().in_flight == 1)
+
+    taken: list[Claimed] = []
+    while sender.is_alive():  # the rival polls all along the slow request
+        taken += rival.claim(10, lease=HOUR)
+        time.sleep(0.01)
+    client.close()
+
+    assert taken == []
+    assert fake.event_ids() == [event.event_id]
+    assert slow.counts() == counts()
 
 
 # -- the dispatcher when the outbox is down -------------------------------------------------

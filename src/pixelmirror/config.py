@@ -141,6 +141,9 @@ class Config:
     queue_size: int = _setting(100_000, _int)
     #: Seconds for one request to Meta (connect, read, write).
     request_timeout: float = _setting(10.0, _float)
+    #: Seconds a sender's claim stays its own unrenewed. A live sender renews it every third
+    #: of that while the batch is in flight; a dead one's batches are taken over after it.
+    lease: float = _setting(30.0, _float)
     #: First retry delay in seconds; it doubles per failed attempt, with jitter.
     retry_backoff: float = _setting(2.0, _float)
     #: Longest retry delay in seconds.
@@ -307,6 +310,7 @@ class Config:
         for name in (
             "flush_interval",
             "request_timeout",
+            "lease",
             "retry_backoff",
             "retry_backoff_max",
             "shutdown_timeout",

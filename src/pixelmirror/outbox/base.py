@@ -1,10 +1,11 @@
 """The contract every outbox keeps, whatever stores the events.
 
 An outbox is a queue of :class:`~pixelmirror.events.ServerEvent` with leases: ``claim`` hands
-a batch to one sender for ``lease`` seconds; the sender then ``ack``s it (Meta accepted it),
-``release``s it (try again after a delay) or ``bury``s it (dead letter, with a reason). A
-sender that dies without answering loses nothing: the lease runs out and the events are
-claimed again. Every event ends sent, pending or dead.
+a batch to one sender for ``lease`` seconds, which it ``renew``s while the batch is in flight;
+the sender then ``ack``s it (Meta accepted it), ``release``s it (try again after a delay) or
+``bury``s it (dead letter, with a reason). A sender that dies without answering loses
+nothing: its lease runs out unrenewed and the events are claimed again. Every event ends
+sent, pending or dead.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class Outbox(Protocol):
     """A durable-or-not, lease-based event queue shared by the web process and senders."""
 
     url: str
+    #: The lease every claim gets whatever the sender asks; None: the sender's.
+    lease: float | None
 
     def put(self, events: Sequence[ServerEvent]) -> int:
         """Enqueue events; returns how many were taken. Never raises: failures are counted."""
@@ -95,6 +98,14 @@ class Outbox(Protocol):
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
     ) -> list[Claimed]:
         """Claim up to ``limit`` due events sharing one pixel and one test event code."""
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        """Hold still-owned claims for ``lease`` more seconds; returns the claims not renewed.
+
+        A claim is still owned while nobody has claimed its event since, even if its lease
+        ran out meanwhile. One another sender took over (or that was answered) is left as it
+        is and returned: never taken back.
+        """
 
     def ack(self, claims: Sequence[Claimed]) -> None:
         """Forget delivered events."""

@@ -27,6 +27,7 @@ class MemoryOutbox:
     """
 
     url = "memory://"
+    lease: float | None = None
 
     def __init__(self, *, max_events: int = 100_000, max_dead: int = 10_000) -> None:
         if max_events < 1:
@@ -98,6 +99,18 @@ class MemoryOutbox:
             if lease is not None:
                 taken.append(lease[1:])
         return taken
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        until = time.monotonic() + lease
+        lost = []
+        with self._lock:
+            for claim in claims:
+                held = self._leased.get(claim.receipt)
+                if held is None:
+                    lost.append(claim)
+                else:
+                    self._leased[claim.receipt] = (until, *held[1:])
+        return lost
 
     def ack(self, claims: Sequence[Claimed]) -> None:
         with self._lock:

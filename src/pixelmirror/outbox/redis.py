@@ -164,6 +164,23 @@ return done
 """
 )
 
+# KEYS: stream. ARGV: group, consumer, idle, then id, count pairs. Only an entry this
+# consumer still holds under the same count is renewed; XCLAIM with JUSTID resets its idle
+# time without raising the count, so the receipt stays valid. Returns the renewed ids.
+_RENEW = """
+local renewed = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
+  if p ~= nil and p[2] == ARGV[2] and p[4] == tonumber(ARGV[i + 1]) then
+    local done = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id,
+                            'IDLE', ARGV[3], 'JUSTID')
+    if #done > 0 then renewed[#renewed + 1] = id end
+  end
+end
+return renewed
+"""
+
 # KEYS: stream, tries, dead. ARGV: group, reason, died_at, then id, count pairs.
 _BURY = (
     _HELD
@@ -260,17 +277,19 @@ class RedisOutbox:
     Web processes only append (``XADD``); workers anywhere claim with ``XREADGROUP``,
     answer, and take over what a dead worker left (``XAUTOCLAIM``). Delivery is
     at-least-once: an event leaves the stream only when acked after Meta accepted it, or
-    when buried as a dead letter (stream ``<stream>:dead``, with the reason). A worker
-    killed mid-batch has its claims taken over once their lease runs out, so the batch it
-    was sending may reach Meta twice, with the same ``event_id`` (Meta deduplicates).
+    when buried as a dead letter (stream ``<stream>:dead``, with the reason). A live worker
+    renews its claims' leases while it sends; a worker killed mid-batch has its claims
+    taken over once their lease runs out unrenewed, so the batch it was sending may reach
+    Meta twice, with the same ``event_id`` (Meta deduplicates).
 
     *Durability* is Redis's: a returned :meth:`put` is in Redis's memory; whether it
     survives a Redis restart or failover depends on its persistence (AOF) and replication.
 
     *One clock, in Redis.* Every claimed or waiting entry stays in the group's pending list
     and its idle time is the clock: a claim with lease ``L`` sets the entry's idle time to
-    ``HORIZON - L``, a release with delay ``D`` to ``HORIZON - D`` (handing it to the
-    consumer ``pixelmirror.waiting``), and ``XAUTOCLAIM`` with a minimum idle time of
+    ``HORIZON - L`` (so does a renewal: ``XCLAIM ... JUSTID`` by the same consumer, which
+    keeps the delivery count), a release with delay ``D`` to ``HORIZON - D`` (handing it to
+    the consumer ``pixelmirror.waiting``), and ``XAUTOCLAIM`` with a minimum idle time of
     ``HORIZON`` finds exactly the expired leases and the retries that are due. No host's
     clock is compared with another's; leases and delays are capped at 400 days. (A sorted
     set of due times beside an ``XAUTOCLAIM`` on the lease would hand out retries parked
@@ -364,8 +383,8 @@ class RedisOutbox:
         ``consumer`` (this process's name in the group; default ``<hostname>:<pid>``),
         ``maxlen`` (cap the stream at about this many entries, trimming the oldest),
         ``timeout`` (seconds a put or a count may wait for Redis, default 0.5; the worker's
-        commands wait ``WORKER_TIMEOUT``) and ``lease`` (seconds
-        a claim is held before other workers may take it over; default: the dispatcher's).
+        commands wait ``WORKER_TIMEOUT``) and ``lease`` (seconds a claim is held without
+        a renewal before other workers may take it over; default: the dispatcher's).
         """
         options = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         unknown = sorted(set(options) - set(_OPTIONS))
@@ -519,6 +538,19 @@ class RedisOutbox:
             Claimed(f"{_text(entry_id)}:{count}", _event(fields), int(attempts))
             for entry_id, count, attempts, fields in reply[1:]
         ]
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        if not claims:
+            return []
+        lease = self.lease if self.lease is not None else lease
+        renewed = self._run(
+            "renew",
+            _RENEW,
+            [self.stream],
+            [self.group, self.consumer, _ms(HORIZON - _clamp(lease)), *_receipts(claims)],
+        )
+        kept = {_text(entry_id) for entry_id in renewed}
+        return [claim for claim in claims if claim.receipt.rpartition(":")[0] not in kept]
 
     def ack(self, claims: Sequence[Claimed]) -> None:
         if claims:

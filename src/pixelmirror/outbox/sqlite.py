@@ -133,6 +133,7 @@ class SQLiteOutbox:
             raise ValueError(f"timeout must be >= 0 seconds; got {timeout}")
         self.path = os.fspath(path)
         self.url = f"sqlite:///{self.path}"
+        self.lease: float | None = None
         self.synchronous = synchronous
         self.max_events = max_events
         self.timeout = timeout
@@ -349,6 +350,21 @@ class SQLiteOutbox:
                 attempts,
             ) in rows
         ]
+
+    def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
+        if not claims:
+            return []
+        until = time.time() + lease
+        lost = []
+        with self._transaction() as conn:
+            for claim, receipt in zip(claims, _receipts(claims), strict=True):
+                # The token still matches: nobody claimed the row since, and nobody answered.
+                renewed = conn.execute(
+                    "UPDATE events SET due = ? WHERE id = ? AND claim_token = ?", (until, *receipt)
+                ).rowcount
+                if not renewed:
+                    lost.append(claim)
+        return lost
 
     def ack(self, claims: Sequence[Claimed]) -> None:
         if not claims:
