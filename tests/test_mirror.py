@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror
+from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
 
 
@@ -83,6 +85,33 @@ def test_memory_outbox_overflow_is_counted_and_logged(
     stats = mirror.stats()
     assert (stats.queued, stats.dropped, stats.pending) == (2, 1, 2)
     assert "outbox full" in caplog.text
+
+
+def test_send_with_wait_returns_with_the_event_in_the_sqlite_file(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox.db"
+    mirror = make_mirror(outbox=f"sqlite:///{path}", dispatch="external", handoff_linger=1)
+    event_id = approval(mirror, wait=True)  # no waiting out the linger either
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT event_id FROM events").fetchall() == [(event_id,)]
+    assert mirror.stats().queued == 1
+
+
+def test_send_with_wait_raises_when_the_event_cannot_be_stored(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    mirror = make_mirror(queue_size=1, dispatch="external")
+    approval(mirror, 1, wait=True)
+    with pytest.raises(NotStored, match="dropped by the outbox memory://"):
+        approval(mirror, 2, wait=True)
+    path = tmp_path / "outbox.db"
+    durable = make_mirror(outbox=f"sqlite:///{path}?timeout=0.01", dispatch="external")
+    with sqlite3.connect(path, isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(NotStored, match=r"within 0.2s \(OperationalError"):
+            approval(durable, 3, wait=0.2)
+        other.rollback()
 
 
 def test_close_is_idempotent_and_flushes(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
@@ -165,8 +194,9 @@ def test_sqlite_outbox_survives_sigkill_and_the_next_process_delivers_once(
             from pixelmirror import PixelMirror
             mirror = PixelMirror(dispatch="external")
             for n in range(200):
+                # wait=True: returned means stored, as a job that must survive SIGKILL asks
                 event_id = mirror.send("Approval", action_source="system_generated",
-                                       user_data={"external_id": f"cust-{n}"})
+                                       user_data={"external_id": f"cust-{n}"}, wait=True)
                 print(event_id, flush=True)
             print("queued", flush=True)
             time.sleep(60)

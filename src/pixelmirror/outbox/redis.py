@@ -457,19 +457,30 @@ class RedisOutbox:
             self._drops.add(len(events), f"Redis was unreachable less than {PUT_COOLDOWN:g}s ago")
             return 0
         try:
-            with self._client(quick=True).pipeline(transaction=True) as pipe:
-                if self.maxlen is not None:
-                    pipe.xlen(self.stream)
-                for event in events:
-                    pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
-                if self.maxlen is not None:
-                    pipe.xlen(self.stream)
-                results = pipe.execute()
-        except Exception as exc:  # the request path must never see an outbox failure
+            return self.write(events)
+        except Exception as exc:  # put's callers must never see an outbox failure
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._put_blocked_until = time.monotonic() + PUT_COOLDOWN
             self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
             return 0
+
+    def write(self, events: Sequence[ServerEvent]) -> int:
+        """One pipeline (``MULTI``/``EXEC``) for the whole group, waiting ``timeout`` at most.
+
+        A reply lost to the timeout after Redis ran the pipeline leaves the events stored; a
+        caller that tries again stores them twice, with the same ``event_id`` (Meta
+        deduplicates).
+        """
+        if not events:
+            return 0
+        with self._client(quick=True).pipeline(transaction=True) as pipe:
+            if self.maxlen is not None:
+                pipe.xlen(self.stream)
+            for event in events:
+                pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
+            if self.maxlen is not None:
+                pipe.xlen(self.stream)
+            results = pipe.execute()
         if self.maxlen is not None:
             trimmed = int(results[0]) + len(events) - int(results[-1])
             if trimmed > 0:
@@ -477,6 +488,10 @@ class RedisOutbox:
                     trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed"
                 )
         return len(events)
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
 
     # -- the worker side --------------------------------------------------------------------
 
@@ -618,10 +633,17 @@ class RedisOutbox:
             self._put_redis = self._work_redis = None
             self._closed = True
         if work_redis is not None:
+            # With the short timeout: a Redis that stopped answering must not hold up a close.
+            quick = redis.Redis.from_url(
+                self._connection_url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+            )
             try:
-                work_redis.eval(_RETIRE, 1, self.stream, self.group, self.consumer)
+                quick.eval(_RETIRE, 1, self.stream, self.group, self.consumer)
             except redis.RedisError as exc:
                 logger.debug("pixelmirror outbox %s: consumer left in place: %s", self.url, exc)
+            quick.close()
             work_redis.close()
         if put_redis is not None:
             put_redis.close()

@@ -235,35 +235,42 @@ class SQLiteOutbox:
                 raise
 
     def put(self, events: Sequence[ServerEvent]) -> int:
+        try:
+            return self.write(events)
+        except Exception as exc:  # put's callers must never see an outbox failure
+            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
+            return 0
+
+    def write(self, events: Sequence[ServerEvent]) -> int:
         if not events:
             return 0
         now = time.time()
-        try:
-            with self._transaction() as conn:
-                taken = events[: self._room(conn, len(events))]
-                conn.executemany(
-                    f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.pixel_id,
-                            e.test_event_code,
-                            e.event_id,
-                            e.event_name,
-                            e.event_time,
-                            e.action_source,
-                            e.payload,
-                            now,
-                        )
-                        for e in taken
-                    ],
-                )
-                self._size_hint += len(taken)
-        except Exception as exc:  # the request path must never see an outbox failure
-            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
-            return 0
+        with self._transaction() as conn:
+            taken = events[: self._room(conn, len(events))]
+            conn.executemany(
+                f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.pixel_id,
+                        e.test_event_code,
+                        e.event_id,
+                        e.event_name,
+                        e.event_time,
+                        e.action_source,
+                        e.payload,
+                        now,
+                    )
+                    for e in taken
+                ],
+            )
+            self._size_hint += len(taken)
         if len(taken) < len(events):
             self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
 
     def _room(self, conn: sqlite3.Connection, wanted: int) -> int:
         """How many of ``wanted`` new events fit under ``max_events``."""
