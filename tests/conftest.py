@@ -93,6 +93,17 @@ def stream(server: redis.Redis) -> Iterator[str]:
     redisutil.drop_keys(name)
 
 
+@pytest.fixture(params=["refused", "black-hole"])
+def down_redis(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a Redis outbox that is down: a closed loopback port, or a server that
+    accepts connections and never answers."""
+    if request.param == "refused":
+        yield redisutil.UNREACHABLE_URL + "?timeout=0.2"
+        return
+    with redisutil.black_hole() as hole:
+        yield hole.url(timeout=0.2)
+
+
 class MakeEvent(Protocol):
     def __call__(
         self, pixel_id: str = "1", test_event_code: str | None = None, **fields: Any

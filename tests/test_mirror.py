@@ -10,13 +10,16 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import redisutil
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror
+from pixelmirror import mirror as mirror_module
 from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
 
@@ -252,3 +255,42 @@ def test_a_forked_child_gets_its_own_dispatcher(make_mirror: MakeMirror, tmp_pat
         assert len(fake.events) == 1
         assert mirror.dispatcher is parent_dispatcher
         assert parent_dispatcher.running
+
+
+def test_an_unavailable_redis_is_reported_and_never_raises(
+    make_mirror: MakeMirror, down_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(outbox=down_redis)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        approval(mirror, 1)
+        approval(mirror, 2)
+        stats = mirror.stats()
+        assert stats.outbox_error is not None
+        assert "Error" in stats.outbox_error  # ConnectionError or TimeoutError, with the why
+        assert (stats.pending, stats.in_flight, stats.dead) == (None, None, None)
+        assert (stats.queued, stats.handoff) == (2, 2)
+        assert mirror.flush(timeout=0.3) is False
+        mirror.close(timeout=0.5)
+    assert mirror.stats().dropped == 2  # never stored: counted, not silently gone
+    assert "unavailable (stats)" in caplog.text
+    assert "dropped 2 event(s): not stored in the outbox within the 1s of closing" in (caplog.text)
+
+
+@pytest.mark.parametrize("failure", ["unreachable redis", "close raises"])
+def test_the_exit_hook_closes_every_mirror_even_when_one_fails(
+    make_mirror: MakeMirror, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirrors = [make_mirror(outbox=redisutil.UNREACHABLE_URL) for _ in range(3)]
+    if failure == "close raises":
+        for one in mirrors:
+            close = one.close
+
+            def failing(timeout: float | None = None, close: Any = close) -> None:
+                close(timeout)
+                raise RuntimeError("closing failed")
+
+            monkeypatch.setattr(one, "close", failing)
+    monkeypatch.setattr(mirror_module, "_live_mirrors", weakref.WeakSet(mirrors))
+    mirror_module._close_all()
+    assert [one._closed for one in mirrors] == [True, True, True]
+    assert all(one.dispatcher is not None and not one.dispatcher.running for one in mirrors)

@@ -289,10 +289,12 @@ class RedisOutbox:
     what it trimmed (``XLEN`` before and after, in the same ``MULTI``) as dropped and
     logs it. The stream holds only unfinished events, as acked ones are deleted.
 
-    *Unreachable Redis.* :meth:`put` never raises and never waits longer than about twice
-    ``timeout``: failures are counted as dropped and logged, and for ``PUT_COOLDOWN``
-    seconds afterwards puts drop at once instead of each waiting out the timeout. The
-    worker's commands raise; the dispatcher logs and retries with backoff, reconnecting.
+    *Unreachable Redis.* :meth:`write` (the web process's writer thread) raises after
+    about twice ``timeout`` at most, and the writer keeps the events and tries again.
+    :meth:`put` never raises: failures are counted as dropped and logged, and for
+    ``PUT_COOLDOWN`` seconds afterwards puts drop at once instead of each waiting out the
+    timeout. The worker's commands raise; the dispatcher logs and retries with backoff,
+    reconnecting.
 
     *Consumers.* ``consumer`` names this process in the group. Give each worker a stable
     name (``?consumer=worker-3``, say the host or pod name): its first claim after a
