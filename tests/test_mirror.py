@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import redisutil
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror
 from pixelmirror import mirror as mirror_module
+from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
+from test_redis_outbox import wait_until
 
 
 def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
@@ -115,6 +118,38 @@ def test_send_with_wait_raises_when_the_event_cannot_be_stored(
         with pytest.raises(NotStored, match=r"within 0.2s \(OperationalError"):
             approval(durable, 3, wait=0.2)
         other.rollback()
+
+
+def test_a_write_lock_held_by_another_process_delays_events_and_drops_none(
+    make_mirror: MakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "outbox.db"
+    mirror = make_mirror(outbox=f"sqlite:///{path}?timeout=0.05", dispatch="external")
+    failed: list[int] = []
+    write = mirror.outbox.write
+
+    def counting_failures(events: Sequence[ServerEvent]) -> int:
+        try:
+            return write(events)
+        except sqlite3.OperationalError:
+            failed.append(len(events))
+            raise
+
+    monkeypatch.setattr(mirror.outbox, "write", counting_failures)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # say `pixelmirror outbox replay-dead` in another process
+    sent = [approval(mirror, n) for n in range(200)]  # none waits for the lock
+    wait_until(lambda: len(failed) >= 6)  # a second or two of retrying, with backoff
+    assert mirror.stats().dropped == 0
+    other.rollback()
+    other.close()
+    assert mirror.handoff is not None
+    assert mirror.handoff.flush(timeout=10)
+    with sqlite3.connect(path) as conn:
+        stored = [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY id")]
+    assert stored == sent
+    stats = mirror.stats()
+    assert (stats.dropped, stats.pending, stats.handoff, stats.outbox_error) == (0, 200, 0, None)
 
 
 def test_close_is_idempotent_and_flushes(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
