@@ -183,7 +183,9 @@ def test_close_stores_what_it_can_and_logs_how_many_it_could_not(
     )
     assert handoff.drops.total == 7
     assert handoff.put([make_event()]) == 0  # closed: counted, not queued
-    assert handoff.drops.total == 8
+    with pytest.raises(NotStored, match="closed"):
+        handoff.put_and_wait([make_event()], timeout=1)
+    assert handoff.drops.total == 9
     wait_until(lambda: not handoff.running)
 
 

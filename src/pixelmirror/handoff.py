@@ -147,6 +147,9 @@ class Handoff:
         with self._lock:
             self._hurry += 1
             try:
+                if self._stopping:
+                    self.drops.add(len(events), self._full_reason())
+                    raise NotStored(f"{len(events)} event(s) not stored: the handoff is closed")
                 while self.max_events - self._held < len(events):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or len(events) > self.max_events:

@@ -896,7 +896,10 @@ class PixelMirror:
     def _after_fork(self) -> None:
         """In a forked child: fresh outbox connections, an empty handoff with its own writer,
         and a dispatcher of its own."""
-        self.outbox.after_fork()
+        try:
+            self.outbox.after_fork()
+        except Exception:  # the child's own handoff and dispatcher must still be set up
+            logger.exception("pixelmirror: the outbox could not reopen in a forked child")
         if self.handoff is not None:
             self.handoff.after_fork()
         self._counts_lock = threading.Lock()
