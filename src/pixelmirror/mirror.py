@@ -392,7 +392,7 @@ class PixelMirror:
             data_processing_options_state=data_processing_options_state,
             test_event_code=test_event_code or self.config.test_event_code,
         )
-        if wait is False or self.dry_run:
+        if not wait or self.dry_run:
             self.enqueue([event])
         else:
             timeout = self.config.shutdown_timeout if wait is True else float(wait)
@@ -739,13 +739,14 @@ class PixelMirror:
             return False
         try:
             if self.dispatcher is not None:
-                return self.dispatcher.flush(max(0.0, deadline - time.monotonic()))
-            empty = self.outbox.counts().unfinished == 0
+                done = self.dispatcher.flush(max(0.0, deadline - time.monotonic()))
+            else:
+                done = self.outbox.counts().unfinished == 0
         except Exception as exc:
             self._outbox_failed("flush", exc)
             return False
         self._outbox_answered()
-        return empty
+        return done
 
     def stats(self) -> Stats:
         """Where every event stands. Never raises: an unavailable outbox is named in
