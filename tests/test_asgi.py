@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import redisutil
-from conftest import MakeMirror
+from conftest import MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, PixelMirror, PixelMirrorMiddleware, current_event, track
 from pixelmirror.asgi import Message, Receive, Scope, Send
 from pixelmirror.testing import FakeGraphAPI
@@ -271,28 +271,7 @@ def test_no_outbox_call_runs_on_the_event_loop_thread(
     make_mirror: MakeMirror, fake: FakeGraphAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mirror = make_mirror(outbox=f"sqlite:///{tmp_path / 'outbox.db'}")
-    calls: list[tuple[str, int]] = []
-
-    def recording(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def record(*args: Any, **kwargs: Any) -> Any:
-            calls.append((name, threading.get_ident()))
-            return call(*args, **kwargs)
-
-        return record
-
-    for name in (
-        "put",
-        "write",
-        "claim",
-        "ack",
-        "release",
-        "bury",
-        "counts",
-        "unfinished_by_pixel",
-        "dead_letters",
-        "replay_dead",
-    ):  # every Outbox method that touches the store
-        monkeypatch.setattr(mirror.outbox, name, recording(name, getattr(mirror.outbox, name)))
+    calls = record_outbox_calls(mirror.outbox, monkeypatch)
     app = starlette_shop(mirror)
 
     async def visit() -> tuple[int, list[tuple[str, int]]]:
