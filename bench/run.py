@@ -19,6 +19,7 @@ import asgi_overhead
 import delivery
 import memory
 import normalize_bench
+import outage
 import server
 import wsgi_overhead
 from harness import BENCH_DIR, Row, git_revision, machine, settle, versions
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "normalize": normalize_bench.run,
     "delivery": delivery.run,
     "memory": memory.run,
+    "outage": outage.run,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -91,6 +92,49 @@ def stream(server: redis.Redis) -> Iterator[str]:
     name = redisutil.fresh_stream()
     yield name
     redisutil.drop_keys(name)
+
+
+@pytest.fixture(params=["refused", "black-hole"])
+def down_redis(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a Redis outbox that is down: a closed loopback port, or a server that
+    accepts connections and never answers."""
+    if request.param == "refused":
+        yield redisutil.UNREACHABLE_URL + "?timeout=0.2"
+        return
+    with redisutil.black_hole() as hole:
+        yield hole.url(timeout=0.2)
+
+
+#: Every Outbox method that touches the store.
+OUTBOX_METHODS = (
+    "put",
+    "write",
+    "claim",
+    "ack",
+    "release",
+    "bury",
+    "counts",
+    "unfinished_by_pixel",
+    "dead_letters",
+    "replay_dead",
+)
+
+
+def record_outbox_calls(outbox: object, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Wrap ``outbox``'s methods in place (every holder sees it): each call is noted as
+    ``(method, thread ident)`` before it runs."""
+    calls: list[tuple[str, int]] = []
+
+    def recording(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            calls.append((name, threading.get_ident()))
+            return call(*args, **kwargs)
+
+        return record
+
+    for name in OUTBOX_METHODS:
+        monkeypatch.setattr(outbox, name, recording(name, getattr(outbox, name)))
+    return calls
 
 
 class MakeEvent(Protocol):

@@ -7,9 +7,13 @@ CI must never skip them silently).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
@@ -70,3 +74,56 @@ def cleanup(outbox: Outbox) -> None:
     """Delete a Redis outbox's keys; other outboxes have none."""
     if isinstance(outbox, RedisOutbox) and _unavailable() is None:
         drop_keys(outbox.stream)
+
+
+#: Nothing listens on port 1 of the loopback: a connection is refused at once.
+UNREACHABLE_URL = "redis://127.0.0.1:1/0"
+
+
+class BlackHole:
+    """A loopback TCP server that accepts connections, reads what they send, never answers:
+    a Redis that hangs (a dead host behind a live load balancer, a stopped process)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        #: Set once a client has sent bytes: it now waits for a reply that never comes.
+        self.received = threading.Event()
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, **options: object) -> str:
+        query = "&".join(f"{name}={value}" for name, value in options.items())
+        return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self._open.append(conn)
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                self.received.set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._server.close()
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    try:
+        yield hole
+    finally:
+        hole.close()

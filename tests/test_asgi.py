@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import MakeMirror
+import redisutil
+from conftest import MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, PixelMirror, PixelMirrorMiddleware, current_event, track
 from pixelmirror.asgi import Message, Receive, Scope, Send
 from pixelmirror.testing import FakeGraphAPI
@@ -194,6 +197,93 @@ def test_lifespan_shutdown_flushes_the_outbox(make_mirror: MakeMirror, fake: Fak
 
     asyncio.run(mirror.asgi(app)({"type": "lifespan"}, receive, send))
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_lifespan_shutdown_reaches_the_app_with_the_outbox_unavailable(
+    make_mirror: MakeMirror, down_redis: str
+) -> None:
+    mirror = make_mirror(outbox=down_redis, shutdown_timeout=0.3)
+    mirror.send("Lead", action_source="system_generated", user_data={"external_id": "x"})
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    heard: list[str] = []
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        for done in ("lifespan.startup.complete", "lifespan.shutdown.complete"):
+            heard.append((await receive())["type"])  # the app's own hooks would run here
+            await send({"type": done})
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(mirror.asgi(app)({"type": "lifespan"}, receive, send))
+    assert heard == ["lifespan.startup", "lifespan.shutdown"]
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def request(app: ASGIApp, path: str) -> tuple[int, bytes]:
+    """One GET through ``app`` on the running loop: the status and the body."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(http_scope(path), receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_an_unrelated_request_completes_while_the_writer_hangs_on_redis(
+    make_mirror: MakeMirror,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/health":
+            await send(start(200, (b"content-type", b"text/plain")))
+            await send(body(b"ok"))
+        else:
+            await send(start(200, HTML_TYPE))
+            await send(body(HTML))
+
+    with redisutil.black_hole() as hole:
+        mirror = make_mirror(outbox=hole.url(timeout=30), dispatch="external")
+        wrapped = mirror.asgi(app)
+
+        async def visit() -> tuple[int, bytes]:
+            status, page = await request(wrapped, "/")  # its PageView goes to the handoff
+            assert status == 200
+            assert b"data-pixelmirror" in page
+            # The writer has sent the PageView to Redis and waits up to 30 s for an answer.
+            assert await asyncio.to_thread(hole.received.wait, 10)
+            return await request(wrapped, "/health")
+
+        assert asyncio.run(visit()) == (200, b"ok")
+        assert mirror.handoff is not None
+        assert mirror.handoff.held == 1  # the writer is still stuck on Redis
+    # The hole is closed: the writer's write fails at once, and close() gives up after 1 s.
+
+
+def test_no_outbox_call_runs_on_the_event_loop_thread(
+    make_mirror: MakeMirror, fake: FakeGraphAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = make_mirror(outbox=f"sqlite:///{tmp_path / 'outbox.db'}")
+    calls = record_outbox_calls(mirror.outbox, monkeypatch)
+    app = starlette_shop(mirror)
+
+    async def visit() -> tuple[int, list[tuple[str, int]]]:
+        await shop_visit(app)  # pages, a tracked JSON call, a tracked redirect
+        return threading.get_ident(), list(calls)
+
+    loop_thread, during_the_loop = asyncio.run(visit())
+    assert mirror.flush(timeout=10)
+    assert {event.event_name for event in fake.events} >= {"PageView", "AddToCart", "Purchase"}
+    assert ("write", loop_thread) not in calls
+    assert any(name == "write" for name, _ in calls)  # the writer did write, elsewhere
+    assert [name for name, thread in during_the_loop if thread == loop_thread] == []
 
 
 def starlette_shop(mirror: PixelMirror) -> Any:

@@ -80,8 +80,10 @@ def test_outbox_stats_and_replay_dead(
 ) -> None:
     fake = FakeGraphAPI(access_tokens={TOKEN})
     mirror = PixelMirror(dispatch="external", transport=fake.transport)
-    mirror.send("Lead", action_source="system_generated", user_data={"external_id": "a"})
-    mirror.send("Lead", action_source="system_generated", user_data={"external_id": "b"})
+    for who in ("a", "b"):
+        mirror.send(
+            "Lead", action_source="system_generated", user_data={"external_id": who}, wait=1
+        )
     claims = mirror.outbox.claim(1, lease=60)
     mirror.outbox.bury(claims, "rejected by Meta: test")
     mirror.close(timeout=0)

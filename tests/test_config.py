@@ -40,6 +40,8 @@ def test_every_variable_is_read() -> None:
         "PIXELMIRROR_BATCH_SIZE": "500",
         "PIXELMIRROR_FLUSH_INTERVAL": "0.5",
         "PIXELMIRROR_QUEUE_SIZE": "10",
+        "PIXELMIRROR_HANDOFF_SIZE": "20",
+        "PIXELMIRROR_HANDOFF_LINGER": "0.01",
         "PIXELMIRROR_REQUEST_TIMEOUT": "3",
         "PIXELMIRROR_LEASE": "12",
         "PIXELMIRROR_RETRY_BACKOFF": "0.1",
@@ -63,6 +65,7 @@ def test_every_variable_is_read() -> None:
     )
     assert config.consent_cookie == "consent=yes"
     assert (config.batch_size, config.queue_size) == (500, 10)
+    assert (config.handoff_size, config.handoff_linger) == (20, 0.01)
     assert (config.flush_interval, config.request_timeout) == (0.5, 3.0)
     assert config.lease == 12.0
     assert (config.retry_backoff, config.retry_backoff_max, config.shutdown_timeout) == (
@@ -122,6 +125,24 @@ def test_keywords_override_environment() -> None:
         ),
         pytest.param(
             "QUEUE_SIZE", "0", "PIXELMIRROR_QUEUE_SIZE must be a positive integer", id="queue-size"
+        ),
+        pytest.param(
+            "HANDOFF_SIZE",
+            "0",
+            "PIXELMIRROR_HANDOFF_SIZE must be a positive integer",
+            id="handoff-size",
+        ),
+        pytest.param(
+            "HANDOFF_LINGER",
+            "-0.001",
+            "PIXELMIRROR_HANDOFF_LINGER must be between 0 and 1 second",
+            id="linger-negative",
+        ),
+        pytest.param(
+            "HANDOFF_LINGER",
+            "5",
+            "PIXELMIRROR_HANDOFF_LINGER must be between 0 and 1 second",
+            id="linger-long",
         ),
         pytest.param(
             "FLUSH_INTERVAL",

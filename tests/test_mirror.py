@@ -6,17 +6,25 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import redisutil
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror
+from pixelmirror import mirror as mirror_module
+from pixelmirror.events import ServerEvent
+from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
+from test_redis_outbox import wait_until
 
 
 def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
@@ -83,6 +91,65 @@ def test_memory_outbox_overflow_is_counted_and_logged(
     stats = mirror.stats()
     assert (stats.queued, stats.dropped, stats.pending) == (2, 1, 2)
     assert "outbox full" in caplog.text
+
+
+def test_send_with_wait_returns_with_the_event_in_the_sqlite_file(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox.db"
+    mirror = make_mirror(outbox=f"sqlite:///{path}", dispatch="external", handoff_linger=1)
+    event_id = approval(mirror, wait=True)  # no waiting out the linger either
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT event_id FROM events").fetchall() == [(event_id,)]
+    assert mirror.stats().queued == 1
+
+
+def test_send_with_wait_raises_when_the_event_cannot_be_stored(
+    make_mirror: MakeMirror, tmp_path: Path
+) -> None:
+    mirror = make_mirror(queue_size=1, dispatch="external")
+    approval(mirror, 1, wait=True)
+    with pytest.raises(NotStored, match="dropped by the outbox memory://"):
+        approval(mirror, 2, wait=True)
+    path = tmp_path / "outbox.db"
+    durable = make_mirror(outbox=f"sqlite:///{path}?timeout=0.01", dispatch="external")
+    with sqlite3.connect(path, isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(NotStored, match=r"within 0.2s \(OperationalError"):
+            approval(durable, 3, wait=0.2)
+        other.rollback()
+
+
+def test_a_write_lock_held_by_another_process_delays_events_and_drops_none(
+    make_mirror: MakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "outbox.db"
+    mirror = make_mirror(outbox=f"sqlite:///{path}?timeout=0.05", dispatch="external")
+    failed: list[int] = []
+    write = mirror.outbox.write
+
+    def counting_failures(events: Sequence[ServerEvent]) -> int:
+        try:
+            return write(events)
+        except sqlite3.OperationalError:
+            failed.append(len(events))
+            raise
+
+    monkeypatch.setattr(mirror.outbox, "write", counting_failures)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # say `pixelmirror outbox replay-dead` in another process
+    sent = [approval(mirror, n) for n in range(200)]  # none waits for the lock
+    wait_until(lambda: len(failed) >= 6)  # a second or two of retrying, with backoff
+    assert mirror.stats().dropped == 0
+    other.rollback()
+    other.close()
+    assert mirror.handoff is not None
+    assert mirror.handoff.flush(timeout=10)
+    with sqlite3.connect(path) as conn:
+        stored = [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY id")]
+    assert stored == sent
+    stats = mirror.stats()
+    assert (stats.dropped, stats.pending, stats.handoff, stats.outbox_error) == (0, 200, 0, None)
 
 
 def test_close_is_idempotent_and_flushes(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
@@ -176,8 +243,9 @@ def test_sqlite_outbox_survives_sigkill_and_the_next_process_delivers_once(
             from pixelmirror import PixelMirror
             mirror = PixelMirror(dispatch="external")
             for n in range(200):
+                # wait=True: returned means stored, as a job that must survive SIGKILL asks
                 event_id = mirror.send("Approval", action_source="system_generated",
-                                       user_data={"external_id": f"cust-{n}"})
+                                       user_data={"external_id": f"cust-{n}"}, wait=True)
                 print(event_id, flush=True)
             print("queued", flush=True)
             time.sleep(60)
@@ -233,3 +301,42 @@ def test_a_forked_child_gets_its_own_dispatcher(make_mirror: MakeMirror, tmp_pat
         assert len(fake.events) == 1
         assert mirror.dispatcher is parent_dispatcher
         assert parent_dispatcher.running
+
+
+def test_an_unavailable_redis_is_reported_and_never_raises(
+    make_mirror: MakeMirror, down_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(outbox=down_redis)
+    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
+        approval(mirror, 1)
+        approval(mirror, 2)
+        stats = mirror.stats()
+        assert stats.outbox_error is not None
+        assert "Error" in stats.outbox_error  # ConnectionError or TimeoutError, with the why
+        assert (stats.pending, stats.in_flight, stats.dead) == (None, None, None)
+        assert (stats.queued, stats.handoff) == (2, 2)
+        assert mirror.flush(timeout=0.3) is False
+        mirror.close(timeout=0.5)
+    assert mirror.stats().dropped == 2  # never stored: counted, not silently gone
+    assert "unavailable (stats)" in caplog.text
+    assert "dropped 2 event(s): not stored in the outbox within the 1s of closing" in (caplog.text)
+
+
+@pytest.mark.parametrize("failure", ["unreachable redis", "close raises"])
+def test_the_exit_hook_closes_every_mirror_even_when_one_fails(
+    make_mirror: MakeMirror, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirrors = [make_mirror(outbox=redisutil.UNREACHABLE_URL) for _ in range(3)]
+    if failure == "close raises":
+        for one in mirrors:
+            close = one.close
+
+            def failing(timeout: float | None = None, close: Any = close) -> None:
+                close(timeout)
+                raise RuntimeError("closing failed")
+
+            monkeypatch.setattr(one, "close", failing)
+    monkeypatch.setattr(mirror_module, "_live_mirrors", weakref.WeakSet(mirrors))
+    mirror_module._close_all()
+    assert [one._closed for one in mirrors] == [True, True, True]
+    assert all(one.dispatcher is not None and not one.dispatcher.running for one in mirrors)

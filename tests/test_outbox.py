@@ -664,6 +664,75 @@ def test_put_on_a_locked_database_drops_and_does_not_raise(
     outbox.close()
 
 
+def test_write_on_a_locked_database_raises_and_counts_nothing(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "o.db", timeout=0)
+    blocker = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        outbox.write([make_event(), make_event()])  # the writer thread keeps them and retries
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert outbox.write([make_event()]) == 1
+    assert outbox.counts() == counts(pending=1)
+    outbox.close()
+
+
+def test_replay_dead_commits_in_chunks_and_lets_others_write_between_them(
+    tmp_path: Path, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_outbox, "REPLAY_CHUNK", 1000)
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    letters = [make_event(event_id=f"dead-{n}") for n in range(4500)]
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        conn.executemany(
+            "INSERT INTO dead (pixel_id, test_event_code, event_id, event_name, event_time,"
+            " action_source, payload, attempts, reason, died_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 3, 'rejected', 0)",
+            [
+                (
+                    e.pixel_id,
+                    e.test_event_code,
+                    e.event_id,
+                    e.event_name,
+                    e.event_time,
+                    e.action_source,
+                    e.payload,
+                )
+                for e in letters
+            ],
+        )
+    # Another process, at the start of each of the replay's transactions: it may write only
+    # if the replay holds no write lock at that moment (no waiting: timeout 0).
+    other = sqlite3.connect(tmp_path / "o.db", timeout=0, isolation_level=None)
+    between: list[str] = []
+
+    def other_process_writes(statement: str) -> None:
+        if statement != "BEGIN IMMEDIATE":
+            return
+        try:
+            other.execute(
+                "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source,"
+                " payload, due) VALUES ('9', ?, 'Lead', 0, 'website', x'', 0)",
+                (f"other-{len(between)}",),
+            )
+            between.append("wrote")
+        except sqlite3.OperationalError as exc:
+            between.append(str(exc))
+
+    assert outbox._conn is not None
+    outbox._conn.set_trace_callback(other_process_writes)
+    assert outbox.replay_dead() == 4500
+    outbox._conn.set_trace_callback(None)
+    other.close()
+    assert between == ["wrote"] * 6  # five chunks (4 of 1000, 1 of 500), then one finding none
+    assert outbox.counts() == counts(pending=4506)
+    moved = outbox.claim(1000, lease=HOUR, skip_pixels=["9"])
+    assert ids(moved) == [e.event_id for e in letters[:1000]]  # oldest first
+    outbox.close()
+
+
 def test_put_on_a_full_disk_drops_and_does_not_raise(
     tmp_path: Path, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
 ) -> None:

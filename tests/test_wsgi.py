@@ -3,12 +3,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import MakeMirror
+from conftest import MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, RequestFacts, current_event, track
 from pixelmirror.testing import FakeGraphAPI
 from pixelmirror.wsgi import PixelMirrorWSGI
@@ -47,6 +49,22 @@ def app_returning(
         return body
 
     return app
+
+
+def test_no_outbox_call_runs_on_the_request_thread(
+    make_mirror: MakeMirror, fake: FakeGraphAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = make_mirror(outbox=f"sqlite:///{tmp_path / 'outbox.db'}")
+    calls = record_outbox_calls(mirror.outbox, monkeypatch)
+    request_thread = threading.get_ident()
+    for _ in range(3):
+        status, _, _ = call(mirror.wsgi(app_returning([HTML])))
+        assert status == "200 OK"
+    during_the_requests = list(calls)
+    assert mirror.flush(timeout=10)
+    assert [e.event_name for e in fake.events] == ["PageView"] * 3
+    assert any(name == "write" for name, _ in calls)  # the writer did write, elsewhere
+    assert [name for name, thread in during_the_requests if thread == request_thread] == []
 
 
 def test_html_page_gets_the_pixel_and_its_pageview_is_mirrored(

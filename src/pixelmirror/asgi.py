@@ -67,7 +67,9 @@ class PixelMirrorMiddleware:
     ``app.add_middleware(PixelMirrorMiddleware, mirror=mirror)``.
 
     Without ``mirror`` it builds one from the ``PIXELMIRROR_*`` variables. On lifespan
-    shutdown it flushes the outbox for up to ``PIXELMIRROR_SHUTDOWN_TIMEOUT`` seconds. Place it
+    shutdown it flushes the outbox for up to ``PIXELMIRROR_SHUTDOWN_TIMEOUT`` seconds, then
+    passes the shutdown on to the app, whether or not the outbox answered. Requests never
+    touch the outbox on the event loop: their events go to the handoff. Place it
     inside any compression middleware: it only touches uncompressed HTML.
     """
 
@@ -118,11 +120,16 @@ class PixelMirrorMiddleware:
     def _watch_lifespan(self, receive: Receive) -> Receive:
         async def receive_lifespan() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.mirror.start()
-            elif message["type"] == "lifespan.shutdown":
-                # The server has stopped taking requests: a short blocking flush is fine here.
-                self.mirror.flush(self.mirror.config.shutdown_timeout)
+            # Whatever fails here (an unreachable outbox), the app hears of its lifespan:
+            # its own startup and shutdown hooks must run.
+            try:
+                if message["type"] == "lifespan.startup":
+                    self.mirror.start()
+                elif message["type"] == "lifespan.shutdown":
+                    # The server has stopped taking requests: a short blocking flush is fine.
+                    self.mirror.flush(self.mirror.config.shutdown_timeout)
+            except Exception:
+                logger.exception("pixelmirror: %s handling failed", message["type"])
             return message
 
         return receive_lifespan

@@ -139,6 +139,11 @@ class Config:
     flush_interval: float = _setting(1.0, _float)
     #: Bound of the memory outbox; overflow is dropped, counted and logged.
     queue_size: int = _setting(100_000, _int)
+    #: Events a process holds between its requests and a durable outbox (a SQLite file,
+    #: Redis) while its writer thread stores them; overflow is dropped, counted and logged.
+    handoff_size: int = _setting(10_000, _int)
+    #: Seconds the writer waits for more events to share one outbox write.
+    handoff_linger: float = _setting(0.005, _float)
     #: Seconds for one request to Meta (connect, read, write).
     request_timeout: float = _setting(10.0, _float)
     #: Seconds a sender's claim stays its own unrenewed. A live sender renews it every third
@@ -264,6 +269,13 @@ class Config:
             self.batch_size,
         )
         need(self.queue_size >= 1, "queue_size", "a positive integer", self.queue_size)
+        need(self.handoff_size >= 1, "handoff_size", "a positive integer", self.handoff_size)
+        need(
+            0 <= self.handoff_linger <= 1,
+            "handoff_linger",
+            "between 0 and 1 second",
+            self.handoff_linger,
+        )
         need(self.max_buffer >= 1024, "max_buffer", "at least 1024 bytes", self.max_buffer)
         need(self.mode in ("inline", "beacon"), "mode", "inline or beacon", self.mode)
         need(

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ from pixelmirror.delivery.graph import (
 )
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
+from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
 from pixelmirror.inject import (
     already_injected,
@@ -46,7 +48,7 @@ from pixelmirror.inject import (
     should_inject,
 )
 from pixelmirror.normalize import sha256_hex
-from pixelmirror.outbox import Outbox, OutboxCounts, open_outbox
+from pixelmirror.outbox import MemoryOutbox, Outbox, OutboxCounts, open_outbox
 from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 
@@ -63,11 +65,11 @@ logger = logging.getLogger("pixelmirror")
 class Stats:
     """Where every event of this process (and its outbox) stands."""
 
-    #: Accepted into the outbox by this process.
+    #: Accepted by this process: handed to the outbox (a durable one through the handoff).
     queued: int
     #: Built and validated but not sent: no access token (dry run).
     dry_run: int
-    #: Could not be enqueued (outbox full or unreachable); each was logged.
+    #: Could not be enqueued (handoff or outbox full, not stored before close); all logged.
     dropped: int
     #: Server copies of tracked events the app's data made invalid (a text ``value``, say);
     #: each was logged with the reason. Their browser copies may have fired alone.
@@ -76,16 +78,22 @@ class Stats:
     sent: int
     #: Failed attempts rescheduled by this process's dispatcher.
     retried: int
-    #: Dead letters in the outbox (Meta refused them, or they grew too old).
-    dead: int
+    #: Dead letters in the outbox (Meta refused them, or they grew too old). None, like
+    #: ``pending`` and ``in_flight``, when the outbox could not be asked: see ``outbox_error``.
+    dead: int | None
     #: In the outbox, waiting to be sent (including retries not yet due).
-    pending: int
+    pending: int | None
     #: Claimed by a sender right now.
-    in_flight: int
+    in_flight: int | None
     #: Pixels whose token or permissions failed; their events wait in the outbox.
     paused_pixels: tuple[str, ...]
     #: Per pixel: queued (by this process), sent, retried, dead (by its dispatcher).
     pixels: dict[str, dict[str, int]]
+    #: Handed over by this process's requests and not yet written to the outbox: what a
+    #: SIGKILL now would lose.
+    handoff: int = 0
+    #: Why the outbox is unavailable (unreachable, locked, closed), or None when it answers.
+    outbox_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +219,9 @@ class BeaconAnswer:
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
+#: Seconds ``close()`` gives the handoff to store its events, whatever its ``timeout``.
+CLOSE_STORE_MIN = 1.0
+
 #: Response header that tells a front end which events to fire with which eventID.
 EVENTS_HEADER = "X-PixelMirror-Events"
 
@@ -305,6 +316,9 @@ class PixelMirror:
         self.outbox: Outbox = open_outbox(self.config.outbox, max_events=self.config.queue_size)
         self.client: GraphClient | None = None
         self.dispatcher: Dispatcher | None = None
+        #: Between requests and a durable outbox: a bounded queue and its writer thread.
+        self.handoff: Handoff | None = None
+        self._outbox_error: str | None = None
         self._counts_lock = threading.Lock()
         self._queued: Counter[str] = Counter()
         self._dry_run = 0
@@ -318,6 +332,12 @@ class PixelMirror:
                 "and logged, not sent"
             )
         else:
+            if not isinstance(self.outbox, MemoryOutbox):  # that one never blocks a request
+                self.handoff = Handoff(
+                    self.outbox,
+                    max_events=self.config.handoff_size,
+                    linger=self.config.handoff_linger,
+                )
             self.client = GraphClient.from_config(self.config, tokens=tokens, transport=transport)
             if self.config.dispatch == "thread":
                 self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
@@ -346,12 +366,19 @@ class PixelMirror:
         data_processing_options_state: int | None = None,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
+        wait: bool | float = False,
     ) -> str:
         """Queue a server event for CAPI and return its ``event_id``.
 
         For events that happen away from a page: an approval decided offline, a refund, a
-        subscription renewal. Never blocks on the network: the event is validated (bad
-        arguments raise :class:`ValueError`), serialised, and put in the outbox.
+        subscription renewal. The event is validated (bad arguments raise
+        :class:`ValueError`), serialised, and handed to the outbox; by default ``send``
+        never blocks, and a durable outbox stores the event a few milliseconds later.
+
+        ``wait=True`` (up to ``shutdown_timeout`` seconds) or ``wait=<seconds>`` returns only
+        once the event is in the outbox, for jobs that must not lose it to a crash right
+        after; it raises :class:`~pixelmirror.handoff.NotStored` if the outbox did not take
+        it in time (it may still be stored later).
         """
         pixel = pixel_id or self.config.pixel_id
         if not pixel:
@@ -372,11 +399,27 @@ class PixelMirror:
             data_processing_options_state=data_processing_options_state,
             test_event_code=test_event_code or self.config.test_event_code,
         )
-        self.enqueue([event])
+        if not wait or self.dry_run:
+            self.enqueue([event])
+        else:
+            timeout = self.config.shutdown_timeout if wait is True else float(wait)
+            self._enqueue_and_wait(event, timeout)
         return event.event_id
 
+    def _enqueue_and_wait(self, event: ServerEvent, timeout: float) -> None:
+        if self.handoff is not None:
+            self.handoff.put_and_wait([event], timeout)
+        elif not self.outbox.put([event]):
+            raise NotStored(f"event {event.event_id} dropped by the outbox {self.outbox.url}")
+        with self._counts_lock:
+            self._queued[event.pixel_id] += 1
+
     def enqueue(self, events: Sequence[ServerEvent]) -> None:
-        """Hand built events to the outbox (or, running dry, to the log). Never raises."""
+        """Hand built events to the outbox (or, running dry, to the log). Never raises.
+
+        A durable outbox gets them through the handoff, written by this process's writer
+        thread: no outbox I/O happens on the caller's thread.
+        """
         if self.dry_run:
             for event in events:
                 logger.info(
@@ -389,7 +432,7 @@ class PixelMirror:
             with self._counts_lock:
                 self._dry_run += len(events)
             return
-        taken = self.outbox.put(events)
+        taken = (self.handoff or self.outbox).put(events)
         with self._counts_lock:
             self._queued.update(event.pixel_id for event in events[:taken])
 
@@ -694,15 +737,35 @@ class PixelMirror:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the outbox is empty (all sent or dead-lettered); False at ``timeout``.
 
-        Only a process that sends can wait for its outbox: with ``dispatch="external"`` this
-        reports whether the outbox is empty right now.
+        First the handoff is written to the outbox, then the sender drains it. Only a process
+        that sends can wait for its outbox: with ``dispatch="external"`` this reports whether
+        the outbox is empty right now. An unavailable outbox is logged and answers False.
         """
-        if self.dispatcher is not None:
-            return self.dispatcher.flush(timeout)
-        return self.outbox.counts().unfinished == 0
+        deadline = time.monotonic() + timeout
+        if self.handoff is not None and not self.handoff.flush(timeout):
+            return False
+        try:
+            if self.dispatcher is not None:
+                done = self.dispatcher.flush(max(0.0, deadline - time.monotonic()))
+            else:
+                done = self.outbox.counts().unfinished == 0
+        except Exception as exc:
+            self._outbox_failed("flush", exc)
+            return False
+        self._outbox_answered()
+        return done
 
     def stats(self) -> Stats:
-        counts = self.outbox.counts()
+        """Where every event stands. Never raises: an unavailable outbox is named in
+        ``outbox_error`` (and logged once), with its counts None."""
+        counts: OutboxCounts | None
+        try:
+            counts = self.outbox.counts()
+        except Exception as exc:
+            counts = None
+            self._outbox_failed("stats", exc)
+        else:
+            self._outbox_answered()
         dispatcher = self.dispatcher
         delivered = dispatcher.counts if dispatcher else DeliveryCounts()
         by_pixel = dict(dispatcher.pixel_counts) if dispatcher else {}
@@ -718,19 +781,36 @@ class PixelMirror:
             }
             for pixel_id in sorted(queued.keys() | by_pixel.keys())
         }
+        handoff = self.handoff
         return Stats(
             queued=sum(queued.values()),
             dry_run=dry_run,
-            dropped=counts.dropped,
+            dropped=self.outbox.dropped + (handoff.drops.total if handoff else 0),
             invalid=invalid,
             sent=delivered.sent,
             retried=delivered.retried,
-            dead=counts.dead,
-            pending=counts.pending,
-            in_flight=counts.in_flight,
+            dead=counts.dead if counts else None,
+            pending=counts.pending if counts else None,
+            in_flight=counts.in_flight if counts else None,
             paused_pixels=dispatcher.paused_pixels if dispatcher else (),
             pixels=pixels,
+            handoff=handoff.held if handoff else 0,
+            outbox_error=self._outbox_error or (handoff.error if handoff else None),
         )
+
+    def _outbox_failed(self, doing: str, exc: Exception) -> None:
+        """Note an unavailable outbox; logged when the reason changes, not on every call."""
+        error = f"{type(exc).__name__}: {exc}"
+        if error != self._outbox_error:
+            logger.warning(
+                "pixelmirror outbox %s unavailable (%s): %s", self.outbox.url, doing, error
+            )
+        self._outbox_error = error
+
+    def _outbox_answered(self) -> None:
+        if self._outbox_error is not None:
+            logger.warning("pixelmirror outbox %s answers again", self.outbox.url)
+            self._outbox_error = None
 
     def check(
         self, pixel_id: str | None = None, *, test_event_code: str | None = None
@@ -780,15 +860,29 @@ class PixelMirror:
         )
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush for up to ``timeout`` (default ``shutdown_timeout``), then stop. Idempotent."""
+        """Store what the handoff holds, flush, then stop. Idempotent; never raises.
+
+        ``timeout`` (default ``shutdown_timeout``) bounds the whole close, except that storing
+        the handoff's events in the outbox gets at least ``CLOSE_STORE_MIN`` seconds even
+        with ``timeout=0``: a process stopping without waiting for Meta still keeps its
+        events. Events an unavailable outbox did not take in that time are logged (with
+        their number) and counted as dropped.
+        """
         if self._closed:
             return
         self._closed = True
         _live_mirrors.discard(self)
         timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if self.handoff is not None:
+            # Logs (and counts) what it could not store.
+            self.handoff.close(max(timeout, CLOSE_STORE_MIN))
         if self.dispatcher is not None:
-            self.dispatcher.flush(timeout)
-            self.dispatcher.stop(timeout)
+            try:
+                self.dispatcher.flush(max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                self._outbox_failed("close", exc)
+            self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         try:
             counts = self.outbox.counts()
         except Exception as exc:  # an unreachable Redis: nothing to count, nothing to lose here
@@ -805,11 +899,20 @@ class PixelMirror:
             )
         if self.client is not None:
             self.client.close()
-        self.outbox.close()
+        try:
+            self.outbox.close()
+        except Exception:
+            logger.exception("pixelmirror: closing the outbox %s failed", self.outbox.url)
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh outbox connections, and a dispatcher of its own."""
-        self.outbox.after_fork()
+        """In a forked child: fresh outbox connections, an empty handoff with its own writer,
+        and a dispatcher of its own."""
+        try:
+            self.outbox.after_fork()
+        except Exception:  # the child's own handoff and dispatcher must still be set up
+            logger.exception("pixelmirror: the outbox could not reopen in a forked child")
+        if self.handoff is not None:
+            self.handoff.after_fork()
         self._counts_lock = threading.Lock()
         self._queued, self._dry_run = Counter(), 0
         if self.dispatcher is not None and self.client is not None:
@@ -891,8 +994,11 @@ _live_mirrors: weakref.WeakSet[PixelMirror] = weakref.WeakSet()
 
 
 def _close_all() -> None:
-    for mirror in list(_live_mirrors):
-        mirror.close()
+    for mirror in list(_live_mirrors):  # one failing mirror must not keep the rest open
+        try:
+            mirror.close()
+        except Exception:
+            logger.exception("pixelmirror: closing %r at exit failed", mirror)
 
 
 def _after_fork_in_child() -> None:

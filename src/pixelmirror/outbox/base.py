@@ -67,12 +67,17 @@ class Drops:
         self.total = 0
         self._lock = threading.Lock()
 
-    def add(self, count: int, why: str, exc: BaseException | None = None) -> None:
+    def add(
+        self, count: int, why: str, exc: BaseException | None = None, *, log: bool = True
+    ) -> None:
+        """Count ``count`` lost events; ``log=False`` counts one of a spell already logged."""
         if count <= 0:
             return
         with self._lock:
             self.total += count
             total = self.total
+        if not log:
+            return
         unexpected = exc is not None and not isinstance(exc, self.expected)
         logging.getLogger("pixelmirror").error(
             "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
@@ -93,6 +98,18 @@ class Outbox(Protocol):
 
     def put(self, events: Sequence[ServerEvent]) -> int:
         """Enqueue events; returns how many were taken. Never raises: failures are counted."""
+
+    def write(self, events: Sequence[ServerEvent]) -> int:
+        """Store events as one group (one transaction, one pipeline); returns how many were
+        taken, the rest being dropped for lack of room (counted and logged).
+
+        Raises when the store cannot take them now (unreachable, locked, closed): nothing
+        was counted, and the caller still holds the events to try again.
+        """
+
+    @property
+    def dropped(self) -> int:
+        """Events this process could not enqueue, counted without asking the store."""
 
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()

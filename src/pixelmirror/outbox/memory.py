@@ -57,6 +57,14 @@ class MemoryOutbox:
         self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
 
+    def write(self, events: Sequence[ServerEvent]) -> int:
+        """A put: in-process, it never blocks and never fails."""
+        return self.put(events)
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
+
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
     ) -> list[Claimed]:

@@ -309,10 +309,12 @@ class RedisOutbox:
     what it trimmed (``XLEN`` before and after, in the same ``MULTI``) as dropped and
     logs it. The stream holds only unfinished events, as acked ones are deleted.
 
-    *Unreachable Redis.* :meth:`put` never raises and never waits longer than about twice
-    ``timeout``: failures are counted as dropped and logged, and for ``PUT_COOLDOWN``
-    seconds afterwards puts drop at once instead of each waiting out the timeout. The
-    worker's commands raise; the dispatcher logs and retries with backoff, reconnecting.
+    *Unreachable Redis.* :meth:`write` (the web process's writer thread) raises after
+    about twice ``timeout`` at most, and the writer keeps the events and tries again.
+    :meth:`put` never raises: failures are counted as dropped and logged, and for
+    ``PUT_COOLDOWN`` seconds afterwards puts drop at once instead of each waiting out the
+    timeout. The worker's commands raise; the dispatcher logs and retries with backoff,
+    reconnecting.
 
     *Consumers.* ``consumer`` names this process in the group. Give each worker a stable
     name (``?consumer=worker-3``, say the host or pod name): its first claim after a
@@ -477,19 +479,30 @@ class RedisOutbox:
             self._drops.add(len(events), f"Redis was unreachable less than {PUT_COOLDOWN:g}s ago")
             return 0
         try:
-            with self._client(quick=True).pipeline(transaction=True) as pipe:
-                if self.maxlen is not None:
-                    pipe.xlen(self.stream)
-                for event in events:
-                    pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
-                if self.maxlen is not None:
-                    pipe.xlen(self.stream)
-                results = pipe.execute()
-        except Exception as exc:  # the request path must never see an outbox failure
+            return self.write(events)
+        except Exception as exc:  # put's callers must never see an outbox failure
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._put_blocked_until = time.monotonic() + PUT_COOLDOWN
             self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
             return 0
+
+    def write(self, events: Sequence[ServerEvent]) -> int:
+        """One pipeline (``MULTI``/``EXEC``) for the whole group, waiting ``timeout`` at most.
+
+        A reply lost to the timeout after Redis ran the pipeline leaves the events stored; a
+        caller that tries again stores them twice, with the same ``event_id`` (Meta
+        deduplicates).
+        """
+        if not events:
+            return 0
+        with self._client(quick=True).pipeline(transaction=True) as pipe:
+            if self.maxlen is not None:
+                pipe.xlen(self.stream)
+            for event in events:
+                pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
+            if self.maxlen is not None:
+                pipe.xlen(self.stream)
+            results = pipe.execute()
         if self.maxlen is not None:
             trimmed = int(results[0]) + len(events) - int(results[-1])
             if trimmed > 0:
@@ -497,6 +510,10 @@ class RedisOutbox:
                     trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed"
                 )
         return len(events)
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
 
     # -- the worker side --------------------------------------------------------------------
 
@@ -651,10 +668,17 @@ class RedisOutbox:
             self._put_redis = self._work_redis = None
             self._closed = True
         if work_redis is not None:
+            # With the short timeout: a Redis that stopped answering must not hold up a close.
+            quick = redis.Redis.from_url(
+                self._connection_url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+            )
             try:
-                work_redis.eval(_RETIRE, 1, self.stream, self.group, self.consumer)
+                quick.eval(_RETIRE, 1, self.stream, self.group, self.consumer)
             except redis.RedisError as exc:
                 logger.debug("pixelmirror outbox %s: consumer left in place: %s", self.url, exc)
+            quick.close()
             work_redis.close()
         if put_redis is not None:
             put_redis.close()

@@ -92,6 +92,9 @@ os.register_at_fork(
     after_in_child=_held_over_fork.clear,
 )
 
+#: Dead letters moved back per transaction by ``replay_dead``.
+REPLAY_CHUNK = 2000
+
 #: How stale (seconds) the row count behind ``max_events`` may be before a put recounts.
 _RECOUNT_INTERVAL = 1.0
 
@@ -111,10 +114,13 @@ class SQLiteOutbox:
     and a dead sender's rows come due again when its lease runs out. The receipt carries the
     token: answering a claim whose rows were since claimed again changes nothing.
 
-    A put that fails (disk full, the database locked beyond ``timeout`` seconds, more than
-    ``max_events`` stored) logs an error, counts the events as dropped and never raises: it
-    runs on the request path. ``max_events`` is checked against a row count at most
-    one second old, so other processes' puts may overshoot it briefly.
+    A :meth:`write` that cannot commit (the database locked beyond ``timeout`` seconds by
+    another process, a full disk) raises, and the web process's writer thread keeps the
+    events and tries again; no request waits for the lock. :meth:`put` logs such a failure
+    instead, counts the events as dropped and never raises. Events over ``max_events`` are
+    dropped and counted either way. Long operations (:meth:`replay_dead`) commit in chunks,
+    so they never hold the write lock for long. ``max_events`` is checked against a row
+    count at most one second old, so other processes' puts may overshoot it briefly.
     """
 
     def __init__(
@@ -236,35 +242,42 @@ class SQLiteOutbox:
                 raise
 
     def put(self, events: Sequence[ServerEvent]) -> int:
+        try:
+            return self.write(events)
+        except Exception as exc:  # put's callers must never see an outbox failure
+            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
+            return 0
+
+    def write(self, events: Sequence[ServerEvent]) -> int:
         if not events:
             return 0
         now = time.time()
-        try:
-            with self._transaction() as conn:
-                taken = events[: self._room(conn, len(events))]
-                conn.executemany(
-                    f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.pixel_id,
-                            e.test_event_code,
-                            e.event_id,
-                            e.event_name,
-                            e.event_time,
-                            e.action_source,
-                            e.payload,
-                            now,
-                        )
-                        for e in taken
-                    ],
-                )
-                self._size_hint += len(taken)
-        except Exception as exc:  # the request path must never see an outbox failure
-            self._drops.add(len(events), f"{type(exc).__name__}: {exc}", exc)
-            return 0
+        with self._transaction() as conn:
+            taken = events[: self._room(conn, len(events))]
+            conn.executemany(
+                f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.pixel_id,
+                        e.test_event_code,
+                        e.event_id,
+                        e.event_name,
+                        e.event_time,
+                        e.action_source,
+                        e.payload,
+                        now,
+                    )
+                    for e in taken
+                ],
+            )
+            self._size_hint += len(taken)
         if len(taken) < len(events):
             self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
 
     def _room(self, conn: sqlite3.Connection, wanted: int) -> int:
         """How many of ``wanted`` new events fit under ``max_events``."""
@@ -452,15 +465,25 @@ class SQLiteOutbox:
         ]
 
     def replay_dead(self) -> int:
-        now = time.time()
-        with self._transaction() as conn:
-            moved = conn.execute(
-                f"INSERT INTO events ({_EVENT_COLUMNS}, due)"
-                f" SELECT {_EVENT_COLUMNS}, ? FROM dead ORDER BY id",
-                (now,),
-            ).rowcount
-            conn.execute("DELETE FROM dead")
-        return moved
+        """Move the dead letters back to pending, oldest first, ``REPLAY_CHUNK`` per
+        transaction: the write lock is held for milliseconds at a time, so other processes'
+        writes and claims go on between chunks however many letters there are."""
+        moved = 0
+        while True:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT MAX(id) FROM (SELECT id FROM dead ORDER BY id LIMIT ?)",
+                    (REPLAY_CHUNK,),
+                ).fetchone()
+                if row[0] is None:
+                    return moved
+                chunk = conn.execute(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}, due)"
+                    f" SELECT {_EVENT_COLUMNS}, ? FROM dead WHERE id <= ? ORDER BY id",
+                    (time.time(), row[0]),
+                ).rowcount
+                conn.execute("DELETE FROM dead WHERE id <= ?", (row[0],))
+            moved += chunk
 
     def after_fork(self) -> None:
         """Give a forked child its own connection; the parent's is left untouched.
