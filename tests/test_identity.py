@@ -16,10 +16,10 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from pixelmirror import _domains
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.facts import RequestFacts
+from pixelmirror.fbcookies import FB_MAX_AGE
 from pixelmirror.identity import (
     CARRY_MAX_BYTES,
     CARRY_SALT,
-    FB_MAX_AGE,
     VISITOR_SALT,
     Identity,
     Visitor,

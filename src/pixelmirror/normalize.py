@@ -23,13 +23,12 @@ from datetime import date
 from types import MappingProxyType
 
 from . import _geo
+from .proxies import IPAddress, canonical_ip
 
 __all__ = [
     "HASHED_KEYS",
     "USER_DATA_KEYS",
     "WIRE_KEYS",
-    "IPAddress",
-    "canonical_ip",
     "identifies_user",
     "normalize_user_data",
     "sha256_hex",
@@ -376,21 +375,6 @@ def _hashed(wire: str, value: object, us: bool | None) -> str | None:
 # An IPv4 address in canonical form: four decimal octets 0-255, no leading zeros.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def canonical_ip(ip: IPAddress) -> IPAddress:
-    """One address, one form: IPv4-mapped IPv6 (``::ffff:1.2.3.4``, from a dual-stack
-    socket) becomes the IPv4 address; an IPv6 zone (``%eth0`` names an interface of ours) is
-    dropped."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.scope_id is not None:
-            return ipaddress.IPv6Address(int(ip))
-    return ip
 
 
 def _plain(wire: str, value: object) -> object | None:
