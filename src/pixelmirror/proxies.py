@@ -44,7 +44,10 @@ def parse_ip(text: str) -> IPAddress | None:
     if len(text) > 64:
         return None
     if text.startswith("["):
-        text = text[1 : text.find("]")]
+        end = text.find("]")
+        if end < 0:
+            return None  # unclosed: slicing to -1 would make "[::1" the address "::"
+        text = text[1:end]
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
