@@ -21,6 +21,9 @@ from pixelmirror.meta import (
     ACTION_SOURCES,
     CURRENCY,
     DAY,
+    LDU_COUNTRIES,
+    LDU_STATES,
+    LIMITED_DATA_USE,
     MAX_EVENT_NAME_LENGTH,
     MAX_FUTURE_SKEW,
     NEEDS_VALUE_AND_CURRENCY,
@@ -249,20 +252,25 @@ def _check_custom_data(event_name: str, custom_data: Mapping[str, object]) -> Ma
 def _processing_options(
     options: Sequence[str], country: int | None, state: int | None
 ) -> dict[str, object]:
-    if isinstance(options, str) or any(option != "LDU" for option in options):
-        raise ValueError(f"data_processing_options must be [] or ['LDU']; got {options!r}")
+    if isinstance(options, str) or any(option != LIMITED_DATA_USE for option in options):
+        raise ValueError(
+            f"data_processing_options must be [] or [{LIMITED_DATA_USE!r}]; got {options!r}"
+        )
     if not options:
         return {"data_processing_options": []}
-    # 0 asks Meta to geolocate the user; 1 / 1000 pin the USA / California.
     country = 0 if country is None else country
     state = 0 if state is None else state
-    if country not in (0, 1) or state not in (0, 1000):
+    if country not in LDU_COUNTRIES or state not in LDU_STATES:
         raise ValueError(
-            "data_processing_options_country must be 0 or 1 and "
-            f"data_processing_options_state 0 or 1000; got {country!r}, {state!r}"
+            f"data_processing_options_country must be {_either(LDU_COUNTRIES)} and "
+            f"data_processing_options_state {_either(LDU_STATES)}; got {country!r}, {state!r}"
         )
     return {
-        "data_processing_options": ["LDU"],
+        "data_processing_options": [LIMITED_DATA_USE],
         "data_processing_options_country": country,
         "data_processing_options_state": state,
     }
+
+
+def _either(codes: Sequence[int]) -> str:
+    return " or ".join(map(str, codes))

@@ -18,6 +18,9 @@ __all__ = [
     "ACTION_SOURCES",
     "CURRENCY",
     "DAY",
+    "LDU_COUNTRIES",
+    "LDU_STATES",
+    "LIMITED_DATA_USE",
     "MAX_EVENTS_PER_REQUEST",
     "MAX_EVENT_AGE",
     "MAX_EVENT_NAME_LENGTH",
@@ -87,6 +90,13 @@ STANDARD_EVENTS: frozenset[str] = frozenset(
 CURRENCY = re.compile(r"[A-Za-z]{3}")
 #: Events Meta refuses without ``custom_data`` ``value`` and ``currency``.
 NEEDS_VALUE_AND_CURRENCY = frozenset({"Purchase"})
+
+
+#: Limited Data Use, the one data processing option, and the codes that say where it applies:
+#: 0 asks Meta to geolocate the user; country 1 is the USA, state 1000 California.
+LIMITED_DATA_USE = "LDU"
+LDU_COUNTRIES = (0, 1)
+LDU_STATES = (0, 1000)
 
 
 def max_age(action_source: str) -> int:
