@@ -27,9 +27,10 @@ from pixelmirror.meta import (
     MAX_EVENT_NAME_LENGTH,
     MAX_FUTURE_SKEW,
     NEEDS_VALUE_AND_CURRENCY,
+    identifies_user,
     max_age,
 )
-from pixelmirror.normalize import identifies_user, normalize_user_data
+from pixelmirror.normalize import normalize_user_data
 
 
 def new_event_id() -> str:

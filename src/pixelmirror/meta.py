@@ -1,23 +1,26 @@
-"""Meta's documented rules, in one place: what the Conversions API and the pixel accept, and
-what each of Meta's error answers asks a sender to do.
+"""Meta's documented rules, in one place: what the Conversions API and the pixel accept
+(limits, event names, ``user_data`` keys), and what each of Meta's error answers asks a
+sender to do.
 
 Production modules read these tables (``events.py`` validates with them, ``config.py`` bounds
-the batch size, ``snippet.py`` picks ``track`` or ``trackCustom``, ``delivery/graph.py`` sorts
-answers, the facade's ``check()`` explains them). The fake Graph API in
-``pixelmirror.testing`` keeps its own copy on purpose, so that a wrong rule here shows up as a
-refusal there rather than agreeing with itself.
+the batch size, ``snippet.py`` picks ``track`` or ``trackCustom``, ``normalize.py`` maps
+``user_data`` keys, ``delivery/graph.py`` sorts answers, the facade's ``check()`` explains
+them). The fake Graph API in ``pixelmirror.testing`` keeps its own copy on purpose, so that a
+wrong rule here shows up as a refusal there rather than agreeing with itself.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
 
 __all__ = [
     "ACTION_SOURCES",
     "CURRENCY",
     "DAY",
+    "HASHED_KEYS",
     "LDU_COUNTRIES",
     "LDU_STATES",
     "LIMITED_DATA_USE",
@@ -28,10 +31,13 @@ __all__ = [
     "MAX_PHYSICAL_STORE_AGE",
     "NEEDS_VALUE_AND_CURRENCY",
     "STANDARD_EVENTS",
+    "USER_DATA_KEYS",
+    "WIRE_KEYS",
     "Fault",
     "advice",
     "error_number",
     "fault",
+    "identifies_user",
     "max_age",
 ]
 
@@ -102,6 +108,69 @@ LDU_STATES = (0, 1000)
 def max_age(action_source: str) -> int:
     """How old (seconds) an event with this ``action_source`` may be when Meta receives it."""
     return MAX_PHYSICAL_STORE_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+
+
+# -- user_data ---------------------------------------------------------------------------
+
+# Meta rejects an event whose user data is only one of these sets or a subset of one.
+_INSUFFICIENT_SETS: tuple[frozenset[str], ...] = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+
+def identifies_user(wire_keys: Collection[str]) -> bool:
+    """Whether ``user_data`` with these wire keys is enough for Meta to accept the event."""
+    keys = frozenset(wire_keys)
+    return bool(keys) and not any(keys <= weak for weak in _INSUFFICIENT_SETS)
+
+
+_HASHED_ORDER = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id")
+_PLAIN_ORDER = (
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+    "subscription_id",
+    "fb_login_id",
+    "lead_id",
+)
+
+#: Every wire key, in the order :func:`pixelmirror.normalize.normalize_user_data` emits them.
+WIRE_KEYS: tuple[str, ...] = _HASHED_ORDER + _PLAIN_ORDER
+
+#: Wire keys whose values are normalised and SHA-256 hashed. They may hold a list of values.
+HASHED_KEYS: frozenset[str] = frozenset(_HASHED_ORDER)
+
+#: Accepted ``user_data`` keys (Meta SDK long names and Meta's wire keys) -> wire key.
+USER_DATA_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "email": "em",
+        "em": "em",
+        "phone": "ph",
+        "ph": "ph",
+        "first_name": "fn",
+        "fn": "fn",
+        "last_name": "ln",
+        "ln": "ln",
+        "date_of_birth": "db",
+        "db": "db",
+        "gender": "ge",
+        "ge": "ge",
+        "city": "ct",
+        "ct": "ct",
+        "state": "st",
+        "st": "st",
+        "zip_code": "zp",
+        "zp": "zp",
+        "country": "country",
+        "country_code": "country",
+        "external_id": "external_id",
+        **{key: key for key in _PLAIN_ORDER},
+    }
+)
 
 
 # -- error answers -----------------------------------------------------------------------
