@@ -77,8 +77,9 @@ class Identity:
     Security and privacy defaults:
 
     - The visitor id is random (``secrets.token_urlsafe(16)``) and travels only in a cookie
-      signed with itsdangerous (salt ``pixelmirror.visitor``): ``HttpOnly; SameSite=Lax;
-      Path=/``, ``Secure`` unless ``cookie_secure`` is off, host-only unless ``cookie_domain``
+      signed in itsdangerous' format (:mod:`pixelmirror.signing`, salt
+      ``pixelmirror.visitor``): ``HttpOnly; SameSite=Lax; Path=/``, ``Secure`` unless
+      ``cookie_secure`` is off, host-only unless ``cookie_domain``
       is set. A cookie that is missing, tampered with, signed by an unknown key, older than
       ``cookie_max_age``, oversized or of the wrong shape is replaced by a new id; it is never
       an error. ``secret_key`` is newest first: the first key signs, all keys verify, and a
@@ -122,7 +123,6 @@ class Identity:
         self._consent = Consent(config, consent)
         self._proxies = Proxies(config)
         self._fb = FbCookies(config, self._proxies)
-
         self._secure = config.cookie_secure
         self._warned_http = False
         self._warn_lock = threading.Lock()
@@ -138,7 +138,7 @@ class Identity:
         self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
         self._carry_seal = Seal(config.secret_key, CARRY_SALT)
         # Used only for its payload encoding (compact JSON, zlib when shorter, base64url);
-        # signing is _Seal's. ``default=str`` keeps a Decimal in custom_data from failing.
+        # signing is Seal's. ``default=str`` keeps a Decimal in custom_data from failing.
         self._carry_payload: URLSafeSerializer = URLSafeSerializer(
             list(reversed(config.secret_key)), salt=CARRY_SALT, serializer_kwargs={"default": str}
         )
