@@ -421,7 +421,6 @@ def test_garbage_requests_never_raise(facts: RequestFacts) -> None:
     visitor = identity.resolve(facts, now=NOW)
     assert visitor is not None
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", visitor.visitor_id)
-    identity.client_ip(facts)
     identity.page_url(facts)
     assert identity.read_carried(facts) == []
     for set_cookie in visitor.set_cookies:  # nothing from the request leaks into attributes

@@ -4,7 +4,15 @@ import pytest
 
 from identitykit import TRUSTED, make, request, resolve
 from pixelmirror.beacon import ip_budget_key
-from pixelmirror.proxies import parse_ip
+from pixelmirror.config import Config
+from pixelmirror.facts import RequestFacts
+from pixelmirror.proxies import Proxies, parse_ip
+
+
+def client_ip(facts: RequestFacts) -> str | None:
+    proxies = Proxies(Config(trusted_proxies=TRUSTED))
+    return proxies.client_ip(facts, *proxies.peer(facts))
+
 
 # --------------------------------------------------------------------------------------------
 # Client IP and page URL
@@ -131,10 +139,8 @@ from pixelmirror.proxies import parse_ip
     ],
 )
 def test_client_ip(peer: str | None, headers: dict[str, str], expected: str | None) -> None:
-    identity = make(trusted_proxies=TRUSTED)
-    facts = request(peer=peer, headers=headers)
-    assert identity.client_ip(facts) == expected
-    assert resolve(identity, peer=peer, headers=headers).client_ip == expected
+    assert client_ip(request(peer=peer, headers=headers)) == expected
+    assert resolve(make(trusted_proxies=TRUSTED), peer=peer, headers=headers).client_ip == expected
 
 
 @pytest.mark.parametrize(
@@ -210,7 +216,7 @@ def test_every_form_of_an_address_is_one_address(text: str, canonical: str) -> N
     assert ip is not None
     assert ip.compressed == canonical
     assert ip_budget_key(text) == ip_budget_key(canonical)
-    assert make().client_ip(request(peer=text)) == canonical
+    assert client_ip(request(peer=text)) == canonical
 
 
 @pytest.mark.parametrize(

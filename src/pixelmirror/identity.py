@@ -212,12 +212,7 @@ class Identity:
         token = self._visitor_seal.seal(visitor_id.encode("ascii"), now)
         return f"{self._cookie_name}={token}{self._visitor_suffix}"
 
-    # -- client IP and page URL -------------------------------------------------------------
-
-    def client_ip(self, facts: RequestFacts) -> str | None:
-        """The client's address, through trusted proxies (:meth:`Proxies.client_ip`)."""
-        peer, trusted = self._proxies.peer(facts)
-        return self._proxies.client_ip(facts, peer, trusted)
+    # -- page URL ----------------------------------------------------------------------------
 
     def page_url(self, facts: RequestFacts) -> str:
         """The URL as the browser sees it, behind trusted proxies (:meth:`Proxies.page_url`)."""
