@@ -22,7 +22,8 @@ from typing import Any
 from harness import CHROME_UA, PIXEL_ID, Row, interleaved, median, per_call_us, quiet_logs
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.normalize import USER_DATA_KEYS, normalize_user_data, sha256_hex
+from pixelmirror.meta import USER_DATA_KEYS
+from pixelmirror.normalize import normalize_user_data, sha256_hex
 
 USER = {
     "email": "  Ann.Lee@Example.com ",

@@ -16,7 +16,8 @@ from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import GraphClient, token_fingerprint
-from pixelmirror.events import DAY, ServerEvent
+from pixelmirror.events import ServerEvent
+from pixelmirror.meta import DAY
 from pixelmirror.outbox.base import Claimed
 from pixelmirror.outbox.memory import MemoryOutbox
 from pixelmirror.testing import FakeGraphAPI

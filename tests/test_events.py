@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from pixelmirror.events import DAY, ServerEvent
+from pixelmirror.events import ServerEvent
+from pixelmirror.meta import DAY
 
 NOW = 1_800_000_000.0
 UA = "Mozilla/5.0 (X11; Linux x86_64)"

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pixelmirror import meta
 from pixelmirror.delivery.graph import (
     AccessError,
     GraphClient,
@@ -16,6 +17,7 @@ from pixelmirror.delivery.graph import (
     InvalidEventsError,
     RequestError,
     TransientError,
+    fault_of,
     token_fingerprint,
 )
 from pixelmirror.testing import FakeGraphAPI
@@ -269,3 +271,14 @@ def test_the_token_is_scrubbed_before_a_long_answer_is_cut(offset: int) -> None:
     with pytest.raises(TransientError) as caught:
         client_answering(respond(502, text=body)).send("42", PAYLOADS)
     assert TOKEN[:4] not in str(caught.value)
+
+
+@pytest.mark.parametrize("fault", list(meta.Fault))
+def test_fault_of_an_error_is_the_fault_it_was_raised_for(fault: meta.Fault) -> None:
+    raised = {
+        meta.Fault.RETRY: TransientError,
+        meta.Fault.ACCESS: AccessError,
+        meta.Fault.REQUEST: RequestError,
+        meta.Fault.EVENTS: InvalidEventsError,
+    }[fault]
+    assert fault_of(raised("refused")) is fault

@@ -11,14 +11,8 @@ from types import MappingProxyType
 import pytest
 
 from pixelmirror import _geo
-from pixelmirror.normalize import (
-    HASHED_KEYS,
-    USER_DATA_KEYS,
-    WIRE_KEYS,
-    identifies_user,
-    normalize_user_data,
-    sha256_hex,
-)
+from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
+from pixelmirror.normalize import normalize_user_data, sha256_hex
 
 
 def h(text: str) -> str:
@@ -610,39 +604,6 @@ def test_client_ip_address(value: object, expected: str) -> None:
 # Keys and output order
 
 
-def test_user_data_keys_cover_every_wire_key() -> None:
-    assert set(USER_DATA_KEYS.values()) == set(WIRE_KEYS)
-    for wire in WIRE_KEYS:
-        assert USER_DATA_KEYS[wire] == wire
-    long_names = {
-        "email": "em",
-        "phone": "ph",
-        "first_name": "fn",
-        "last_name": "ln",
-        "date_of_birth": "db",
-        "gender": "ge",
-        "city": "ct",
-        "state": "st",
-        "zip_code": "zp",
-        "country_code": "country",
-    }
-    for name, wire in long_names.items():
-        assert USER_DATA_KEYS[name] == wire
-    assert {
-        "em",
-        "ph",
-        "fn",
-        "ln",
-        "db",
-        "ge",
-        "ct",
-        "st",
-        "zp",
-        "country",
-        "external_id",
-    } == HASHED_KEYS
-
-
 def test_output_follows_wire_key_order_whatever_the_input_order() -> None:
     user_data: dict[str, object] = {
         "lead_id": 1,
@@ -674,88 +635,3 @@ def test_input_mapping_not_modified_and_any_mapping_accepted() -> None:
     wire = normalize_user_data(MappingProxyType(user_data))
     assert wire == {"em": [h("a@example.com")], "country": h("us")}
     assert user_data == {"email": ["A@example.com"], "country": "US"}
-
-
-# --------------------------------------------------------------------------------------------
-# identifies_user: Meta's insufficient sets
-
-_WEAK_SETS = [
-    pytest.param({"ct", "country", "st", "zp", "ge", "client_user_agent"}, id="location-set"),
-    pytest.param({"db", "client_user_agent"}, id="db-ua-set"),
-    pytest.param({"fn", "ge"}, id="fn-ge-set"),
-    pytest.param({"ln", "ge"}, id="ln-ge-set"),
-]
-
-
-@pytest.mark.parametrize("keys", _WEAK_SETS)
-def test_identifies_user_rejects_each_insufficient_set_exactly(keys: set[str]) -> None:
-    assert not identifies_user(keys)
-
-
-@pytest.mark.parametrize(
-    "keys",
-    [
-        pytest.param({"ct", "zp"}, id="location-subset"),
-        pytest.param({"client_user_agent"}, id="ua-alone"),
-        pytest.param({"db"}, id="db-alone"),
-        pytest.param({"fn"}, id="fn-alone"),
-        pytest.param({"ge"}, id="ge-alone"),
-    ],
-)
-def test_identifies_user_rejects_subsets(keys: set[str]) -> None:
-    assert not identifies_user(keys)
-
-
-@pytest.mark.parametrize(
-    "user_data",
-    [
-        pytest.param(
-            {
-                "city": "Menlo Park",
-                "country": "US",
-                "state": "CA",
-                "zip_code": "94025",
-                "gender": "f",
-                "client_user_agent": "UA",
-                "email": "mary@example.com",
-            },
-            id="location-set-plus-em",
-        ),
-        pytest.param(
-            {"date_of_birth": "1990-01-01", "client_user_agent": "UA", "em": "m@example.com"},
-            id="db-ua-set-plus-em",
-        ),
-        pytest.param({"fn": "Mary", "ge": "f", "em": "mary@example.com"}, id="fn-ge-plus-em"),
-        pytest.param({"ln": "Smith", "ge": "f", "email": "mary@example.com"}, id="ln-ge-plus-em"),
-    ],
-)
-def test_identifies_user_accepts_superset_with_valid_email(user_data: dict[str, object]) -> None:
-    wire = normalize_user_data(user_data)
-    assert "em" in wire
-    assert identifies_user(wire)
-
-
-def test_identifies_user_invalid_email_does_not_rescue_a_weak_set() -> None:
-    wire = normalize_user_data({"fn": "Mary", "ge": "f", "em": "not-an-email"})
-    assert "em" not in wire
-    assert not identifies_user(wire)
-
-
-def test_identifies_user_rejects_empty() -> None:
-    assert not identifies_user(set())
-    assert not identifies_user(normalize_user_data({}))
-
-
-@pytest.mark.parametrize(
-    "keys",
-    [
-        pytest.param({"em"}, id="em"),
-        pytest.param({"ph"}, id="ph"),
-        pytest.param({"external_id"}, id="external_id"),
-        pytest.param({"fbp", "client_user_agent"}, id="fbp-ua"),
-        pytest.param({"fn", "ln"}, id="fn-ln"),
-        pytest.param({"client_ip_address", "client_user_agent"}, id="ip-ua"),
-    ],
-)
-def test_identifies_user_accepts_identifying_keys(keys: set[str]) -> None:
-    assert identifies_user(keys)

@@ -16,7 +16,6 @@ import pytest
 
 from pixelmirror.snippet import (
     MARKER,
-    STANDARD_EVENTS,
     BrowserEvent,
     render_snippet,
     safe_json,
@@ -53,11 +52,6 @@ def calls(html: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # structure
-
-
-def test_standard_events() -> None:
-    assert len(STANDARD_EVENTS) == 18
-    assert {"PageView", "Purchase", "ViewContent", "SubmitApplication"} <= STANDARD_EVENTS
 
 
 def test_stub_loads_fbevents_and_queues() -> None:

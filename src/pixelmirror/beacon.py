@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pixelmirror.facts import RequestFacts
-from pixelmirror.normalize import canonical_ip
+from pixelmirror.proxies import parse_ip
 
 #: Largest beacon body read, in bytes.
 MAX_BODY = 8 * 1024
@@ -106,9 +106,8 @@ def ip_budget_key(client_ip: str | None) -> str:
     address's /64 (one host is handed a whole /64 and may send from any address in it)."""
     if client_ip is None:
         return "-"
-    try:
-        ip = canonical_ip(ipaddress.ip_address(client_ip))
-    except ValueError:
+    ip = parse_ip(client_ip)
+    if ip is None:
         return client_ip
     if ip.version == 6:
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))

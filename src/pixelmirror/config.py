@@ -16,9 +16,9 @@ from typing import Any
 
 from pixelmirror._domains import HOSTNAME, is_public_suffix
 from pixelmirror.accounts import check_partner_agent
+from pixelmirror.meta import MAX_EVENTS_PER_REQUEST
 
 ENV_PREFIX = "PIXELMIRROR_"
-MAX_BATCH_SIZE = 1000  # Meta's limit of events per request
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -134,7 +134,7 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...] = _setting((), _networks)
     consent_cookie: str | None = _setting(None, _text)
     #: Events per request to Meta (at most 1000).
-    batch_size: int = _setting(MAX_BATCH_SIZE, _int)
+    batch_size: int = _setting(MAX_EVENTS_PER_REQUEST, _int)
     #: Seconds the dispatcher waits for more events before sending a partial batch.
     flush_interval: float = _setting(1.0, _float)
     #: Bound of the memory outbox; overflow is dropped, counted and logged.
@@ -263,9 +263,9 @@ class Config:
             self.dispatch in ("thread", "external"), "dispatch", "thread or external", self.dispatch
         )
         need(
-            1 <= self.batch_size <= MAX_BATCH_SIZE,
+            1 <= self.batch_size <= MAX_EVENTS_PER_REQUEST,
             "batch_size",
-            f"between 1 and {MAX_BATCH_SIZE}",
+            f"between 1 and {MAX_EVENTS_PER_REQUEST}",
             self.batch_size,
         )
         need(self.queue_size >= 1, "queue_size", "a positive integer", self.queue_size)

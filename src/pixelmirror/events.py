@@ -11,44 +11,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pixelmirror.normalize import identifies_user, normalize_user_data
-
-ACTION_SOURCES = frozenset(
-    {
-        "website",
-        "email",
-        "app",
-        "phone_call",
-        "chat",
-        "physical_store",
-        "system_generated",
-        "business_messaging",
-        "other",
-    }
+from pixelmirror.meta import (
+    ACTION_SOURCES,
+    CURRENCY,
+    DAY,
+    LDU_COUNTRIES,
+    LDU_STATES,
+    LIMITED_DATA_USE,
+    MAX_EVENT_NAME_LENGTH,
+    MAX_FUTURE_SKEW,
+    NEEDS_VALUE_AND_CURRENCY,
+    identifies_user,
+    max_age,
 )
-
-DAY = 86_400
-#: Meta rejects a whole request if any event in it is older than this (seconds).
-MAX_EVENT_AGE = 7 * DAY
-#: ...except offline store events, which get 62 days.
-MAX_PHYSICAL_STORE_AGE = 62 * DAY
-#: Clock skew tolerated for event times a little in the future.
-MAX_FUTURE_SKEW = 10 * 60
-MAX_EVENT_NAME_LENGTH = 50
-
-_CURRENCY = re.compile(r"[A-Za-z]{3}")
-
-
-def max_age(action_source: str) -> int:
-    """How old (seconds) an event with this ``action_source`` may be when Meta receives it."""
-    return MAX_PHYSICAL_STORE_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+from pixelmirror.normalize import normalize_user_data
 
 
 def new_event_id() -> str:
@@ -163,8 +145,8 @@ class ServerEvent:
                 body[name] = _check_url(name, url)
         if custom_data:
             body["custom_data"] = _check_custom_data(event_name, custom_data)
-        elif event_name == "Purchase":
-            raise ValueError("a Purchase needs custom_data with value and currency")
+        elif event_name in NEEDS_VALUE_AND_CURRENCY:
+            raise ValueError(f"a {event_name} needs custom_data with value and currency")
         if opt_out:
             body["opt_out"] = True
         if data_processing_options is not None:
@@ -259,32 +241,37 @@ def _check_custom_data(event_name: str, custom_data: Mapping[str, object]) -> Ma
         if not math.isfinite(value):
             raise ValueError(f"custom_data['value'] must be finite; got {value!r}")
     currency = custom_data.get("currency")
-    if currency is not None and not (isinstance(currency, str) and _CURRENCY.fullmatch(currency)):
+    if currency is not None and not (isinstance(currency, str) and CURRENCY.fullmatch(currency)):
         raise ValueError(
             f"custom_data['currency'] must be a 3-letter ISO 4217 code; got {currency!r}"
         )
-    if event_name == "Purchase" and (value is None or currency is None):
-        raise ValueError("a Purchase needs custom_data['value'] and custom_data['currency']")
+    if event_name in NEEDS_VALUE_AND_CURRENCY and (value is None or currency is None):
+        raise ValueError(f"a {event_name} needs custom_data['value'] and custom_data['currency']")
     return custom_data
 
 
 def _processing_options(
     options: Sequence[str], country: int | None, state: int | None
 ) -> dict[str, object]:
-    if isinstance(options, str) or any(option != "LDU" for option in options):
-        raise ValueError(f"data_processing_options must be [] or ['LDU']; got {options!r}")
+    if isinstance(options, str) or any(option != LIMITED_DATA_USE for option in options):
+        raise ValueError(
+            f"data_processing_options must be [] or [{LIMITED_DATA_USE!r}]; got {options!r}"
+        )
     if not options:
         return {"data_processing_options": []}
-    # 0 asks Meta to geolocate the user; 1 / 1000 pin the USA / California.
     country = 0 if country is None else country
     state = 0 if state is None else state
-    if country not in (0, 1) or state not in (0, 1000):
+    if country not in LDU_COUNTRIES or state not in LDU_STATES:
         raise ValueError(
-            "data_processing_options_country must be 0 or 1 and "
-            f"data_processing_options_state 0 or 1000; got {country!r}, {state!r}"
+            f"data_processing_options_country must be {_either(LDU_COUNTRIES)} and "
+            f"data_processing_options_state {_either(LDU_STATES)}; got {country!r}, {state!r}"
         )
     return {
-        "data_processing_options": ["LDU"],
+        "data_processing_options": [LIMITED_DATA_USE],
         "data_processing_options_country": country,
         "data_processing_options_state": state,
     }
+
+
+def _either(codes: Sequence[int]) -> str:
+    return " or ".join(map(str, codes))

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from pixelmirror import meta
 from pixelmirror.accounts import Account, AccountSource
 from pixelmirror.beacon import (
     BeaconRefused,
@@ -29,14 +30,7 @@ from pixelmirror.beacon import (
 )
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
-from pixelmirror.delivery.graph import (
-    AccessError,
-    GraphClient,
-    GraphError,
-    RequestError,
-    TokenSource,
-    TransientError,
-)
+from pixelmirror.delivery.graph import GraphClient, GraphError, TokenSource, fault_of
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
@@ -847,7 +841,7 @@ class PixelMirror:
                 pixel_id=pixel,
                 fbtrace_id=exc.fbtrace_id,
                 error=str(exc),
-                hint=_hint(exc),
+                hint=meta.advice(fault_of(exc), exc.code, exc.subcode, exc.message),
             )
         if self.dispatcher is not None:  # what Meta just took, the paused pixel may send
             self.dispatcher.resume(pixel, "a check of the connection succeeded")
@@ -957,36 +951,6 @@ def _merge_user_data(base: Mapping[str, object], extra: Mapping[str, object]) ->
 
 def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _hint(error: GraphError) -> str:
-    if isinstance(error, TransientError):
-        return "Meta is unreachable or throttling: try again in a few minutes"
-    if error.code == 190:
-        return (
-            "the access token is invalid, expired or revoked: generate a new one in "
-            "Events Manager > Settings > Conversions API"
-        )
-    if error.code == 2635:
-        return "this Graph API version is retired: raise PIXELMIRROR_API_VERSION"
-    if error.code == 100 and error.subcode == 33:
-        return "no such pixel, or the token cannot reach it: check PIXELMIRROR_PIXEL_ID"
-    if isinstance(error, RequestError):
-        if "appsecret_proof" in error.message:
-            return (
-                "the app secret does not belong to the token's app: check "
-                "PIXELMIRROR_APP_SECRET (unset it if the app does not require appsecret_proof)"
-            )
-        return (
-            "Meta refused the request itself, not an event in it: check PIXELMIRROR_PIXEL_ID, "
-            "PIXELMIRROR_APP_SECRET and PIXELMIRROR_API_VERSION"
-        )
-    if isinstance(error, AccessError):
-        return (
-            "the token lacks permission on this pixel: the system user needs the pixel "
-            "assigned with 'Manage' access"
-        )
-    return "Meta rejected the event: see the message above"
 
 
 # Process-wide hooks: flush at exit, restart dispatchers in forked children (gunicorn preload).

@@ -18,87 +18,19 @@ import ipaddress
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
-from types import MappingProxyType
 
 from . import _geo
+from .meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
+from .proxies import IPAddress, canonical_ip
 
 __all__ = [
-    "HASHED_KEYS",
-    "USER_DATA_KEYS",
-    "WIRE_KEYS",
-    "IPAddress",
-    "canonical_ip",
-    "identifies_user",
     "normalize_user_data",
     "sha256_hex",
 ]
 
 _log = logging.getLogger("pixelmirror")
-
-# Meta rejects an event whose user data is only one of these sets or a subset of one.
-_INSUFFICIENT_SETS: tuple[frozenset[str], ...] = (
-    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
-    frozenset({"db", "client_user_agent"}),
-    frozenset({"fn", "ge"}),
-    frozenset({"ln", "ge"}),
-)
-
-
-def identifies_user(wire_keys: Collection[str]) -> bool:
-    """Whether ``user_data`` with these wire keys is enough for Meta to accept the event."""
-    keys = frozenset(wire_keys)
-    return bool(keys) and not any(keys <= weak for weak in _INSUFFICIENT_SETS)
-
-
-# --------------------------------------------------------------------------------------------
-# Keys
-
-_HASHED_ORDER = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id")
-_PLAIN_ORDER = (
-    "client_ip_address",
-    "client_user_agent",
-    "fbc",
-    "fbp",
-    "subscription_id",
-    "fb_login_id",
-    "lead_id",
-)
-
-#: Every wire key, in the order :func:`normalize_user_data` emits them.
-WIRE_KEYS: tuple[str, ...] = _HASHED_ORDER + _PLAIN_ORDER
-
-#: Wire keys whose values are normalised and SHA-256 hashed. They may hold a list of values.
-HASHED_KEYS: frozenset[str] = frozenset(_HASHED_ORDER)
-
-#: Accepted ``user_data`` keys (Meta SDK long names and Meta's wire keys) -> wire key.
-USER_DATA_KEYS: Mapping[str, str] = MappingProxyType(
-    {
-        "email": "em",
-        "em": "em",
-        "phone": "ph",
-        "ph": "ph",
-        "first_name": "fn",
-        "fn": "fn",
-        "last_name": "ln",
-        "ln": "ln",
-        "date_of_birth": "db",
-        "db": "db",
-        "gender": "ge",
-        "ge": "ge",
-        "city": "ct",
-        "ct": "ct",
-        "state": "st",
-        "st": "st",
-        "zip_code": "zp",
-        "zp": "zp",
-        "country": "country",
-        "country_code": "country",
-        "external_id": "external_id",
-        **{key: key for key in _PLAIN_ORDER},
-    }
-)
 
 _ACCEPTED_KEYS = ", ".join(USER_DATA_KEYS)
 _WIRE_OF: dict[str, str] = dict(USER_DATA_KEYS)
@@ -378,21 +310,6 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def canonical_ip(ip: IPAddress) -> IPAddress:
-    """One address, one form: IPv4-mapped IPv6 (``::ffff:1.2.3.4``, from a dual-stack
-    socket) becomes the IPv4 address; an IPv6 zone (``%eth0`` names an interface of ours) is
-    dropped."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.scope_id is not None:
-            return ipaddress.IPv6Address(int(ip))
-    return ip
-
-
 def _plain(wire: str, value: object) -> object | None:
     if isinstance(value, str) and not value.strip():
         return None
@@ -426,11 +343,12 @@ def _check_type(key: str, wire: str, value: object, where: str = "") -> None:
 def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
     """Meta's wire ``user_data`` for this Python API ``user_data``.
 
-    Keys may be Meta SDK long names or wire keys (see :data:`USER_DATA_KEYS`); the result has
-    wire keys only, in :data:`WIRE_KEYS` order. Contact fields are normalised by Meta's rules
-    and SHA-256 hashed; a value that already is 64 hex characters is taken as a hash and only
-    lowercased. A list or tuple of values (allowed for hashed keys) gives a list of distinct
-    hashes, in order; so does giving one key under two names (``email`` and ``em``).
+    Keys may be Meta SDK long names or wire keys (see :data:`pixelmirror.meta.USER_DATA_KEYS`);
+    the result has wire keys only, in :data:`~pixelmirror.meta.WIRE_KEYS` order. Contact fields
+    are normalised by Meta's rules and SHA-256 hashed; a value that already is 64 hex characters
+    is taken as a hash and only lowercased. A list or tuple of values (allowed for hashed keys)
+    gives a list of distinct hashes, in order; so does giving one key under two names (``email``
+    and ``em``).
 
     ``None`` and empty values are skipped. A value that cannot be normalised is dropped with a
     warning on the ``pixelmirror`` logger naming the key and the reason (never the value); a

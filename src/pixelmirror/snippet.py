@@ -20,39 +20,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from urllib.parse import urlencode
 
+from pixelmirror.meta import STANDARD_EVENTS
+
 __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
-    "STANDARD_EVENTS",
     "BrowserEvent",
     "render_beacon_snippet",
     "render_snippet",
     "safe_json",
 ]
-
-#: Meta's standard event names; any other name is sent with ``trackCustom``.
-STANDARD_EVENTS: frozenset[str] = frozenset(
-    {
-        "PageView",
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Donate",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "Subscribe",
-        "ViewContent",
-    }
-)
 
 #: How every rendered snippet begins; :mod:`pixelmirror.inject` looks for it to avoid a
 #: second injection.

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,20 +32,11 @@ from typing import Any
 
 import httpx
 
+from pixelmirror import meta
 from pixelmirror.config import Config
 
 logger = logging.getLogger("pixelmirror")
 
-# Meta's error codes, grouped by what a sender should do.
-_THROTTLE_CODES = frozenset({1, 2, 4, 17, 32, 341, 613, *range(80000, 80015)})
-_ACCESS_CODES = frozenset({10, 102, 190, *range(200, 300)})
-_DEPRECATED_VERSION = 2635
-_INVALID_PARAMETER = 100
-_UNKNOWN_OBJECT_SUBCODE = 33  # "Object with ID ... does not exist": wrong pixel or no access
-# Conversions API subcodes about one event: stale event_time, bad hashed data, missing fields.
-_EVENT_SUBCODES = range(2_804_000, 2_805_000)
-# How Meta names the event it refused: "data[3]", "event 3", "event index 3".
-_NAMES_AN_EVENT = re.compile(r"\bdata\[\d+\]|\bevent(?: index)? #?\d+", re.IGNORECASE)
 # Echoed text is cut to this many characters in error messages.
 _ECHO_LIMIT = 120
 # A run of this many leading characters of the token is hidden too: a cut echo of it.
@@ -238,8 +228,8 @@ class GraphClient:
         user_message = error.get("error_user_msg")
         facts: dict[str, Any] = {
             "status": status,
-            "code": _int_or_none(error.get("code")),
-            "subcode": _int_or_none(error.get("error_subcode")),
+            "code": meta.error_number(error.get("code")),
+            "subcode": meta.error_number(error.get("error_subcode")),
             "user_message": _scrub(str(user_message), token) if user_message else None,
             "fbtrace_id": error.get("fbtrace_id"),
         }
@@ -251,36 +241,28 @@ class GraphClient:
 
 
 def classify(status: int, error: Mapping[str, Any]) -> type[GraphError]:
-    """What Meta's Graph ``error`` object, answered with HTTP ``status``, asks a sender to do.
+    """The exception for Meta's Graph ``error`` object answered with HTTP ``status``: the
+    class of what it asks a sender to do (:func:`pixelmirror.meta.fault`)."""
+    return _RAISES[meta.fault(status, error)]
 
-    Only an error Meta ties to an event (an event subcode, or an event named in its message)
-    is :class:`InvalidEventsError`, the one answer that may split a batch and bury events.
-    Any other refusal is about the request: Meta answers a missing or wrong
-    ``appsecret_proof`` with code 100 and no subcode, and every event would fail alike.
-    """
-    code = _int_or_none(error.get("code"))
-    subcode = _int_or_none(error.get("error_subcode"))
-    if code in _ACCESS_CODES:
-        return AccessError
-    if code == _DEPRECATED_VERSION or (
-        code == _INVALID_PARAMETER and subcode == _UNKNOWN_OBJECT_SUBCODE
-    ):
-        return RequestError
-    if (
-        error.get("is_transient") is True
-        or code in _THROTTLE_CODES
-        or status >= 500
-        or status == 429
-    ):
-        return TransientError
-    if status in (401, 403):
-        return AccessError
-    texts = (error.get("message"), error.get("error_user_msg"))
-    if (subcode is not None and subcode in _EVENT_SUBCODES) or any(
-        isinstance(text, str) and _NAMES_AN_EVENT.search(text) for text in texts
-    ):
-        return InvalidEventsError
-    return RequestError
+
+_RAISES: dict[meta.Fault, type[GraphError]] = {
+    meta.Fault.RETRY: TransientError,
+    meta.Fault.ACCESS: AccessError,
+    meta.Fault.REQUEST: RequestError,
+    meta.Fault.EVENTS: InvalidEventsError,
+}
+
+
+def fault_of(error: GraphError) -> meta.Fault:
+    """The fault an error stands for: the inverse of :func:`classify`."""
+    if isinstance(error, TransientError):
+        return meta.Fault.RETRY
+    if isinstance(error, RequestError):  # before AccessError, its base
+        return meta.Fault.REQUEST
+    if isinstance(error, AccessError):
+        return meta.Fault.ACCESS
+    return meta.Fault.EVENTS
 
 
 TokenSource = Callable[[str], "str | None"]
@@ -351,14 +333,6 @@ def _scrub(text: str, token: str) -> str:
         start = end
     kept.append(text[start:])
     return "".join(kept)
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -1,0 +1,57 @@
+"""Consent: whether a request may get the pixel, a cookie and a server event at all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pixelmirror.config import Config
+from pixelmirror.facts import RequestFacts
+
+__all__ = ["Consent"]
+
+_log = logging.getLogger("pixelmirror")
+
+# Values of a "name"-only consent cookie that mean no.
+_REFUSALS = frozenset({"0", "false", "no", "deny", "denied"})
+
+
+class Consent:
+    """A site's ``consent`` callable, else the ``consent_cookie`` setting (``name`` for any
+    value but a refusal, ``name=value`` for that value or a comma-separated list holding it),
+    else consent for all. A failing callable counts as no consent."""
+
+    __slots__ = ("_callable", "_name", "_value")
+
+    def __init__(self, config: Config, consent: Callable[[RequestFacts], bool] | None) -> None:
+        self._callable = consent
+        self._name: str | None = None
+        self._value: str | None = None
+        if config.consent_cookie:
+            name, sep, value = config.consent_cookie.partition("=")
+            self._name = name.strip()
+            self._value = value.strip() if sep else None
+
+    def given(self, facts: RequestFacts) -> bool:
+        if self._callable is not None:
+            try:
+                return bool(self._callable(facts))
+            except Exception:
+                _log.warning(
+                    "pixelmirror: the consent callable failed; treating the request as "
+                    "without consent",
+                    exc_info=True,
+                )
+                return False
+        if self._name is None:
+            return True
+        value = facts.cookies.get(self._name)
+        if value is None:
+            return False
+        value = value.strip()
+        if self._value is None:
+            return bool(value) and value.lower() not in _REFUSALS
+        # Exact value, or one item of a comma-separated list ("analytics,marketing").
+        return value == self._value or (
+            "," in value and self._value in (item.strip() for item in value.split(","))
+        )

@@ -1,0 +1,114 @@
+"""Meta's browser cookies ``_fbp`` and ``_fbc``: read, validated, and minted when missing.
+
+They are set (only when ``fb_cookies`` is on, and only when new or changed) on the
+registrable domain, without ``HttpOnly`` because the pixel rewrites them. The registrable
+domain is ``cookie_domain`` when the host lies within it, else the host's public suffix plus
+one label, by the Public Suffix List (private section included: ``app.github.io`` is a site
+of its own). A host that is a public suffix itself, an IP address or ``localhost`` gets
+host-only cookies.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from urllib.parse import parse_qsl
+
+from pixelmirror._domains import hostname, is_ip, registrable_domain
+from pixelmirror.config import Config
+from pixelmirror.facts import RequestFacts
+from pixelmirror.proxies import Proxies
+
+__all__ = ["FB_MAX_AGE", "FbCookies"]
+
+#: Lifetime of ``_fbp`` / ``_fbc``: 90 days, as the pixel sets them.
+FB_MAX_AGE = 7_776_000
+
+# fb.{subdomainIndex}.{creationTimeMs}.{random}[.{appendix}]. The Parameter Builder may add
+# an appendix to both cookies, so both accept it.
+_FBP = re.compile(r"fb\.[0-9]{1,2}\.[0-9]{1,16}\.[0-9]{1,20}(?:\.[A-Za-z0-9_-]{1,16})?")
+# An fbclid is any cookie-safe character but "." (RFC 6265 cookie-octet minus "."), so the
+# value can go into a Set-Cookie as it is and segment 3 is always the whole fbclid.
+_FBCLID = r"[\x21\x23-\x2b\x2d\x2f-\x3a\x3c-\x5b\x5d-\x7e]{1,500}"
+_FBCLID_ONLY = re.compile(_FBCLID)
+_FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9_-]{{1,16}})?")
+
+_FB_SUFFIX = f"; Path=/; Max-Age={FB_MAX_AGE}"
+
+
+class FbCookies:
+    """``_fbp`` / ``_fbc`` of a request, by the settings ``fb_cookies`` and ``cookie_domain``."""
+
+    __slots__ = ("_domain", "_enabled", "_proxies")
+
+    def __init__(self, config: Config, proxies: Proxies) -> None:
+        self._domain = config.cookie_domain
+        self._enabled = config.fb_cookies
+        self._proxies = proxies
+
+    def read(
+        self, facts: RequestFacts, trusted: bool, now: float, set_cookies: list[str]
+    ) -> tuple[str | None, str | None]:
+        """``(_fbp, _fbc)`` for the server event: the browser's when valid, else minted
+        (``_fbc`` from an ``fbclid`` in the URL or the referrer). Cookies to set are added to
+        ``set_cookies``; ``trusted`` says whether the peer is a trusted proxy."""
+        cookies = facts.cookies
+        fbp = cookies.get("_fbp")
+        if fbp is not None and (len(fbp) > 64 or not _FBP.fullmatch(fbp)):
+            fbp = None
+        fbc = cookies.get("_fbc")
+        stored = _FBC.fullmatch(fbc) if fbc is not None and len(fbc) <= 600 else None
+        fbc = stored[0] if stored else None
+
+        fbclid = _fbclid(facts.query)
+        if fbclid is None:
+            referer = facts.headers.get("referer")
+            if referer and "fbclid" in referer:
+                fbclid = _fbclid(referer.partition("#")[0].partition("?")[2])
+        new_click = fbclid is not None and (stored is None or stored[1] != fbclid)
+        millis = int(now * 1000)
+
+        if not self._enabled:
+            if new_click:
+                # Not stored in a cookie: Meta asks for subdomain index 1 then. The fbclid
+                # matches the pixel's own _fbc, so this only adds match quality.
+                fbc = f"fb.1.{millis}.{fbclid}"
+            return fbp, fbc
+        if fbp is not None and not new_click:
+            return fbp, fbc
+
+        scheme, host = self._proxies.origin(facts, trusted)
+        domain, index = self._site(host)
+        suffix = _FB_SUFFIX + (f"; Domain={domain}" if domain else "") + "; SameSite=Lax"
+        if scheme == "https":
+            suffix += "; Secure"
+        if fbp is None:
+            fbp = f"fb.{index}.{millis}.{secrets.randbelow(2**31)}"
+            set_cookies.append(f"_fbp={fbp}{suffix}")
+        if new_click:
+            fbc = f"fb.{index}.{millis}.{fbclid}"
+            set_cookies.append(f"_fbc={fbc}{suffix}")
+        return fbp, fbc
+
+    def _site(self, host: str) -> tuple[str | None, int]:
+        """``(Domain for the fb cookies or None for host-only, subdomain index)``."""
+        name = hostname(host)
+        if name is None or "." not in name or name.endswith(".localhost") or is_ip(name):
+            return None, 0  # IP, localhost, a single-label intranet name, or nonsense
+        if self._domain and (name == self._domain or name.endswith("." + self._domain)):
+            return self._domain, self._domain.count(".")
+        domain = registrable_domain(name)
+        if domain is None:  # the host is a public suffix itself: host-only is all it may have
+            return None, name.count(".")
+        return domain, domain.count(".")
+
+
+def _fbclid(query: str) -> str | None:
+    """The first ``fbclid`` of a query string, when it is usable (1-500 cookie-safe
+    characters, no ``.``). Case is kept: fbclid is case-sensitive."""
+    if "fbclid" not in query:
+        return None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "fbclid":
+            return value if _FBCLID_ONLY.fullmatch(value) else None
+    return None

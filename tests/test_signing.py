@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+
+from pixelmirror.signing import Seal
+
+KEY = "k" * 32
+OLD_KEY = "o" * 32
+SALT = "pixelmirror.visitor"
+NOW = 1_700_000_000
+
+# Values a cookie carries (ASCII): a visitor id, the carry cookie's base64 payload, its
+# compressed form (leading "."), a value with dots, and nothing at all.
+VALUES = [b"AbCdEfGhIjKlMnOpQrSt_-", b"eyJhIjpbMSwyXX0", b".eJyLjgUAARUAuQ", b"a.b.c", b""]
+TIMES = [0, 1, 255, 256, NOW, 2**32 + 7]
+
+
+class _SignerAt(TimestampSigner):
+    """itsdangerous' own signer with a fixed clock."""
+
+    def __init__(self, key: str | list[str], at: int, salt: str = SALT) -> None:
+        super().__init__(key, salt=salt)
+        self.at = at
+
+    def get_timestamp(self) -> int:
+        return self.at
+
+
+@pytest.mark.parametrize("at", TIMES)
+@pytest.mark.parametrize("value", VALUES)
+def test_itsdangerous_verifies_our_tokens(value: bytes, at: int) -> None:
+    token = Seal([KEY], SALT).seal(value, at)
+    unsigned, signed_at = TimestampSigner(KEY, salt=SALT).unsign(token, return_timestamp=True)
+    assert unsigned == value
+    assert signed_at.timestamp() == at
+
+
+@pytest.mark.parametrize("at", TIMES)
+@pytest.mark.parametrize("value", VALUES)
+def test_we_verify_itsdangerous_tokens(value: bytes, at: int) -> None:
+    token = _SignerAt(KEY, at).sign(value).decode()
+    assert Seal([KEY], SALT).open(token) == (value, float(at), True)
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_our_tokens_are_itsdangerous_tokens_byte_for_byte(value: bytes) -> None:
+    assert Seal([KEY], SALT).seal(value, NOW) == _SignerAt(KEY, NOW).sign(value).decode()
+
+
+def test_key_rotation_agrees_with_itsdangerous_key_lists() -> None:
+    # Ours are newest first; itsdangerous lists keys oldest first and signs with the last.
+    ours, theirs = Seal([KEY, OLD_KEY], SALT), _SignerAt([OLD_KEY, KEY], NOW)
+    assert ours.seal(b"v", NOW) == theirs.sign(b"v").decode()
+    retired = _SignerAt(OLD_KEY, NOW).sign(b"v").decode()
+    assert ours.open(retired) == (b"v", float(NOW), False)
+    assert theirs.unsign(Seal([OLD_KEY], SALT).seal(b"v", NOW)) == b"v"
+
+
+@pytest.mark.parametrize(
+    "signer",
+    [
+        pytest.param(_SignerAt(KEY, NOW, salt="another.salt"), id="other-salt"),
+        pytest.param(_SignerAt("x" * 32, NOW), id="other-key"),
+    ],
+)
+def test_neither_side_verifies_a_token_of_another_key_or_salt(signer: TimestampSigner) -> None:
+    assert Seal([KEY], SALT).open(signer.sign(b"v").decode()) is None
+    with pytest.raises(BadSignature):
+        TimestampSigner(KEY, salt=SALT).unsign(Seal(["x" * 32], SALT).seal(b"v", NOW))
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "no-dot", "v.AAAA.not*base64", "v.bad", "\udcff.x.y", "v" * 300],
+)
+def test_what_itsdangerous_refuses_we_refuse(token: str) -> None:
+    assert Seal([KEY], SALT).open(token) is None
+    with pytest.raises((BadSignature, SignatureExpired, UnicodeEncodeError)):
+        TimestampSigner(KEY, salt=SALT).unsign(token)
