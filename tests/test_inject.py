@@ -308,11 +308,26 @@ def test_cache_control(before: list[str], after: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["CDN-Cache-Control", "Surrogate-Control", "Cloudflare-CDN-Cache-Control"]
+    ("name", "value"),
+    [
+        ("CDN-Cache-Control", "max-age=3600"),
+        ("Surrogate-Control", "max-age=3600"),
+        ("Cloudflare-CDN-Cache-Control", "max-age=3600"),
+        ("Vercel-CDN-Cache-Control", "max-age=3600"),
+        ("Edge-Control", "!no-store, max-age=3600"),
+        ("X-Accel-Expires", "3600"),
+        ("x-accel-expires", "@1800000000"),
+    ],
 )
-def test_cdn_cache_headers_are_dropped(name: str) -> None:
-    out = rewrite_headers([HTML, (name, "max-age=3600")], added_length=1)
-    assert all(n != name for n, _ in out)
+def test_shared_cache_headers_that_outrank_cache_control_leave_private_pages(
+    name: str, value: str
+) -> None:
+    headers = [HTML, (name, value), ("Cache-Control", "public, max-age=60")]
+    private = rewrite_headers(headers, added_length=1)
+    assert all(n != name for n, _ in private)
+    assert cache_control(private) == ["private, max-age=60"]
+    # A page that is the same for everyone keeps them.
+    assert (name, value) in rewrite_headers(headers, added_length=1, private=False)
 
 
 def test_rewrite_keeps_other_headers_and_order() -> None:

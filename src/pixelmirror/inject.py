@@ -51,13 +51,21 @@ _DIRECTIVE = re.compile(r"""(?:[^,"]|"(?:[^"\\]|\\.)*"?)+""")
 # Headers that describe the exact body bytes: wrong after a splice.
 _DIGEST_HEADERS = frozenset({"content-md5", "digest", "content-digest", "repr-digest"})
 
-# Cache-Control fields aimed at CDNs only (RFC 9213, Fastly/Akamai, Cloudflare). They override
-# Cache-Control for the CDN, so a ``max-age`` there would still share the page: drop them and
-# let the CDN fall back to the now private Cache-Control.
-# Dropped from a page carrying a visitor's own ids: CDN-only caching rules (they outrank
-# Cache-Control at the CDN) and Last-Modified (a 304 would replay an old visit's ids).
+# Dropped from a page carrying a visitor's own ids: Last-Modified (a 304 would replay an old
+# visit's ids) and the caching rules aimed at shared caches only, which outrank Cache-Control
+# there (RFC 9213's CDN-Cache-Control, Surrogate-Control, Cloudflare's and Vercel's CDN fields,
+# Akamai's Edge-Control, nginx's X-Accel-Expires): a ``max-age`` in one of them would still
+# share the page. Without them the cache falls back to the now private Cache-Control.
 _PRIVATE_DROPS = frozenset(
-    {"cdn-cache-control", "surrogate-control", "cloudflare-cdn-cache-control", "last-modified"}
+    {
+        "last-modified",
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+        "vercel-cdn-cache-control",
+        "edge-control",
+        "x-accel-expires",
+    }
 )
 
 
@@ -150,8 +158,9 @@ def rewrite_headers(
     * ``Content-MD5``, ``Digest``, ``Content-Digest`` and ``Repr-Digest`` are dropped;
     * ``Cache-Control`` becomes private: ``public`` and ``s-maxage`` go, ``private`` is added in
       front, other directives stay; one that already says ``private`` or ``no-store`` is kept
-      as is; when absent, ``private, no-cache`` is appended; CDN-only cache headers
-      (``CDN-Cache-Control``, ``Surrogate-Control``, ``Cloudflare-CDN-Cache-Control``) go;
+      as is; when absent, ``private, no-cache`` is appended; the cache headers aimed at shared
+      caches only (``CDN-Cache-Control``, ``Surrogate-Control``, ``Cloudflare-CDN-Cache-Control``,
+      ``Vercel-CDN-Cache-Control``, ``Edge-Control``, ``X-Accel-Expires``) go;
     * one ``Set-Cookie`` per cookie is appended.
 
     Every other header is kept byte-identical and in order.
