@@ -398,6 +398,10 @@ PATHOLOGICAL = [
     pytest.param(b"<script><!--<script>", id="script-escapes"),
     pytest.param(b"<title></titl", id="title-end-cut"),
     pytest.param(b"<!-- --!", id="comment-bang"),
+    pytest.param(b"<title>", id="title-open"),
+    pytest.param(b"<script>x", id="script-content"),
+    pytest.param(b"<style></st", id="style-end-cut"),
+    pytest.param(b"<!DOCTYPE ", id="doctype-open"),
 ]
 
 

@@ -157,11 +157,29 @@ _ATTRIBUTE = (
 )
 _TAG_TAIL = rb"(?:[\t\n\f\r /]|" + _ATTRIBUTE + rb")*>"
 _TAG_NAME_AND_TAIL = rb"[A-Za-z][^\t\n\f\r />]*(?![^\t\n\f\r />])" + _TAG_TAIL
-# Text and ordinary tags: all the scanner would step over one by one. It stops at a ``<``
-# that may matter (or one cut by the end of the bytes), where the state machine takes over.
+_TEXT_NAMES = b"|".join(sorted(_TEXT_ELEMENTS))
+# Text and what holds no insertion point, all there: ordinary tags, doctypes, and elements
+# read as text with their end tag (a script only without ``<!--``, whose escapes the state
+# machine follows, and not the snippet's own). All the scanner would step over one by one;
+# it stops at a ``<`` that may matter, or one cut by the end of the bytes, where the state
+# machine takes over.
 _ORDINARY = re.compile(
-    rb"(?:[^<]+|<(?!(?i:%s)%s)%s|</(?!(?i:head)%s)%s)*"
-    % (_NAMES, _END, _TAG_NAME_AND_TAIL, _END, _TAG_NAME_AND_TAIL)
+    rb"(?:[^<]+"
+    rb"|<(?!(?i:%(names)s)%(end)s)%(tag)s"
+    rb"|</(?!(?i:head)%(end)s)%(tag)s"
+    rb"|<![A-Za-z][^>]*>"
+    rb"|<(?i:(%(text)s))%(end)s%(tail)s[^<]*(?:<(?!/(?i:\1)%(end)s)[^<]*)*</(?i:\1)%(end)s%(tail)s"
+    rb"|<(?!%(marker)s[\t\n\f\r />=])(?i:script)%(end)s%(tail)s"
+    rb"[^<]*(?:<(?!!--|/(?i:script)%(end)s)[^<]*)*</(?i:script)%(end)s%(tail)s"
+    rb")*"
+    % {
+        b"names": _NAMES,
+        b"end": _END,
+        b"tag": _TAG_NAME_AND_TAIL,
+        b"tail": _TAG_TAIL,
+        b"text": _TEXT_NAMES,
+        b"marker": MARKER[1:],
+    }
 )
 # The rest of a tag after its name, when it is all there: the attribute states in one go.
 _ATTRIBUTES = re.compile(_TAG_TAIL)
