@@ -35,12 +35,7 @@ from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
-from pixelmirror.inject import (
-    already_injected,
-    find_insertion_point,
-    rewrite_headers,
-    should_inject,
-)
+from pixelmirror.inject import InsertionScanner, rewrite_headers, should_inject
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.outbox import MemoryOutbox, Outbox, OutboxCounts, open_outbox
 from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
@@ -135,18 +130,14 @@ class Plan:
         return [*fixed, *self.headers]
 
 
-# Bytes of the held body scanned again when a chunk arrives: a tag cut between two chunks
-# is found, and a long page is not rescanned from the start on every chunk.
-_LOOKBACK = 1024
-
-
 class HeldPage:
     """One page's body on its way out, held until the snippet has its place.
 
     Both adapters feed it chunks; :meth:`feed` answers None while it must hold on, then the
     headers and the bytes to send. The page goes out untouched (with the plan's fallback)
     if it has no ``</head>`` or ``<body>``, already carries the snippet, or outgrows
-    ``max_buffer``.
+    ``max_buffer``. Each byte is scanned once, whatever the chunks; the chunks are kept as
+    they came and joined once, with the snippet, on the way out.
     """
 
     def __init__(self, plan: Plan, headers: Sequence[tuple[str, str]], max_buffer: int) -> None:
@@ -155,19 +146,22 @@ class HeldPage:
         self.snippet = plan.snippet
         self.headers = headers
         self.max_buffer = max_buffer
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.scanner = InsertionScanner()
         self.injected = False
 
     def feed(self, chunk: bytes, *, more: bool) -> tuple[list[tuple[str, str]], bytes] | None:
-        start = max(0, len(self.buffer) - _LOOKBACK)
-        self.buffer += chunk
-        window = bytes(self.buffer[start:])
-        if already_injected(window):
-            return self.give_up()
-        point = find_insertion_point(window)
+        if chunk:
+            if type(chunk) is not bytes:  # a buffer the app may reuse: keep a copy
+                chunk = bytes(chunk)
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+        scanner = self.scanner
+        point = scanner.feed(chunk)
+        if not more:
+            point = scanner.end()
         if point is not None:
-            at = start + point
-            body = bytes(self.buffer[:at]) + self.snippet + bytes(self.buffer[at:])
             self.injected = True
             headers = rewrite_headers(
                 self.headers,
@@ -175,16 +169,35 @@ class HeldPage:
                 set_cookies=self.plan.cookies,
                 private=self.plan.private,
             )
-            return headers, body
-        if more and len(self.buffer) <= self.max_buffer:
+            return headers, self._spliced(point)
+        if more and not scanner.done and self.size <= self.max_buffer:
             return None
         return self.give_up()
+
+    def _spliced(self, point: int) -> bytes:
+        """The held bytes with the snippet at ``point``, in one join (views, no copies)."""
+        start = 0
+        for index, chunk in enumerate(self.chunks):
+            if start + len(chunk) >= point:
+                view = memoryview(chunk)
+                at = point - start
+                return b"".join(
+                    (
+                        *self.chunks[:index],
+                        view[:at],
+                        self.snippet,
+                        view[at:],
+                        *self.chunks[index + 1 :],
+                    )
+                )
+            start += len(chunk)
+        raise AssertionError("the insertion point lies in the held bytes")
 
     def give_up(self) -> tuple[list[tuple[str, str]], bytes]:
         """The page as the app made it, with the plan's fallback headers."""
         fallback = self.plan.fallback
         headers = fallback.apply(self.headers) if fallback else list(self.headers)
-        return headers, bytes(self.buffer)
+        return headers, b"".join(self.chunks)
 
 
 @dataclass(frozen=True)
