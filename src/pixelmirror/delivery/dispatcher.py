@@ -1,10 +1,11 @@
-"""The dispatcher: background threads that drain an outbox into the Graph API.
+"""The dispatcher: background threads that drain an outbox into its destinations' sinks.
 
 Each thread loops claim → send → answer. Batches form naturally: while a request is in
 flight, new events pile up and the next claim takes up to ``batch_size`` of them; an idle
 thread wakes every ``flush_interval`` (or at once on :meth:`Dispatcher.flush`).
 
-What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.graph`):
+Each batch goes to the sink of its destination (:mod:`pixelmirror.delivery.sink`), and
+what happens to it follows the sink's answer (:mod:`pixelmirror.delivery.errors`):
 
 * accepted → ack;
 * transient → released for a retry after exponential backoff with jitter, or the wait Meta
@@ -12,8 +13,8 @@ What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.gr
 * access (the token) or request (app secret, pixel, API version) → this process pauses the
   pixel and keeps its events, due at once in the outbox: the pause is this process's own,
   so another process, or this one restarted with a fixed configuration, is not held back.
-  A pause ends when the token resolver answers a token other than the refused one (asked
-  every ``token_recheck`` seconds), when :meth:`Dispatcher.resume` is called (a successful
+  A pause ends when the sink names a credential other than the refused one (asked every
+  ``token_recheck`` seconds), when :meth:`Dispatcher.resume` is called (a successful
   check), or after ``pause_seconds``, when one batch probes Meta again;
 * invalid (Meta names an event) → the batch is split in halves until the bad events stand
   alone; the good ones are sent, the bad ones dead-lettered with Meta's message.
@@ -40,14 +41,14 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pixelmirror.config import Config
-from pixelmirror.delivery.graph import (
+from pixelmirror.delivery.errors import (
     AccessError,
-    GraphClient,
     InvalidEventsError,
     RequestError,
     TransientError,
-    token_fingerprint,
 )
+from pixelmirror.delivery.sink import Sink
+from pixelmirror.events import META, BatchKey
 from pixelmirror.outbox.base import Claimed, Outbox
 
 logger = logging.getLogger("pixelmirror")
@@ -74,7 +75,6 @@ class DeliveryCounts:
     retried: int = 0
     dead: int = 0
     expired: int = 0
-    batches: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,11 @@ class Pause:
 
 
 class Dispatcher:
-    """Sends what ``outbox`` holds through ``client`` from ``threads`` background threads.
+    """Sends what ``outbox`` holds through ``sinks`` from ``threads`` background threads.
+
+    ``sinks`` maps destinations to their sinks; one sink alone serves Meta's destination.
+    A batch whose destination has no sink in this process waits, retried like a transient
+    failure, for a process that has one.
 
     Stopping finishes the batch in flight; a batch claimed but not sent is released, so a
     stop never strands events (and a crash only delays them until their lease runs out).
@@ -102,7 +106,7 @@ class Dispatcher:
     def __init__(
         self,
         outbox: Outbox,
-        client: GraphClient,
+        sinks: Mapping[str, Sink] | Sink,
         *,
         batch_size: int = 1000,
         flush_interval: float = 1.0,
@@ -114,7 +118,9 @@ class Dispatcher:
         threads: int = 1,
     ) -> None:
         self.outbox = outbox
-        self.client = client
+        self.sinks: Mapping[str, Sink] = (
+            dict(sinks) if isinstance(sinks, Mapping) else {META: sinks}
+        )
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.lease = lease
@@ -138,11 +144,11 @@ class Dispatcher:
 
     @classmethod
     def from_config(
-        cls, config: Config, outbox: Outbox, client: GraphClient, *, threads: int = 1
+        cls, config: Config, outbox: Outbox, sinks: Mapping[str, Sink], *, threads: int = 1
     ) -> Dispatcher:
         return cls(
             outbox,
-            client,
+            sinks,
             batch_size=config.batch_size,
             flush_interval=config.flush_interval,
             lease=config.lease,
@@ -176,9 +182,6 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not self.running
-
-    def wake(self) -> None:
-        self._wakeup.set()
 
     def flush(self, timeout: float) -> bool:
         """Send everything the outbox holds; True once it is all sent or dead-lettered.
@@ -254,13 +257,11 @@ class Dispatcher:
             return False
         with self._heartbeat.holding(claims):
             self._deliver(self._drop_expired(claims))
-        with self._counts_lock:
-            self.counts.batches += 1
         return True
 
     def _still_paused(self) -> tuple[str, ...]:
-        """The pixels to skip, after ending the pauses whose probe is due or whose token
-        resolver now answers another token than the refused one."""
+        """The pixels to skip, after ending the pauses whose probe is due or whose sink now
+        names another credential than the refused one."""
         now = time.monotonic()
         with self._pause_lock:
             due = {
@@ -275,10 +276,24 @@ class Dispatcher:
                 with self._pause_lock:
                     self._paused.pop(pixel_id, None)  # the next batch is the probe
                 continue
-            token = self.client.tokens.fresh(pixel_id)
-            if token is not None and token_fingerprint(token) != pause.token:
+            credential = self._fresh_credential(pixel_id)
+            if credential is not None and credential != pause.token:
                 self.resume(pixel_id, "the token resolver answers a new token")
         return self.paused_pixels
+
+    def _fresh_credential(self, pixel_id: str) -> str | None:
+        """The credential the sinks would now use for ``pixel_id``: the first one named."""
+        for sink in self.sinks.values():
+            credential = sink.fresh_credential(pixel_id)
+            if credential is not None:
+                return credential
+        return None
+
+    def _sink(self, key: BatchKey) -> Sink:
+        sink = self.sinks.get(key.destination)
+        if sink is None:
+            raise TransientError(f"no sink for destination {key.destination!r} in this process")
+        return sink
 
     def _pause(self, pixel_id: str, exc: AccessError) -> Pause:
         now = time.monotonic()
@@ -308,11 +323,10 @@ class Dispatcher:
     def _deliver(self, claims: Sequence[Claimed]) -> None:
         if not claims:
             return
-        pixel_id, test_event_code = claims[0].event.batch_key
+        key = claims[0].event.batch_key
+        pixel_id = key.pixel_id
         try:
-            self.client.send(
-                pixel_id, [c.event.payload for c in claims], test_event_code=test_event_code
-            )
+            self._sink(key).deliver(key, [c.event.payload for c in claims])
         except TransientError as exc:
             delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
             # Due again before the first of them must be dead-lettered as too old.

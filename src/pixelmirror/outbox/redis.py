@@ -324,6 +324,8 @@ class RedisOutbox:
     the group on :meth:`close`.
     """
 
+    durable = True
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
