@@ -1,6 +1,6 @@
 """A sink that writes Meta's request bodies to a JSONL file instead of sending them.
 
-Each batch becomes one line: ``{"destination": ..., "pixel_id": ..., "body": <body>}``
+Each batch becomes one line: ``{"destination":...,"pixel_id":...,"body":<body>}``
 where ``<body>`` is, byte for byte, the JSON body the Graph client would POST to
 ``/{version}/{pixel_id}/events`` (events, ``partner_agent``, ``test_event_code``) minus
 ``access_token`` and ``appsecret_proof``, which never reach the file. Batching, retries and
@@ -46,7 +46,9 @@ class FileSink:
         body = request_body(
             payloads, partner_agent=self._partner_agent, test_event_code=key.test_event_code
         )
-        head = json.dumps({"destination": key.destination, "pixel_id": key.pixel_id})
+        head = json.dumps(
+            {"destination": key.destination, "pixel_id": key.pixel_id}, separators=(",", ":")
+        )
         line = head[:-1].encode() + b',"body":' + body + b"}\n"
         try:
             with self._lock:
