@@ -13,8 +13,6 @@ the class alone:
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class DeliveryError(Exception):
     """A destination did not take a batch; carries its own fields when it sent them
@@ -58,8 +56,25 @@ class DeliveryError(Exception):
 class TransientError(DeliveryError):
     """Worth retrying. ``retry_after`` is the wait in seconds the destination asked for."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **facts: Any) -> None:
-        super().__init__(message, **facts)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        code: int | None = None,
+        subcode: int | None = None,
+        user_message: str | None = None,
+        fbtrace_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            subcode=subcode,
+            user_message=user_message,
+            fbtrace_id=fbtrace_id,
+        )
         self.retry_after = retry_after
 
 

@@ -179,18 +179,18 @@ class GraphClient:
                 return AccessError(message, status=status)
             return TransientError(message, status=status, retry_after=_retry_after(response))
         user_message = error.get("error_user_msg")
-        facts: dict[str, Any] = {
-            "status": status,
-            "code": meta.error_number(error.get("code")),
-            "subcode": meta.error_number(error.get("error_subcode")),
-            "user_message": _scrub(str(user_message), token) if user_message else None,
-            "fbtrace_id": error.get("fbtrace_id"),
-        }
-        message = _scrub(str(error.get("message") or "Graph API error"), token)
-        kind = classify(status, error)
-        if kind is TransientError:
-            return TransientError(message, retry_after=_retry_after(response), **facts)
-        return kind(message, **facts)
+        trace_id = error.get("fbtrace_id")
+        refused = classify(status, error)(
+            _scrub(str(error.get("message") or "Graph API error"), token),
+            status=status,
+            code=meta.error_number(error.get("code")),
+            subcode=meta.error_number(error.get("error_subcode")),
+            user_message=_scrub(str(user_message), token) if user_message else None,
+            fbtrace_id=None if trace_id is None else str(trace_id),
+        )
+        if isinstance(refused, TransientError):
+            refused.retry_after = _retry_after(response)
+        return refused
 
 
 def request_body(
