@@ -25,7 +25,8 @@ from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
-from pixelmirror.outbox.redis import DEFAULT_GROUP, HORIZON, PARKED, RedisOutbox
+from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
+from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
 
 HOUR = 3600.0

@@ -25,6 +25,8 @@ from pixelmirror.outbox.redis_scripts import (
     BURY,
     CLAIM,
     COUNTS,
+    HORIZON,
+    PARKED,
     RECLAIM,
     RELEASE,
     RENEW,
@@ -40,10 +42,6 @@ logger = logging.getLogger("pixelmirror")
 
 DEFAULT_STREAM = "pixelmirror:events"
 DEFAULT_GROUP = "pixelmirror"
-#: The consumer that owns released entries while they wait for their retry.
-PARKED = "pixelmirror.waiting"
-#: Longest lease or retry delay (400 days); longer ones are cut to it. See RedisOutbox.
-HORIZON = 400 * 86_400.0
 #: After a put found Redis unreachable, puts drop at once for this long instead of waiting.
 PUT_COOLDOWN = 1.0
 #: Socket timeout of the worker's commands (claims carry up to 1000 payloads).
@@ -66,13 +64,8 @@ class RedisOutbox:
     *Durability* is Redis's: a returned :meth:`put` is in Redis's memory; whether it
     survives a Redis restart or failover depends on its persistence (AOF) and replication.
 
-    *Leases, retries and claim tokens* live in Redis: see
+    *Leases, retries, claim tokens and batches* are the scripts' business: see
     :mod:`pixelmirror.outbox.redis_scripts`. Leases and delays are capped at 400 days.
-
-    *Batches.* A claim takes due and new entries in id order, keeps those of the first
-    batch key (destination, pixel, test event code) not skipped and releases the rest at
-    once, due now and without counting an attempt. One stream keeps puts, trimming and counting
-    simple; mixed pixels only cost a re-scan.
 
     *Overflow.* With ``maxlen`` every ``XADD`` trims the stream to about that many
     entries (``MAXLEN ~``), the oldest first, whether waiting or in flight. A put counts

@@ -20,6 +20,11 @@ for longer than the lease, and could not give each claim a lease of its own.)
 *Claim tokens.* A receipt carries the entry's delivery count, which every hand-over
 raises: answering a claim that someone else has since taken over changes nothing.
 Failed attempts are kept in the hash ``<stream>:tries``.
+
+*Batches.* A claim takes due and new entries in id order, keeps those of the first
+batch key (destination, pixel, test event code) not skipped and releases the rest at
+once, due now and without counting an attempt. One stream keeps puts, trimming and counting
+simple; mixed pixels only cost a re-scan.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from redis.typing import EncodableT, FieldT
 
 from pixelmirror.events import META, ServerEvent
 from pixelmirror.outbox.base import Claimed
+
+#: The consumer that owns released entries while they wait for their retry.
+PARKED = "pixelmirror.waiting"
+#: Longest lease or retry delay (400 days); longer ones are cut to it.
+HORIZON = 400 * 86_400.0
 
 # A receipt is "<entry id>:<delivery count>". Redis bumps the count on every hand-over
 # (XREADGROUP, XAUTOCLAIM) and release sets it one higher, so a count that still matches
