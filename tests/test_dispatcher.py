@@ -16,6 +16,7 @@ import pytest
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, DeliveryCounts, Dispatcher
+from pixelmirror.delivery.errors import AccessError
 from pixelmirror.delivery.graph import GraphClient, token_fingerprint
 from pixelmirror.delivery.sink import Delivered
 from pixelmirror.events import BatchKey, ServerEvent
@@ -632,3 +633,42 @@ def test_a_destination_without_a_sink_waits_in_the_outbox(outbox: RecordingOutbo
     assert outbox.counts().pending == 1  # retried later, never dead-lettered
     assert outbox.counts().dead == 0
     assert dispatcher.counts.retried == 1
+
+
+class RefusingSink(RecordingSink):
+    """A sink that refuses its credential ``refused`` and takes batches under any other."""
+
+    def __init__(self, credential: str) -> None:
+        super().__init__()
+        self.credential = credential
+        self.refused = credential
+
+    def deliver(self, key: BatchKey, payloads: Sequence[bytes]) -> Delivered:
+        if self.credential == self.refused:
+            error = AccessError("credential refused")
+            error.token_fingerprint = self.credential
+            raise error
+        return super().deliver(key, payloads)
+
+    def fresh_credential(self, pixel_id: str) -> str | None:
+        return self.credential
+
+
+def test_a_pause_asks_the_sink_that_refused_for_a_new_credential(
+    outbox: RecordingOutbox,
+) -> None:
+    audit = RefusingSink("old")
+    meta = RecordingSink()  # names no credential: it must not be the one asked
+    dispatcher = Dispatcher(outbox, {"meta": meta, "audit": audit}, token_recheck=0.0)
+    event = replace(lead(), destination="audit")
+    outbox.put([event])
+
+    assert dispatcher.deliver_next()
+    pause = dispatcher.pauses["111"]
+    assert (pause.destination, pause.token) == ("audit", "old")
+    assert not dispatcher.deliver_next()  # the same credential: still paused
+
+    audit.credential = "new"
+    assert dispatcher.deliver_next()
+    assert dispatcher.pauses == {}
+    assert audit.batches == [(event.batch_key, [event.payload])]

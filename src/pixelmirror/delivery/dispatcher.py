@@ -87,6 +87,8 @@ class Pause:
     until: float
     #: Monotonic time when the token resolver is asked again.
     recheck: float
+    #: The destination whose sink refused, and is asked for a new credential.
+    destination: str = META
 
 
 class Dispatcher:
@@ -273,18 +275,11 @@ class Dispatcher:
                 with self._pause_lock:
                     self._paused.pop(pixel_id, None)  # the next batch is the probe
                 continue
-            credential = self._fresh_credential(pixel_id)
+            sink = self.sinks.get(pause.destination)
+            credential = None if sink is None else sink.fresh_credential(pixel_id)
             if credential is not None and credential != pause.token:
                 self.resume(pixel_id, "the token resolver answers a new token")
         return self.paused_pixels
-
-    def _fresh_credential(self, pixel_id: str) -> str | None:
-        """The credential the sinks would now use for ``pixel_id``: the first one named."""
-        for sink in self.sinks.values():
-            credential = sink.fresh_credential(pixel_id)
-            if credential is not None:
-                return credential
-        return None
 
     def _sink(self, key: BatchKey) -> Sink:
         sink = self.sinks.get(key.destination)
@@ -292,16 +287,17 @@ class Dispatcher:
             raise TransientError(f"no sink for destination {key.destination!r} in this process")
         return sink
 
-    def _pause(self, pixel_id: str, exc: AccessError) -> Pause:
+    def _pause(self, key: BatchKey, exc: AccessError) -> Pause:
         now = time.monotonic()
         pause = Pause(
             cause="request" if isinstance(exc, RequestError) else "token",
             token=exc.token_fingerprint,
             until=now + self.pause_seconds,
             recheck=now + min(self.token_recheck, self.pause_seconds),
+            destination=key.destination,
         )
         with self._pause_lock:
-            self._paused[pixel_id] = pause
+            self._paused[key.pixel_id] = pause
         return pause
 
     def _drop_expired(self, claims: list[Claimed]) -> list[Claimed]:
@@ -339,7 +335,7 @@ class Dispatcher:
                 exc,
             )
         except AccessError as exc:
-            pause = self._pause(pixel_id, exc)
+            pause = self._pause(key, exc)
             # Due at once: other processes skip only the pixels they paused themselves.
             self.outbox.release(claims, delay=0.0, failed=False)
             logger.error(
