@@ -814,8 +814,9 @@ class PixelMirror:
     ) -> CheckResult:
         """Send one test event now and report Meta's answer: "test this connection".
 
-        The event goes straight to Meta (not through the outbox) as ``PixelMirrorCheck``
-        with the test event code, so it shows in Events Manager > Test events. Success ends
+        The event goes straight to Meta's sink (not through the outbox) as
+        ``PixelMirrorCheck`` with the test event code, so it shows in Events Manager > Test
+        events (with ``PIXELMIRROR_SINK``, it is written to that file instead). Success ends
         this process's pause of the pixel, if any.
         """
         pixel = pixel_id or self.config.pixel_id
