@@ -142,7 +142,8 @@ def test_worker_takes_tokens_from_a_resolver(
     (tmp_path / "platform_tokens.py").write_text(
         f"def token_for(pixel_id):\n    return {{'{PIXEL}': 'per-pixel-token'}}.get(pixel_id)\n"
     )
-    env = {**env, "PYTHONPATH": str(tmp_path)}
+    # The resolver's module beside this checkout's code, not an installed pixelmirror.
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     del env["PIXELMIRROR_ACCESS_TOKEN"]
     monkeypatch.delenv("PIXELMIRROR_ACCESS_TOKEN")
     with fake.serve() as url:

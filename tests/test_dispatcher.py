@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, DeliveryCounts, Dispatcher
+from pixelmirror.delivery.errors import AccessError
 from pixelmirror.delivery.graph import GraphClient, token_fingerprint
-from pixelmirror.events import ServerEvent
+from pixelmirror.delivery.sink import Delivered
+from pixelmirror.events import BatchKey, ServerEvent
 from pixelmirror.meta import DAY
 from pixelmirror.outbox.base import Claimed
 from pixelmirror.outbox.memory import MemoryOutbox
@@ -585,3 +588,87 @@ def test_a_batch_being_halved_keeps_its_lease_to_the_last_half() -> None:
     assert (first.counts.sent, first.counts.dead) == (3, 1)
     assert rival.counts == DeliveryCounts()
     assert outbox.counts().unfinished == 0
+
+
+class RecordingSink:
+    """A sink that takes every batch and remembers it."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[BatchKey, list[bytes]]] = []
+
+    def deliver(self, key: BatchKey, payloads: Sequence[bytes]) -> Delivered:
+        self.batches.append((key, list(payloads)))
+        return Delivered(len(payloads))
+
+    def fresh_credential(self, pixel_id: str) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_batch_goes_to_the_sink_of_its_destination(outbox: RecordingOutbox) -> None:
+    meta, audit = RecordingSink(), RecordingSink()
+    dispatcher = Dispatcher(outbox, {"meta": meta, "audit": audit})
+    to_meta = [lead(), lead()]
+    to_audit = [replace(lead(), destination="audit"), replace(lead(), destination="audit")]
+    outbox.put([to_meta[0], to_audit[0], to_meta[1], to_audit[1]])
+
+    drain(dispatcher)
+
+    assert [(key, len(batch)) for key, batch in meta.batches] == [(("meta", "111", None), 2)]
+    assert [(key, len(batch)) for key, batch in audit.batches] == [(("audit", "111", None), 2)]
+    assert audit.batches[0][1] == [event.payload for event in to_audit]
+    assert dispatcher.counts.sent == 4
+
+
+def test_a_destination_without_a_sink_waits_in_the_outbox(outbox: RecordingOutbox) -> None:
+    meta = RecordingSink()
+    dispatcher = Dispatcher(outbox, meta, retry_backoff=60.0)
+    outbox.put([replace(lead(), destination="elsewhere"), lead()])
+
+    drain(dispatcher)
+
+    assert [key.destination for key, _ in meta.batches] == ["meta"]
+    assert outbox.counts().pending == 1  # retried later, never dead-lettered
+    assert outbox.counts().dead == 0
+    assert dispatcher.counts.retried == 1
+
+
+class RefusingSink(RecordingSink):
+    """A sink that refuses its credential ``refused`` and takes batches under any other."""
+
+    def __init__(self, credential: str) -> None:
+        super().__init__()
+        self.credential = credential
+        self.refused = credential
+
+    def deliver(self, key: BatchKey, payloads: Sequence[bytes]) -> Delivered:
+        if self.credential == self.refused:
+            error = AccessError("credential refused")
+            error.token_fingerprint = self.credential
+            raise error
+        return super().deliver(key, payloads)
+
+    def fresh_credential(self, pixel_id: str) -> str | None:
+        return self.credential
+
+
+def test_a_pause_asks_the_sink_that_refused_for_a_new_credential(
+    outbox: RecordingOutbox,
+) -> None:
+    audit = RefusingSink("old")
+    meta = RecordingSink()  # names no credential: it must not be the one asked
+    dispatcher = Dispatcher(outbox, {"meta": meta, "audit": audit}, token_recheck=0.0)
+    event = replace(lead(), destination="audit")
+    outbox.put([event])
+
+    assert dispatcher.deliver_next()
+    pause = dispatcher.pauses["111"]
+    assert (pause.destination, pause.token) == ("audit", "old")
+    assert not dispatcher.deliver_next()  # the same credential: still paused
+
+    audit.credential = "new"
+    assert dispatcher.deliver_next()
+    assert dispatcher.pauses == {}
+    assert audit.batches == [(event.batch_key, [event.payload])]

@@ -61,7 +61,7 @@ def test_payload_carries_every_field_once_serialised() -> None:
     }
     assert len(body["user_data"]["em"]) == 64
     assert (event.pixel_id, event.event_id, event.event_time) == ("1234", "evt-1", int(NOW - 60))
-    assert event.batch_key == ("1234", "TEST42")
+    assert event.batch_key == ("meta", "1234", "TEST42")
 
 
 def test_event_id_and_time_default_to_fresh_values() -> None:

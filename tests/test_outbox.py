@@ -139,6 +139,28 @@ def test_a_claim_holds_one_pixel_and_one_test_code(outbox: Outbox, make_event: M
     assert outbox.claim(10, lease=HOUR) == []
 
 
+def test_a_claim_holds_one_destination(outbox: Outbox, make_event: MakeEvent) -> None:
+    outbox.put(
+        [
+            make_event("1", event_id="m1"),
+            make_event("1", event_id="x1", destination="audit"),
+            make_event("1", event_id="m2"),
+            make_event("1", event_id="x2", destination="audit"),
+        ]
+    )
+
+    meta = outbox.claim(10, lease=HOUR)
+    assert ids(meta) == ["m1", "m2"]
+    assert {claim.event.destination for claim in meta} == {"meta"}
+    audit = outbox.claim(10, lease=HOUR)
+    assert ids(audit) == ["x1", "x2"]
+    assert {claim.event.batch_key for claim in audit} == {("audit", "1", None)}
+    outbox.bury(audit[:1], "refused")
+    assert [letter.event.destination for letter in outbox.dead_letters()] == ["audit"]
+    assert outbox.replay_dead() == 1
+    assert [claim.event.destination for claim in outbox.claim(10, lease=HOUR)] == ["audit"]
+
+
 def test_claim_takes_at_most_limit(outbox: Outbox, make_event: MakeEvent) -> None:
     outbox.put([make_event(event_id=f"e{n}") for n in range(5)])
 
@@ -388,6 +410,18 @@ def test_close_twice(outbox: Outbox) -> None:
 # -- SQLite only ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("url", "durable"),
+    [("memory://", False), ("sqlite:///{tmp}/o.db", True), ("redis://127.0.0.1:6379/0", True)],
+)
+def test_each_registered_scheme_opens_an_outbox_that_says_if_it_is_durable(
+    url: str, durable: bool, tmp_path: Path
+) -> None:
+    outbox = open_outbox(url.format(tmp=tmp_path))  # Redis connects on first use only
+    assert outbox.durable is durable
+    outbox.close()
+
+
 def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -456,6 +490,62 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(RuntimeError, match="upgrade pixelmirror"):
         SQLiteOutbox(tmp_path / "o.db")
+
+
+# The schema pixelmirror 0.1 wrote (user_version 1), as it was: no destination column.
+_SCHEMA_0_1 = (
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, pixel_id TEXT NOT NULL, test_event_code TEXT,
+        event_id TEXT NOT NULL, event_name TEXT NOT NULL, event_time INTEGER NOT NULL,
+        action_source TEXT NOT NULL, payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL, claim_token INTEGER)""",
+    "CREATE INDEX events_claim ON events (due, id, pixel_id, test_event_code)",
+    """CREATE TABLE dead (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, pixel_id TEXT NOT NULL, test_event_code TEXT,
+        event_id TEXT NOT NULL, event_name TEXT NOT NULL, event_time INTEGER NOT NULL,
+        action_source TEXT NOT NULL, payload BLOB NOT NULL, attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL, died_at REAL NOT NULL)""",
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_file_of_schema_1_is_upgraded_and_its_events_are_metas(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    old, dead = make_event(event_id="old", test_event_code="T1"), make_event(event_id="died")
+
+    def row(event: ServerEvent) -> tuple[object, ...]:
+        return (
+            event.pixel_id,
+            event.test_event_code,
+            event.event_id,
+            event.event_name,
+            event.event_time,
+            event.action_source,
+            event.payload,
+        )
+
+    columns = "pixel_id, test_event_code, event_id, event_name, event_time, action_source, payload"
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        for statement in _SCHEMA_0_1:
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO events ({columns}, due) VALUES ({'?, ' * 7}?)", (*row(old), 0))
+        conn.execute(
+            f"INSERT INTO dead ({columns}, attempts, reason, died_at) VALUES ({'?, ' * 9}?)",
+            (*row(dead), 2, "refused", 1.0),
+        )
+    conn.close()
+
+    outbox = SQLiteOutbox(tmp_path / "o.db")
+    claims = outbox.claim(10, lease=HOUR)
+    assert [claim.event for claim in claims] == [old]  # destination "meta", the default
+    assert [letter.event for letter in outbox.dead_letters()] == [dead]
+    outbox.put([make_event(event_id="new", destination="audit")])
+    assert ids(outbox.claim(10, lease=HOUR)) == ["new"]
+    outbox.close()
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    conn.close()
 
 
 def test_everything_survives_reopening(tmp_path: Path, make_event: MakeEvent) -> None:

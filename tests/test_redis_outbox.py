@@ -25,7 +25,8 @@ from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
-from pixelmirror.outbox.redis import DEFAULT_GROUP, HORIZON, PARKED, RedisOutbox
+from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
+from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
 
 HOUR = 3600.0
@@ -246,6 +247,44 @@ def test_a_foreign_entry_is_dead_lettered_not_handed_round(
     (letter,) = outbox.dead_letters()
     assert letter.reason == "malformed stream entry: no pixel_id"
     assert outbox.counts() == counts(in_flight=1, dead=1)
+
+
+def test_an_entry_in_the_0_1_layout_is_metas_not_malformed(
+    open_redis: OpenRedis, make_event: MakeEvent, server: redis.Redis, stream: str
+) -> None:
+    outbox = open_redis()
+    old = make_event("7", event_id="old", test_event_code="T1")
+    # The fields as pixelmirror 0.1 wrote them: no destination.
+    server.xadd(
+        stream,
+        {
+            "pixel_id": old.pixel_id,
+            "event_id": old.event_id,
+            "event_name": old.event_name,
+            "event_time": old.event_time,
+            "action_source": old.action_source,
+            "payload": old.payload,
+            "test_event_code": "T1",
+        },
+    )
+    outbox.put([make_event("7", event_id="other", test_event_code="T1", destination="audit")])
+    outbox.put([make_event("7", event_id="new", test_event_code="T1")])
+
+    claimed = outbox.claim(10, lease=HOUR)
+    assert ids(claimed) == ["old", "new"]  # one batch: both Meta's
+    assert claimed[0].event == old
+    assert ids(outbox.claim(10, lease=HOUR)) == ["other"]
+    assert outbox.dead_letters() == []
+
+
+def test_metas_entries_keep_the_0_1_layout(
+    open_redis: OpenRedis, make_event: MakeEvent, server: redis.Redis, stream: str
+) -> None:
+    outbox = open_redis()
+    outbox.put([make_event(event_id="m"), make_event(event_id="x", destination="audit")])
+    (_, meta), (_, other) = server.xrange(stream)
+    assert b"destination" not in meta
+    assert other[b"destination"] == b"audit"
 
 
 def test_maxlen_trims_the_oldest_and_counts_them_as_dropped(

@@ -19,8 +19,9 @@ from types import FrameType
 from typing import cast
 
 from pixelmirror.config import Config, ConfigError
+from pixelmirror.delivery import open_sinks
 from pixelmirror.delivery.dispatcher import Dispatcher
-from pixelmirror.delivery.graph import GraphClient, TokenSource
+from pixelmirror.delivery.graph import TokenSource
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.outbox import open_outbox
 
@@ -119,16 +120,10 @@ def _check(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     config = Config.from_env()
     tokens = _load_tokens(args.tokens)
-    if config.access_token is None and tokens is None:
+    if config.dry_run and tokens is None:
         print(
-            "pixelmirror worker: PIXELMIRROR_ACCESS_TOKEN or --tokens is required to send",
-            file=sys.stderr,
-        )
-        return 2
-    if config.outbox == "memory://":
-        print(
-            "pixelmirror worker: PIXELMIRROR_OUTBOX must be shared with the web processes "
-            "(sqlite:///path.db or redis://...), not memory://",
+            "pixelmirror worker: PIXELMIRROR_ACCESS_TOKEN, --tokens or PIXELMIRROR_SINK "
+            "is required to send",
             file=sys.stderr,
         )
         return 2
@@ -136,8 +131,16 @@ def _worker(args: argparse.Namespace) -> int:
         print("pixelmirror worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
     outbox = open_outbox(config.outbox, max_events=config.queue_size)
-    client = GraphClient.from_config(config, tokens=tokens)
-    dispatcher = Dispatcher.from_config(config, outbox, client, threads=args.concurrency)
+    if not outbox.durable:
+        outbox.close()
+        print(
+            "pixelmirror worker: PIXELMIRROR_OUTBOX must be shared with the web processes "
+            "(sqlite:///path.db or redis://...), not memory://",
+            file=sys.stderr,
+        )
+        return 2
+    sinks = open_sinks(config, tokens=tokens)
+    dispatcher = Dispatcher.from_config(config, outbox, sinks, threads=args.concurrency)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -156,7 +159,8 @@ def _worker(args: argparse.Namespace) -> int:
         _log_status(dispatcher)
     dispatcher.stop(config.shutdown_timeout)
     _log_status(dispatcher)
-    client.close()
+    for sink in sinks.values():
+        sink.close()
     outbox.close()
     return 0
 

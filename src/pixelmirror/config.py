@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from pixelmirror._domains import HOSTNAME, is_public_suffix
 from pixelmirror.accounts import check_partner_agent
@@ -128,9 +128,12 @@ class Config:
     #: Enables ``appsecret_proof`` on every request.
     app_secret: str | None = _setting(None, _text, secret=True)
     outbox: str = _setting("memory://", _text, url=True)
+    #: Where Meta's events go instead of the Graph API: ``file:///path.jsonl`` appends each
+    #: batch's request body (no access token) to that file. Default: the Graph API.
+    sink: str | None = _setting(None, _text, url=True)
     #: ``thread``: a background thread of this process sends; ``external``: only enqueue,
     #: a ``pixelmirror worker`` sends.
-    dispatch: str = _setting("thread", _text)
+    dispatch: Literal["thread", "external"] = _setting("thread", _text)
     trusted_proxies: tuple[IPNetwork, ...] = _setting((), _networks)
     consent_cookie: str | None = _setting(None, _text)
     #: Events per request to Meta (at most 1000).
@@ -177,7 +180,7 @@ class Config:
     max_buffer: int = _setting(512 * 1024, _int)
     #: ``inline``: ids in the page; ``beacon``: the same bytes for every visitor, ids from
     #: a first-party beacon (cache-safe).
-    mode: str = _setting("inline", _text)
+    mode: Literal["inline", "beacon"] = _setting("inline", _text)
     #: Where the middleware answers the page's beacon (``window.pixelmirror``).
     beacon_path: str = _setting("/.pixelmirror/beacon", _text)
     #: Events the browser may ask the beacon for; conversions stay server-decided.
@@ -253,12 +256,16 @@ class Config:
                     "under 23 characters with two letters",
                     self.partner_agent,
                 )
-        need(
-            self.outbox.startswith(("memory://", "sqlite:///", "redis://", "rediss://")),
-            "outbox",
-            "memory://, sqlite:///path.db or redis://host:6379/0",
-            masked_url(self.outbox),
-        )
+        from pixelmirror.outbox import known_outbox, outbox_forms  # it imports this module
+
+        need(known_outbox(self.outbox), "outbox", outbox_forms(), masked_url(self.outbox))
+        if self.sink is not None:
+            need(
+                self.sink.startswith("file:///"),
+                "sink",
+                "file:///path.jsonl (or unset: Meta's Graph API)",
+                masked_url(self.sink),
+            )
         need(
             self.dispatch in ("thread", "external"), "dispatch", "thread or external", self.dispatch
         )
@@ -332,8 +339,9 @@ class Config:
 
     @property
     def dry_run(self) -> bool:
-        """No access token: events are built, validated, logged and counted, not sent."""
-        return self.access_token is None
+        """No access token and no sink in place of Meta's: events are built, validated,
+        logged and counted, not sent."""
+        return self.access_token is None and self.sink is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -1,9 +1,9 @@
 """Server events: validation at the API boundary and the payload bytes, made once.
 
 A :class:`ServerEvent` is what the outbox stores and the dispatcher sends: the routing facts
-(pixel, test code, ids, time) beside the event's JSON, serialised exactly once, when the event
-is created. Every retry and every outbox backend ships those same bytes, so ``event_id`` and
-``event_time`` cannot drift between attempts.
+(destination, pixel, test code, ids, time) beside the event's JSON, serialised exactly once,
+when the event is created. Every retry and every outbox backend ships those same bytes, so
+``event_id`` and ``event_time`` cannot drift between attempts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from pixelmirror.meta import (
     ACTION_SOURCES,
@@ -49,6 +49,18 @@ _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
+#: The destination of events that name none: Meta's Conversions API.
+META = "meta"
+
+
+class BatchKey(NamedTuple):
+    """Events share a request only when they share a destination, a pixel and a test code."""
+
+    destination: str
+    pixel_id: str
+    test_event_code: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
     """One Conversions API event, validated, normalised, hashed and serialised.
@@ -65,6 +77,8 @@ class ServerEvent:
     action_source: str
     payload: bytes
     test_event_code: str | None = None
+    #: Which sink delivers it (see :mod:`pixelmirror.delivery`).
+    destination: str = META
 
     @property
     def expires_at(self) -> int:
@@ -72,9 +86,8 @@ class ServerEvent:
         return self.event_time + max_age(self.action_source)
 
     @property
-    def batch_key(self) -> tuple[str, str | None]:
-        """Events share a request only when they share a pixel and a test event code."""
-        return (self.pixel_id, self.test_event_code)
+    def batch_key(self) -> BatchKey:
+        return BatchKey(self.destination, self.pixel_id, self.test_event_code)
 
     @classmethod
     def create(

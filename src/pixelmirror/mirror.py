@@ -1,4 +1,4 @@
-"""``PixelMirror``: the object an app holds. It owns the outbox, the client and the dispatcher."""
+"""``PixelMirror``: the object an app holds. It owns the outbox, the sinks and the dispatcher."""
 
 from __future__ import annotations
 
@@ -29,15 +29,17 @@ from pixelmirror.beacon import (
     parse_request,
 )
 from pixelmirror.config import Config
+from pixelmirror.delivery import Sink, open_sinks
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
-from pixelmirror.delivery.graph import GraphClient, GraphError, TokenSource, fault_of
+from pixelmirror.delivery.errors import DeliveryError
+from pixelmirror.delivery.graph import TokenSource, fault_of
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
 from pixelmirror.inject import InsertionScanner, rewrite_headers, should_inject
 from pixelmirror.normalize import sha256_hex
-from pixelmirror.outbox import MemoryOutbox, Outbox, OutboxCounts, open_outbox
+from pixelmirror.outbox import Outbox, OutboxCounts, open_outbox
 from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 
@@ -321,7 +323,8 @@ class PixelMirror:
         self._beacon_visitors = RateLimiter(self.config.beacon_rate)
         self._beacon_ips = RateLimiter(5 * self.config.beacon_rate)
         self.outbox: Outbox = open_outbox(self.config.outbox, max_events=self.config.queue_size)
-        self.client: GraphClient | None = None
+        #: The sink of each destination; empty when running dry.
+        self.sinks: dict[str, Sink] = {}
         self.dispatcher: Dispatcher | None = None
         #: Between requests and a durable outbox: a bounded queue and its writer thread.
         self.handoff: Handoff | None = None
@@ -331,23 +334,23 @@ class PixelMirror:
         self._dry_run = 0
         self._invalid = 0
         self._closed = False
-        #: No access token and no token resolver: events are validated and logged, not sent.
-        self.dry_run = self.config.access_token is None and tokens is None
+        #: No access token, token resolver or sink: events are validated and logged, not sent.
+        self.dry_run = self.config.dry_run and tokens is None
         if self.dry_run:
             logger.warning(
                 "pixelmirror: no PIXELMIRROR_ACCESS_TOKEN, running dry: events are validated "
                 "and logged, not sent"
             )
         else:
-            if not isinstance(self.outbox, MemoryOutbox):  # that one never blocks a request
+            if self.outbox.durable:  # the in-process one never blocks a request
                 self.handoff = Handoff(
                     self.outbox,
                     max_events=self.config.handoff_size,
                     linger=self.config.handoff_linger,
                 )
-            self.client = GraphClient.from_config(self.config, tokens=tokens, transport=transport)
+            self.sinks = open_sinks(self.config, tokens=tokens, transport=transport)
             if self.config.dispatch == "thread":
-                self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
+                self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.sinks)
                 self.dispatcher.start()
         _live_mirrors.add(self)
 
@@ -824,8 +827,9 @@ class PixelMirror:
     ) -> CheckResult:
         """Send one test event now and report Meta's answer: "test this connection".
 
-        The event goes straight to Meta (not through the outbox) as ``PixelMirrorCheck``
-        with the test event code, so it shows in Events Manager > Test events. Success ends
+        The event goes straight to Meta's sink (not through the outbox) as
+        ``PixelMirrorCheck`` with the test event code, so it shows in Events Manager > Test
+        events (with ``PIXELMIRROR_SINK``, it is written to that file instead). Success ends
         this process's pause of the pixel, if any.
         """
         pixel = pixel_id or self.config.pixel_id
@@ -838,7 +842,8 @@ class PixelMirror:
             user_data={"external_id": sha256_hex("pixelmirror-check")},
             test_event_code=test_event_code or self.config.test_event_code,
         )
-        if self.client is None:
+        sink = self.sinks.get(event.destination)
+        if sink is None:
             return CheckResult(
                 ok=True,
                 pixel_id=pixel,
@@ -847,8 +852,8 @@ class PixelMirror:
                 hint="set PIXELMIRROR_ACCESS_TOKEN to test the connection to Meta",
             )
         try:
-            answer = self.client.send(pixel, [event.payload], test_event_code=event.test_event_code)
-        except GraphError as exc:
+            answer = sink.deliver(event.batch_key, [event.payload])
+        except DeliveryError as exc:
             return CheckResult(
                 ok=False,
                 pixel_id=pixel,
@@ -861,9 +866,9 @@ class PixelMirror:
         return CheckResult(
             ok=True,
             pixel_id=pixel,
-            events_received=answer.events_received,
-            fbtrace_id=answer.fbtrace_id,
-            messages=tuple(answer.messages),
+            events_received=answer.count,
+            fbtrace_id=answer.trace_id,
+            messages=answer.messages,
         )
 
     def close(self, timeout: float | None = None) -> None:
@@ -896,7 +901,7 @@ class PixelMirror:
             logger.warning("pixelmirror closing; could not count unsent events: %s", exc)
             counts = OutboxCounts(0, 0, 0, 0)
         if counts.unfinished:
-            durable = self.outbox.url != "memory://"
+            durable = self.outbox.durable
             (logger.warning if durable else logger.error)(
                 "pixelmirror closing with %d event(s) unsent: %s",
                 counts.unfinished,
@@ -904,8 +909,8 @@ class PixelMirror:
                 if durable
                 else "they are lost with this process (use a sqlite:// or redis:// outbox)",
             )
-        if self.client is not None:
-            self.client.close()
+        for sink in self.sinks.values():
+            sink.close()
         try:
             self.outbox.close()
         except Exception:
@@ -922,11 +927,9 @@ class PixelMirror:
             self.handoff.after_fork()
         self._counts_lock = threading.Lock()
         self._queued, self._dry_run = Counter(), 0
-        if self.dispatcher is not None and self.client is not None:
-            self.client = GraphClient.from_config(
-                self.config, tokens=self._tokens, transport=self._transport
-            )
-            self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.client)
+        if self.dispatcher is not None:
+            self.sinks = open_sinks(self.config, tokens=self._tokens, transport=self._transport)
+            self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.sinks)
             self.dispatcher.start()
 
 

@@ -1,10 +1,11 @@
-"""The dispatcher: background threads that drain an outbox into the Graph API.
+"""The dispatcher: background threads that drain an outbox into its destinations' sinks.
 
 Each thread loops claim → send → answer. Batches form naturally: while a request is in
 flight, new events pile up and the next claim takes up to ``batch_size`` of them; an idle
 thread wakes every ``flush_interval`` (or at once on :meth:`Dispatcher.flush`).
 
-What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.graph`):
+Each batch goes to the sink of its destination (:mod:`pixelmirror.delivery.sink`), and
+what happens to it follows the sink's answer (:mod:`pixelmirror.delivery.errors`):
 
 * accepted → ack;
 * transient → released for a retry after exponential backoff with jitter, or the wait Meta
@@ -12,8 +13,8 @@ What happens to a batch follows Meta's answer (see :mod:`pixelmirror.delivery.gr
 * access (the token) or request (app secret, pixel, API version) → this process pauses the
   pixel and keeps its events, due at once in the outbox: the pause is this process's own,
   so another process, or this one restarted with a fixed configuration, is not held back.
-  A pause ends when the token resolver answers a token other than the refused one (asked
-  every ``token_recheck`` seconds), when :meth:`Dispatcher.resume` is called (a successful
+  A pause ends when the sink names a credential other than the refused one (asked every
+  ``token_recheck`` seconds), when :meth:`Dispatcher.resume` is called (a successful
   check), or after ``pause_seconds``, when one batch probes Meta again;
 * invalid (Meta names an event) → the batch is split in halves until the bad events stand
   alone; the good ones are sent, the bad ones dead-lettered with Meta's message.
@@ -29,25 +30,24 @@ another sender once the lease runs out.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from pixelmirror.config import Config
-from pixelmirror.delivery.graph import (
+from pixelmirror.delivery.errors import (
     AccessError,
-    GraphClient,
     InvalidEventsError,
     RequestError,
     TransientError,
-    token_fingerprint,
 )
+from pixelmirror.delivery.heartbeat import Heartbeat
+from pixelmirror.delivery.sink import Sink
+from pixelmirror.events import META, BatchKey
 from pixelmirror.outbox.base import Claimed, Outbox
 
 logger = logging.getLogger("pixelmirror")
@@ -62,8 +62,6 @@ TOKEN_RECHECK = 5.0
 FLUSH_POLL = 0.02
 #: Longest wait after repeated failures of the loop itself (say, the outbox is unreachable).
 ERROR_BACKOFF_MAX = 30.0
-#: Renewals per lease: two may fail or come late before another sender takes a batch over.
-RENEWALS_PER_LEASE = 3
 
 
 @dataclass
@@ -74,7 +72,6 @@ class DeliveryCounts:
     retried: int = 0
     dead: int = 0
     expired: int = 0
-    batches: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,10 +87,16 @@ class Pause:
     until: float
     #: Monotonic time when the token resolver is asked again.
     recheck: float
+    #: The destination whose sink refused, and is asked for a new credential.
+    destination: str = META
 
 
 class Dispatcher:
-    """Sends what ``outbox`` holds through ``client`` from ``threads`` background threads.
+    """Sends what ``outbox`` holds through ``sinks`` from ``threads`` background threads.
+
+    ``sinks`` maps destinations to their sinks; one sink alone serves Meta's destination.
+    A batch whose destination has no sink in this process waits, retried like a transient
+    failure, for a process that has one.
 
     Stopping finishes the batch in flight; a batch claimed but not sent is released, so a
     stop never strands events (and a crash only delays them until their lease runs out).
@@ -102,7 +105,7 @@ class Dispatcher:
     def __init__(
         self,
         outbox: Outbox,
-        client: GraphClient,
+        sinks: Mapping[str, Sink] | Sink,
         *,
         batch_size: int = 1000,
         flush_interval: float = 1.0,
@@ -114,12 +117,14 @@ class Dispatcher:
         threads: int = 1,
     ) -> None:
         self.outbox = outbox
-        self.client = client
+        self.sinks: Mapping[str, Sink] = (
+            dict(sinks) if isinstance(sinks, Mapping) else {META: sinks}
+        )
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.lease = lease
         # An outbox may give every claim a lease of its own (the Redis URL's): renew within it.
-        self._heartbeat = _Heartbeat(outbox, lease if outbox.lease is None else outbox.lease)
+        self._heartbeat = Heartbeat(outbox, lease if outbox.lease is None else outbox.lease)
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.pause_seconds = pause_seconds
@@ -138,11 +143,11 @@ class Dispatcher:
 
     @classmethod
     def from_config(
-        cls, config: Config, outbox: Outbox, client: GraphClient, *, threads: int = 1
+        cls, config: Config, outbox: Outbox, sinks: Mapping[str, Sink], *, threads: int = 1
     ) -> Dispatcher:
         return cls(
             outbox,
-            client,
+            sinks,
             batch_size=config.batch_size,
             flush_interval=config.flush_interval,
             lease=config.lease,
@@ -176,9 +181,6 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not self.running
-
-    def wake(self) -> None:
-        self._wakeup.set()
 
     def flush(self, timeout: float) -> bool:
         """Send everything the outbox holds; True once it is all sent or dead-lettered.
@@ -254,13 +256,11 @@ class Dispatcher:
             return False
         with self._heartbeat.holding(claims):
             self._deliver(self._drop_expired(claims))
-        with self._counts_lock:
-            self.counts.batches += 1
         return True
 
     def _still_paused(self) -> tuple[str, ...]:
-        """The pixels to skip, after ending the pauses whose probe is due or whose token
-        resolver now answers another token than the refused one."""
+        """The pixels to skip, after ending the pauses whose probe is due or whose sink now
+        names another credential than the refused one."""
         now = time.monotonic()
         with self._pause_lock:
             due = {
@@ -275,21 +275,29 @@ class Dispatcher:
                 with self._pause_lock:
                     self._paused.pop(pixel_id, None)  # the next batch is the probe
                 continue
-            token = self.client.tokens.fresh(pixel_id)
-            if token is not None and token_fingerprint(token) != pause.token:
+            sink = self.sinks.get(pause.destination)
+            credential = None if sink is None else sink.fresh_credential(pixel_id)
+            if credential is not None and credential != pause.token:
                 self.resume(pixel_id, "the token resolver answers a new token")
         return self.paused_pixels
 
-    def _pause(self, pixel_id: str, exc: AccessError) -> Pause:
+    def _sink(self, key: BatchKey) -> Sink:
+        sink = self.sinks.get(key.destination)
+        if sink is None:
+            raise TransientError(f"no sink for destination {key.destination!r} in this process")
+        return sink
+
+    def _pause(self, key: BatchKey, exc: AccessError) -> Pause:
         now = time.monotonic()
         pause = Pause(
             cause="request" if isinstance(exc, RequestError) else "token",
             token=exc.token_fingerprint,
             until=now + self.pause_seconds,
             recheck=now + min(self.token_recheck, self.pause_seconds),
+            destination=key.destination,
         )
         with self._pause_lock:
-            self._paused[pixel_id] = pause
+            self._paused[key.pixel_id] = pause
         return pause
 
     def _drop_expired(self, claims: list[Claimed]) -> list[Claimed]:
@@ -308,11 +316,10 @@ class Dispatcher:
     def _deliver(self, claims: Sequence[Claimed]) -> None:
         if not claims:
             return
-        pixel_id, test_event_code = claims[0].event.batch_key
+        key = claims[0].event.batch_key
+        pixel_id = key.pixel_id
         try:
-            self.client.send(
-                pixel_id, [c.event.payload for c in claims], test_event_code=test_event_code
-            )
+            self._sink(key).deliver(key, [c.event.payload for c in claims])
         except TransientError as exc:
             delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
             # Due again before the first of them must be dead-lettered as too old.
@@ -328,7 +335,7 @@ class Dispatcher:
                 exc,
             )
         except AccessError as exc:
-            pause = self._pause(pixel_id, exc)
+            pause = self._pause(key, exc)
             # Due at once: other processes skip only the pixels they paused themselves.
             self.outbox.release(claims, delay=0.0, failed=False)
             logger.error(
@@ -381,67 +388,3 @@ class Dispatcher:
             for counts in (self.counts, per_pixel):
                 for name, amount in amounts.items():
                     setattr(counts, name, getattr(counts, name) + amount)
-
-
-class _Heartbeat:
-    """Renews the leases of the batches in flight every third of the lease, from one thread.
-
-    The thread starts with the first batch held and ends at the first beat that finds none,
-    so an idle dispatcher (or one driven by hand through ``deliver_next``) keeps no thread.
-    """
-
-    def __init__(self, outbox: Outbox, lease: float) -> None:
-        self.outbox = outbox
-        self.lease = lease
-        self.interval = lease / RENEWALS_PER_LEASE
-        self._lock = threading.Lock()
-        self._batches: dict[int, list[Claimed]] = {}
-        self._keys = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def holding(self, claims: Sequence[Claimed]) -> Iterator[None]:
-        """Keep renewing ``claims`` until the block ends (every claim answered or lost)."""
-        key = next(self._keys)
-        with self._lock:
-            self._batches[key] = list(claims)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pixelmirror-heartbeat", daemon=True
-                )
-                self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                del self._batches[key]
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            with self._lock:
-                if not self._batches:
-                    self._thread = None  # under the lock: the next batch starts a new thread
-                    return
-                batches = list(self._batches.items())
-            for key, claims in batches:
-                self._renew(key, claims)
-
-    def _renew(self, key: int, claims: list[Claimed]) -> None:
-        try:
-            lost = self.outbox.renew(claims, lease=self.lease)
-        except Exception:  # the outbox may be back by the next beat, before the lease ends
-            logger.warning(
-                "pixelmirror could not renew the lease of %d event(s) in flight; "
-                "trying again in %.1fs",
-                len(claims),
-                self.interval,
-                exc_info=True,
-            )
-            return
-        if lost:
-            # Answered already (a half of a split batch), or taken over after missed beats.
-            gone = {claim.receipt for claim in lost}
-            with self._lock:
-                if key in self._batches:
-                    self._batches[key] = [c for c in claims if c.receipt not in gone]

@@ -1,7 +1,8 @@
 """The Graph API client: one POST per batch, every answer sorted into what to do next.
 
-Meta answers a Conversions API request in five ways that matter to a sender, and each gets
-its own exception so the dispatcher's decisions read plainly:
+Meta answers a Conversions API request in five ways that matter to a sender, each sorted
+into :mod:`pixelmirror.delivery.errors`' classes (re-exported here), so the dispatcher's
+decisions read plainly:
 
 * accepted: :class:`GraphResponse`;
 * try again later: :class:`TransientError` (network, 5xx, 429, throttling codes), with the
@@ -34,6 +35,13 @@ import httpx
 
 from pixelmirror import meta
 from pixelmirror.config import Config
+from pixelmirror.delivery.errors import AccessError as AccessError
+from pixelmirror.delivery.errors import DeliveryError as DeliveryError
+from pixelmirror.delivery.errors import InvalidEventsError as InvalidEventsError
+from pixelmirror.delivery.errors import RequestError as RequestError
+from pixelmirror.delivery.errors import TransientError as TransientError
+from pixelmirror.delivery.sink import Delivered
+from pixelmirror.events import BatchKey
 
 logger = logging.getLogger("pixelmirror")
 
@@ -43,69 +51,8 @@ _ECHO_LIMIT = 120
 _TOKEN_PREFIX = 8
 
 
-class GraphError(Exception):
-    """Meta did not accept a request; carries Meta's own fields when it sent them."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: int | None = None,
-        subcode: int | None = None,
-        user_message: str | None = None,
-        fbtrace_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.subcode = subcode
-        self.user_message = user_message
-        self.fbtrace_id = fbtrace_id
-
-    def __str__(self) -> str:
-        parts = [self.message]
-        if self.user_message and self.user_message not in self.message:
-            parts.append(self.user_message)
-        facts = [
-            f"{label} {value}"
-            for label, value in (
-                ("HTTP", self.status),
-                ("code", self.code),
-                ("subcode", self.subcode),
-                ("fbtrace_id", self.fbtrace_id),
-            )
-            if value is not None
-        ]
-        return ": ".join(parts) + (f" ({', '.join(facts)})" if facts else "")
-
-
-class TransientError(GraphError):
-    """Worth retrying. ``retry_after`` is the wait in seconds Meta asked for, if any."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **facts: Any) -> None:
-        super().__init__(message, **facts)
-        self.retry_after = retry_after
-
-
-class AccessError(GraphError):
-    """The token or its permissions need fixing by a person; no event is at fault.
-
-    ``token_fingerprint`` names the refused token (a hash, never the token), or is None
-    when there was no token to send.
-    """
-
-    token_fingerprint: str | None = None
-
-
-class RequestError(AccessError):
-    """Meta refused the request itself, not an event in it: the app secret, the pixel id or
-    the API version needs fixing, and every batch would fail the same way."""
-
-
-class InvalidEventsError(GraphError):
-    """Meta rejected the whole batch, naming an event in it (an event subcode or index)."""
+#: Meta's name for a refused request: every sink raises the same classes.
+GraphError = DeliveryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +117,15 @@ class GraphClient:
     def __repr__(self) -> str:
         return f"<GraphClient {self._base}>"
 
+    def deliver(self, key: BatchKey, payloads: Sequence[bytes]) -> Delivered:
+        """The :class:`~pixelmirror.delivery.sink.Sink` side of :meth:`send`."""
+        answer = self.send(key.pixel_id, payloads, test_event_code=key.test_event_code)
+        return Delivered(answer.events_received, answer.fbtrace_id, tuple(answer.messages))
+
+    def fresh_credential(self, pixel_id: str) -> str | None:
+        token = self.tokens.fresh(pixel_id)
+        return None if token is None else token_fingerprint(token)
+
     def send(
         self, pixel_id: str, payloads: Sequence[bytes], *, test_event_code: str | None = None
     ) -> GraphResponse:
@@ -180,12 +136,9 @@ class GraphClient:
             params["appsecret_proof"] = hmac.new(
                 self._app_secret.encode(), token.encode(), hashlib.sha256
             ).hexdigest()
-        if self._partner_agent:
-            params["partner_agent"] = self._partner_agent
-        if test_event_code:
-            params["test_event_code"] = test_event_code
-        # The events were serialised when they were created: join their bytes, don't re-encode.
-        body = b'{"data":[' + b",".join(payloads) + b"]," + json.dumps(params)[1:].encode()
+        body = request_body(
+            payloads, params, partner_agent=self._partner_agent, test_event_code=test_event_code
+        )
         try:
             response = self._http.post(f"{self._base}/{pixel_id}/events", content=body)
         except httpx.TransportError as exc:
@@ -226,18 +179,36 @@ class GraphClient:
                 return AccessError(message, status=status)
             return TransientError(message, status=status, retry_after=_retry_after(response))
         user_message = error.get("error_user_msg")
-        facts: dict[str, Any] = {
-            "status": status,
-            "code": meta.error_number(error.get("code")),
-            "subcode": meta.error_number(error.get("error_subcode")),
-            "user_message": _scrub(str(user_message), token) if user_message else None,
-            "fbtrace_id": error.get("fbtrace_id"),
-        }
-        message = _scrub(str(error.get("message") or "Graph API error"), token)
-        kind = classify(status, error)
-        if kind is TransientError:
-            return TransientError(message, retry_after=_retry_after(response), **facts)
-        return kind(message, **facts)
+        trace_id = error.get("fbtrace_id")
+        refused = classify(status, error)(
+            _scrub(str(error.get("message") or "Graph API error"), token),
+            status=status,
+            code=meta.error_number(error.get("code")),
+            subcode=meta.error_number(error.get("error_subcode")),
+            user_message=_scrub(str(user_message), token) if user_message else None,
+            fbtrace_id=None if trace_id is None else str(trace_id),
+        )
+        if isinstance(refused, TransientError):
+            refused.retry_after = _retry_after(response)
+        return refused
+
+
+def request_body(
+    payloads: Sequence[bytes],
+    credentials: Mapping[str, str] | None = None,
+    *,
+    partner_agent: str | None = None,
+    test_event_code: str | None = None,
+) -> bytes:
+    """The JSON body of one ``/events`` request: the events, then the other parameters."""
+    params = dict(credentials or {})
+    if partner_agent:
+        params["partner_agent"] = partner_agent
+    if test_event_code:
+        params["test_event_code"] = test_event_code
+    # The events were serialised when they were created: join their bytes, don't re-encode.
+    data = b'{"data":[' + b",".join(payloads) + b"]"
+    return data + (b"," + json.dumps(params)[1:].encode() if params else b"}")
 
 
 def classify(status: int, error: Mapping[str, Any]) -> type[GraphError]:

@@ -95,6 +95,8 @@ class Outbox(Protocol):
     url: str
     #: The lease every claim gets whatever the sender asks; None: the sender's.
     lease: float | None
+    #: Events outlive this process (written through the handoff, kept at a restart).
+    durable: bool
 
     def put(self, events: Sequence[ServerEvent]) -> int:
         """Enqueue events; returns how many were taken. Never raises: failures are counted."""
@@ -114,7 +116,8 @@ class Outbox(Protocol):
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
     ) -> list[Claimed]:
-        """Claim up to ``limit`` due events sharing one pixel and one test event code."""
+        """Claim up to ``limit`` due events sharing one batch key (destination, pixel and
+        test event code), none of a pixel in ``skip_pixels``."""
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
         """Hold still-owned claims for ``lease`` more seconds; returns the claims not renewed.

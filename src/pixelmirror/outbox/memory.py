@@ -10,12 +10,10 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Sequence
 
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import BatchKey, ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 
 logger = logging.getLogger("pixelmirror")
-
-_BatchKey = tuple[str, "str | None"]
 
 
 class MemoryOutbox:
@@ -28,6 +26,7 @@ class MemoryOutbox:
 
     url = "memory://"
     lease: float | None = None
+    durable = False
 
     def __init__(self, *, max_events: int = 100_000, max_dead: int = 10_000) -> None:
         if max_events < 1:
@@ -40,7 +39,7 @@ class MemoryOutbox:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         # One FIFO per batch key, so a claim never scans events it cannot take.
-        self._ready: OrderedDict[_BatchKey, deque[tuple[ServerEvent, int]]] = OrderedDict()
+        self._ready: OrderedDict[BatchKey, deque[tuple[ServerEvent, int]]] = OrderedDict()
         self._delayed: list[tuple[float, int, ServerEvent, int]] = []
         self._leased: dict[str, tuple[float, ServerEvent, int]] = {}
         self._dead: deque[DeadLetter] = deque(maxlen=self._max_dead)
@@ -72,7 +71,7 @@ class MemoryOutbox:
         with self._lock:
             self._promote(now)
             for key in list(self._ready):
-                if key[0] in skip_pixels:
+                if key.pixel_id in skip_pixels:
                     continue
                 queue = self._ready[key]
                 claims: list[Claimed] = []

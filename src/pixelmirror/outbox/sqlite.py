@@ -16,47 +16,21 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
+from pixelmirror.outbox.sqlite_schema import (
+    EVENT_COLUMNS,
+    EVENT_PLACEHOLDERS,
+    KEY_COLUMNS,
+    ensure_schema,
+    event_from_row,
+    event_row,
+)
 
 logger = logging.getLogger("pixelmirror")
 
 Synchronous = Literal["normal", "full"]
 
-_SCHEMA_VERSION = 1
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        pixel_id TEXT NOT NULL,
-        test_event_code TEXT,
-        event_id TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        event_time INTEGER NOT NULL,
-        action_source TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        due REAL NOT NULL,
-        claim_token INTEGER
-    )""",
-    # Serves the claim: due rows in (due, id) order, batch key read from the index alone.
-    "CREATE INDEX IF NOT EXISTS events_claim ON events (due, id, pixel_id, test_event_code)",
-    """CREATE TABLE IF NOT EXISTS dead (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        pixel_id TEXT NOT NULL,
-        test_event_code TEXT,
-        event_id TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        event_time INTEGER NOT NULL,
-        action_source TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        attempts INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        died_at REAL NOT NULL
-    )""",
-)
-_EVENT_COLUMNS = (
-    "pixel_id, test_event_code, event_id, event_name, event_time, action_source, payload"
-)
-_CLAIMED_COLUMNS = f"id, {_EVENT_COLUMNS}, attempts"
-_ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, int]
+_CLAIMED_COLUMNS = f"id, {EVENT_COLUMNS}, attempts"
+_ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, str, int]
 
 # RETURNING arrived in 3.35.0; the first releases had bugs fixed by 3.35.5.
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 5)
@@ -122,6 +96,8 @@ class SQLiteOutbox:
     so they never hold the write lock for long. ``max_events`` is checked against a row
     count at most one second old, so other processes' puts may overshoot it briefly.
     """
+
+    durable = True
 
     def __init__(
         self,
@@ -202,15 +178,7 @@ class SQLiteOutbox:
                 logger.warning("pixelmirror outbox %s: WAL unavailable, using %s", self.url, mode)
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute("BEGIN IMMEDIATE")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > _SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has outbox schema {version}; this pixelmirror knows "
-                    f"{_SCHEMA_VERSION}: upgrade pixelmirror"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            ensure_schema(conn, self.path)
             conn.execute("COMMIT")
         except BaseException:
             conn.close()
@@ -255,20 +223,8 @@ class SQLiteOutbox:
         with self._transaction() as conn:
             taken = events[: self._room(conn, len(events))]
             conn.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.pixel_id,
-                        e.test_event_code,
-                        e.event_id,
-                        e.event_name,
-                        e.event_time,
-                        e.action_source,
-                        e.payload,
-                        now,
-                    )
-                    for e in taken
-                ],
+                f"INSERT INTO events ({EVENT_COLUMNS}, due) VALUES ({EVENT_PLACEHOLDERS}, ?)",
+                [(*event_row(e), now) for e in taken],
             )
             self._size_hint += len(taken)
         if len(taken) < len(events):
@@ -301,13 +257,14 @@ class SQLiteOutbox:
         now = time.time()
         skip = list(skip_pixels)
         find_key = (
-            "SELECT pixel_id, test_event_code FROM events WHERE due <= ?"
+            f"SELECT {KEY_COLUMNS} FROM events WHERE due <= ?"
             + (f" AND pixel_id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
             + " ORDER BY due, id LIMIT 1"
         )
         # The oldest due rows of the batch key that has waited longest.
         pick = (
-            "SELECT id FROM events WHERE due <= ? AND pixel_id = ? AND test_event_code IS ?"
+            "SELECT id FROM events WHERE due <= ?"
+            " AND destination = ? AND pixel_id = ? AND test_event_code IS ?"
             " ORDER BY due, id LIMIT ?"
         )
         with self._locked() as conn:
@@ -337,32 +294,7 @@ class SQLiteOutbox:
                     [(until, token, row[0]) for row in rows],
                 )
         rows.sort()  # RETURNING promises no order; ids are enqueue order
-        return [
-            Claimed(
-                f"{row_id}:{token}",
-                ServerEvent(
-                    pixel_id=pixel_id,
-                    test_event_code=test_event_code,
-                    event_id=event_id,
-                    event_name=event_name,
-                    event_time=event_time,
-                    action_source=action_source,
-                    payload=payload,
-                ),
-                attempts,
-            )
-            for (
-                row_id,
-                pixel_id,
-                test_event_code,
-                event_id,
-                event_name,
-                event_time,
-                action_source,
-                payload,
-                attempts,
-            ) in rows
-        ]
+        return [Claimed(f"{row[0]}:{token}", event_from_row(row[1:-1]), row[-1]) for row in rows]
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
         if not claims:
@@ -405,8 +337,8 @@ class SQLiteOutbox:
         receipts = _receipts(claims)
         with self._transaction() as conn:
             conn.executemany(
-                f"INSERT INTO dead ({_EVENT_COLUMNS}, attempts, reason, died_at)"
-                f" SELECT {_EVENT_COLUMNS}, attempts, ?, ? FROM events"
+                f"INSERT INTO dead ({EVENT_COLUMNS}, attempts, reason, died_at)"
+                f" SELECT {EVENT_COLUMNS}, attempts, ?, ? FROM events"
                 " WHERE id = ? AND claim_token = ?",
                 [(reason, now, *receipt) for receipt in receipts],
             )
@@ -434,35 +366,10 @@ class SQLiteOutbox:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._locked() as conn:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS}, reason, died_at FROM dead ORDER BY id DESC LIMIT ?",
+                f"SELECT {EVENT_COLUMNS}, reason, died_at FROM dead ORDER BY id DESC LIMIT ?",
                 (max(limit, 0),),
             ).fetchall()
-        return [
-            DeadLetter(
-                ServerEvent(
-                    pixel_id=pixel_id,
-                    test_event_code=test_event_code,
-                    event_id=event_id,
-                    event_name=event_name,
-                    event_time=event_time,
-                    action_source=action_source,
-                    payload=payload,
-                ),
-                reason,
-                died_at,
-            )
-            for (
-                pixel_id,
-                test_event_code,
-                event_id,
-                event_name,
-                event_time,
-                action_source,
-                payload,
-                reason,
-                died_at,
-            ) in rows
-        ]
+        return [DeadLetter(event_from_row(row[:-2]), row[-2], row[-1]) for row in rows]
 
     def replay_dead(self) -> int:
         """Move the dead letters back to pending, oldest first, ``REPLAY_CHUNK`` per
@@ -478,8 +385,8 @@ class SQLiteOutbox:
                 if row[0] is None:
                     return moved
                 chunk = conn.execute(
-                    f"INSERT INTO events ({_EVENT_COLUMNS}, due)"
-                    f" SELECT {_EVENT_COLUMNS}, ? FROM dead WHERE id <= ? ORDER BY id",
+                    f"INSERT INTO events ({EVENT_COLUMNS}, due)"
+                    f" SELECT {EVENT_COLUMNS}, ? FROM dead WHERE id <= ? ORDER BY id",
                     (time.time(), row[0]),
                 ).rowcount
                 conn.execute("DELETE FROM dead WHERE id <= ?", (row[0],))

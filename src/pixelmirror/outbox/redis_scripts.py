@@ -1,0 +1,327 @@
+"""What the Redis outbox keeps in its stream: the entry layout and the Lua scripts.
+
+Every step that moves an entry runs in one script, so a crash between two commands cannot
+strand or lose it. KEYS[1] is always the stream, ARGV[1] the group.
+
+An entry's fields are the event's (:func:`entry_fields`). ``destination`` is written only
+for events that are not Meta's, so Meta's entries are laid out as pixelmirror 0.1 wrote
+them, and an entry without the field is Meta's: old and new processes share a stream.
+
+*One clock, in Redis.* Every claimed or waiting entry stays in the group's pending list
+and its idle time is the clock: a claim with lease ``L`` sets the entry's idle time to
+``HORIZON - L`` (so does a renewal: ``XCLAIM ... JUSTID`` by the same consumer, which
+keeps the delivery count), a release with delay ``D`` to ``HORIZON - D`` (handing it to
+the consumer ``pixelmirror.waiting``), and ``XAUTOCLAIM`` with a minimum idle time of
+``HORIZON`` finds exactly the expired leases and the retries that are due. No host's
+clock is compared with another's; leases and delays are capped at 400 days. (A sorted
+set of due times beside an ``XAUTOCLAIM`` on the lease would hand out retries parked
+for longer than the lease, and could not give each claim a lease of its own.)
+
+*Claim tokens.* A receipt carries the entry's delivery count, which every hand-over
+raises: answering a claim that someone else has since taken over changes nothing.
+Failed attempts are kept in the hash ``<stream>:tries``.
+
+*Batches.* A claim takes due and new entries in id order, keeps those of the first
+batch key (destination, pixel, test event code) not skipped and releases the rest at
+once, due now and without counting an attempt. One stream keeps puts, trimming and counting
+simple; mixed pixels only cost a re-scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.typing import EncodableT, FieldT
+
+from pixelmirror.events import META, ServerEvent
+from pixelmirror.outbox.base import Claimed
+
+#: The consumer that owns released entries while they wait for their retry.
+PARKED = "pixelmirror.waiting"
+#: Longest lease or retry delay (400 days); longer ones are cut to it.
+HORIZON = 400 * 86_400.0
+
+# A receipt is "<entry id>:<delivery count>". Redis bumps the count on every hand-over
+# (XREADGROUP, XAUTOCLAIM) and release sets it one higher, so a count that still matches
+# proves nobody has claimed the entry since: the count is the claim token.
+_HELD = """
+local function held(id, count)
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
+  return p ~= nil and p[4] == tonumber(count)
+end
+local function xclaim(consumer, ids, idle)
+  local args = {'XCLAIM', KEYS[1], ARGV[1], consumer, 0}
+  for _, id in ipairs(ids) do args[#args + 1] = id end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = idle
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
+"""
+
+# KEYS: stream, tries, dead. ARGV: group, consumer, parked, limit, hold, horizon, cursor,
+# died_at, skipped pixels...
+CLAIM = (
+    _HELD
+    + """
+local stream, tries, dead = KEYS[1], KEYS[2], KEYS[3]
+local group, me, parked = ARGV[1], ARGV[2], ARGV[3]
+local limit, hold, horizon, cursor = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local skip = {}
+for i = 9, #ARGV do skip[ARGV[i]] = true end
+local required = {'pixel_id', 'event_id', 'event_name', 'event_time', 'action_source', 'payload'}
+
+local batch, taken, rest, counts = nil, {}, {}, {}
+local function consider(entry, count)
+  local id, fields = entry[1], entry[2]
+  if not fields then return end  -- trimmed away while pending
+  local f = {}
+  for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+  for _, name in ipairs(required) do
+    if not f[name] then  -- not ours: bury it rather than hand it round forever
+      local args = {'XADD', dead, '*'}
+      for _, v in ipairs(fields) do args[#args + 1] = v end
+      for _, v in ipairs({'reason', 'malformed stream entry: no ' .. name,
+                          'died_at', ARGV[8], 'attempts', '0'}) do
+        args[#args + 1] = v
+      end
+      redis.call(unpack(args))
+      redis.call('XACK', stream, group, id)
+      redis.call('XDEL', stream, id)
+      return
+    end
+  end
+  -- The batch key; an entry without a destination is Meta's (see entry_fields).
+  local key = (f.destination or 'meta') .. '\\n' .. f.pixel_id .. '\\n'
+    .. (f.test_event_code and ('+' .. f.test_event_code) or '-')
+  if not skip[f.pixel_id] and #taken < limit and (batch == nil or batch == key) then
+    batch = key
+    taken[#taken + 1] = entry
+    counts[id] = count
+  else
+    rest[#rest + 1] = id
+  end
+end
+
+-- Due first: expired leases and released entries whose delay is over, oldest id first.
+local auto = redis.call('XAUTOCLAIM', stream, group, me, horizon, cursor, 'COUNT', limit)
+for _, entry in ipairs(auto[2]) do consider(entry, nil) end
+for _, id in ipairs(auto[3] or {}) do redis.call('HDEL', tries, id) end
+if #taken < limit then
+  local fresh = redis.call(
+    'XREADGROUP', 'GROUP', group, me, 'COUNT', limit - #taken, 'STREAMS', stream, '>')
+  if fresh then for _, entry in ipairs(fresh[1][2]) do consider(entry, 1) end end
+end
+-- Other batch keys go straight back, due now; the batch gets its lease.
+if #rest > 0 then xclaim(parked, rest, horizon) end
+local out = {auto[1]}
+if #taken > 0 then
+  local ids = {}
+  for i, entry in ipairs(taken) do ids[i] = entry[1] end
+  xclaim(me, ids, hold)
+  local attempts = redis.call('HMGET', tries, unpack(ids))
+  for i, entry in ipairs(taken) do
+    local id = entry[1]
+    -- A new entry's first delivery counts 1; a taken-over one's count must be asked.
+    local count = counts[id] or redis.call('XPENDING', stream, group, id, id, 1)[1][4]
+    out[#out + 1] = {id, count, tonumber(attempts[i] or '0'), entry[2]}
+  end
+end
+return out
+"""
+)
+
+# KEYS: stream, tries. ARGV: group, then id, count pairs.
+ACK = (
+    _HELD
+    + """
+local done = 0
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  if held(id, ARGV[i + 1]) then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+# KEYS: stream, tries. ARGV: group, parked, idle, failed, then id, count pairs.
+RELEASE = (
+    _HELD
+    + """
+local done = 0
+for i = 5, #ARGV, 2 do
+  local id = ARGV[i]
+  if held(id, ARGV[i + 1]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3],
+               'RETRYCOUNT', tonumber(ARGV[i + 1]) + 1, 'JUSTID')
+    if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], id, 1) end
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+# KEYS: stream. ARGV: group, consumer, idle, then id, count pairs. Only an entry this
+# consumer still holds under the same count is renewed; XCLAIM with JUSTID resets its idle
+# time without raising the count, so the receipt stays valid. Returns the renewed ids.
+RENEW = """
+local renewed = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
+  if p ~= nil and p[2] == ARGV[2] and p[4] == tonumber(ARGV[i + 1]) then
+    local done = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id,
+                            'IDLE', ARGV[3], 'JUSTID')
+    if #done > 0 then renewed[#renewed + 1] = id end
+  end
+end
+return renewed
+"""
+
+# KEYS: stream, tries, dead. ARGV: group, reason, died_at, then id, count pairs.
+BURY = (
+    _HELD
+    + """
+local done = 0
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  if held(id, ARGV[i + 1]) then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+    if entry then
+      local args = {'XADD', KEYS[3], '*'}
+      for _, v in ipairs(entry[2]) do args[#args + 1] = v end
+      local attempts = redis.call('HGET', KEYS[2], id) or '0'
+      for _, v in ipairs({'reason', ARGV[2], 'died_at', ARGV[3], 'attempts', attempts}) do
+        args[#args + 1] = v
+      end
+      redis.call(unpack(args))
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+# KEYS: stream, dead. ARGV: chunk size. Oldest dead letters first, so replay keeps order.
+REPLAY = """
+local letters = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[1])
+local drop = {reason = true, died_at = true, attempts = true}
+for _, letter in ipairs(letters) do
+  local args = {'XADD', KEYS[1], '*'}
+  local fields = letter[2]
+  for i = 1, #fields, 2 do
+    if not drop[fields[i]] then
+      args[#args + 1] = fields[i]
+      args[#args + 1] = fields[i + 1]
+    end
+  end
+  redis.call(unpack(args))
+  redis.call('XDEL', KEYS[2], letter[1])
+end
+return #letters
+"""
+
+# KEYS: stream, dead. ARGV: group, parked, horizon. One snapshot of all three numbers.
+COUNTS = """
+local stored = redis.call('XLEN', KEYS[1])
+local dead = redis.call('XLEN', KEYS[2])
+local in_flight = 0
+local summary = redis.pcall('XPENDING', KEYS[1], ARGV[1])
+if summary.err == nil and summary[4] then
+  for _, owner in ipairs(summary[4]) do
+    if owner[1] ~= ARGV[2] then
+      local owned = tonumber(owner[2])
+      local expired = redis.call(
+        'XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', owned, owner[1])
+      in_flight = in_flight + owned - #expired
+    end
+  end
+end
+return {math.max(stored - in_flight, 0), in_flight, dead}
+"""
+
+# KEYS: stream. ARGV: group, consumer, parked, horizon. A restarted process with a stable
+# name takes back at once what its previous life left in flight: that process is gone.
+RECLAIM = (
+    _HELD
+    + """
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
+local ids = {}
+for i, p in ipairs(mine) do ids[i] = p[1] end
+if #ids > 0 then xclaim(ARGV[3], ids, ARGV[4]) end
+return #ids
+"""
+)
+
+# KEYS: stream. ARGV: group, consumer. Forget a consumer holding nothing, so processes that
+# come and go (web servers sending with dispatch=thread) do not pile up in the group.
+RETIRE = """
+local mine = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if mine.err == nil and #mine == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+
+def entry_fields(event: ServerEvent) -> dict[FieldT, EncodableT]:
+    """The stream entry of ``event``."""
+    fields: dict[FieldT, EncodableT] = {
+        "pixel_id": event.pixel_id,
+        "event_id": event.event_id,
+        "event_name": event.event_name,
+        "event_time": event.event_time,
+        "action_source": event.action_source,
+        "payload": event.payload,
+    }
+    if event.test_event_code is not None:  # absent, not empty: None must come back as None
+        fields["test_event_code"] = event.test_event_code
+    if event.destination != META:  # absent: Meta's, as every entry of 0.1 is
+        fields["destination"] = event.destination
+    return fields
+
+
+def entry_event(raw: Any) -> ServerEvent:
+    """Rebuild an event from a flat ``[name, value, ...]`` list or a ``{name: value}`` dict.
+
+    Claims only see complete entries (the claim script buries the rest); a dead letter made
+    of a foreign entry comes back with blanks where its fields are missing.
+    """
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    fields = {text(name): value for name, value in pairs}
+    code = fields.get("test_event_code")
+    destination = fields.get("destination")
+    return ServerEvent(
+        pixel_id=text(fields.get("pixel_id", b"")),
+        event_id=text(fields.get("event_id", b"")),
+        event_name=text(fields.get("event_name", b"")),
+        event_time=int(fields.get("event_time", 0)),
+        action_source=text(fields.get("action_source", b"")),
+        payload=bytes(fields.get("payload", b"")),
+        test_event_code=None if code is None else text(code),
+        destination=META if destination is None else text(destination),
+    )
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def receipt_args(claims: Sequence[Claimed]) -> list[str]:
+    """``id, count, id, count, ...`` from receipts ``"<entry id>:<delivery count>"``."""
+    flat = []
+    for claim in claims:
+        entry_id, _, count = claim.receipt.rpartition(":")
+        flat += [entry_id, count]
+    return flat
