@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import pixelmirror
+import redisutil
 from pixelmirror import PixelMirror
 from pixelmirror.cli import DRY_RUN_EXIT, main
 from pixelmirror.testing import FakeGraphAPI
@@ -336,9 +337,17 @@ def test_the_installed_command_reports_an_unreachable_redis_in_one_line(
 # replay-dead --dry-run
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_replay_dead_dry_run_counts_by_pixel_and_reason_and_replays_nothing(
-    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
 ) -> None:
+    if store == "redis":
+        stream = request.getfixturevalue("stream")  # the real server, a fresh key prefix
+        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
     mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
     for pixel in ("111", "111", "111", "222"):
         mirror.send(
