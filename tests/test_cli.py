@@ -411,3 +411,17 @@ def test_fake_graph_serves_other_processes_and_prints_what_it_accepted(
     assert accepted["pixel_id"] == PIXEL
     assert accepted["test_event_code"] == "TEST7"
     assert accepted["event"]["event_name"] == "PixelMirrorCheck"
+
+
+def test_check_tests_meta_even_when_the_outbox_cannot_be_opened(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"sqlite:///{tmp_path / 'missing' / 'outbox.db'}")
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as url:
+        monkeypatch.setenv("PIXELMIRROR_GRAPH_URL", url)
+        assert main(["check"]) == 0
+    assert json.loads(capsys.readouterr().out)["events_received"] == 1

@@ -177,8 +177,9 @@ def _load_tokens(spec: str | None) -> TokenSource | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    # The check talks to Meta directly: no dispatcher needed.
-    config = Config.from_env(dispatch="external")
+    # The check talks to Meta directly: no dispatcher, and no outbox to open (a broken one
+    # must not stop a test of the connection to Meta).
+    config = Config.from_env(dispatch="external", outbox="memory://")
     if not (args.pixel_id or config.pixel_id):  # said in the command line's own words
         print(
             "pixelmirror check: no pixel to check: pass --pixel-id ID or set PIXELMIRROR_PIXEL_ID",
