@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 import math
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from pixelmirror.events import ServerEvent
 from pixelmirror.meta import DAY
+from pixelmirror.snippet import safe_json
 
 NOW = 1_800_000_000.0
 UA = "Mozilla/5.0 (X11; Linux x86_64)"
@@ -184,3 +186,21 @@ def test_programmer_errors_raise_clear_value_errors(
 def test_unusable_value_is_dropped_not_fatal_when_others_identify() -> None:
     body = wire(build(user_data={"email": "not-an-email", "external_id": "cust-9"}))
     assert set(body["user_data"]) == {"external_id"}
+
+
+@pytest.mark.parametrize(
+    "custom_data",
+    [
+        pytest.param(MappingProxyType({"content_ids": ["a"]}), id="mapping-proxy"),
+        pytest.param({"nested": MappingProxyType({"k": 1})}, id="nested-mapping-proxy"),
+        pytest.param({"value": Decimal("9.90"), "currency": "USD"}, id="decimal"),
+        pytest.param({"content_ids": frozenset({"b", "a"})}, id="frozenset"),
+        pytest.param({"content_ids": {3, "x"}}, id="mixed-set"),
+        pytest.param({"contents": ({"id": "a", "quantity": 1},)}, id="tuple"),
+    ],
+)
+def test_the_page_and_the_server_copy_serialise_custom_data_alike(
+    custom_data: Any,
+) -> None:
+    server = wire(build(custom_data=custom_data))["custom_data"]
+    assert json.loads(safe_json(custom_data)) == server

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from html_reference import Verdict, reference
+from pixelmirror.events import BrowserEvent
 from pixelmirror.inject import _LOOKAHEAD, InsertionScanner, rewrite_headers, should_inject
 from pixelmirror.mirror import HeldPage, Plan
-from pixelmirror.snippet import MARKER, BrowserEvent, render_snippet
+from pixelmirror.snippet import MARKER, render_snippet
 
 HTML = ("Content-Type", "text/html; charset=utf-8")
 

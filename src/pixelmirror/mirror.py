@@ -31,14 +31,14 @@ from pixelmirror.beacon import (
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import GraphClient, GraphError, TokenSource, fault_of
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import BrowserEvent, ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
 from pixelmirror.inject import InsertionScanner, rewrite_headers, should_inject
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.outbox import MemoryOutbox, Outbox, OutboxCounts, open_outbox
-from pixelmirror.snippet import BrowserEvent, render_beacon_snippet, render_snippet
+from pixelmirror.snippet import render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 
 if TYPE_CHECKING:
