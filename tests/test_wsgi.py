@@ -312,10 +312,10 @@ def test_an_internal_failure_serves_the_page_untouched(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("pixelmirror bug")
 
-    monkeypatch.setattr(mirror, "plan", broken)
+    monkeypatch.setattr(mirror.pages, "plan", broken)
     assert call(mirror.wsgi(tracked_app())) == call(tracked_app())
     assert "planning the response failed" in caplog.text
-    monkeypatch.setattr(mirror, "begin", broken)
+    monkeypatch.setattr(mirror.pages, "begin", broken)
     assert call(mirror.wsgi(tracked_app())) == call(tracked_app())
 
 
