@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from decimal import Decimal
@@ -8,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import EventOptions, ServerEvent
 from pixelmirror.meta import DAY
+from pixelmirror.mirror import PixelMirror
 from pixelmirror.snippet import safe_json
 
 NOW = 1_800_000_000.0
@@ -204,3 +206,16 @@ def test_the_page_and_the_server_copy_serialise_custom_data_alike(
 ) -> None:
     server = wire(build(custom_data=custom_data))["custom_data"]
     assert json.loads(safe_json(custom_data)) == server
+
+
+def test_event_options_are_the_optional_keywords_of_create() -> None:
+    # PixelMirror.send takes these as **options: they must not drift from create's.
+    create = inspect.signature(ServerEvent.create).parameters
+    send = inspect.signature(PixelMirror.send).parameters
+    optional = {name for name, p in create.items() if p.default is not inspect.Parameter.empty}
+    assert set(EventOptions.__annotations__) == optional - {"test_event_code", "now"}
+    assert set(create) - {"now"} == {"event_name", *EventOptions.__annotations__, *send} - {
+        "self",
+        "wait",
+        "options",
+    }

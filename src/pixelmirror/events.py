@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from pixelmirror.meta import (
     ACTION_SOURCES,
@@ -47,6 +47,21 @@ def new_event_id() -> str:
 # UUID version 4 (bits 76-79) and the RFC 4122 variant (bits 62-63), as uuid.UUID sets them.
 _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
+class EventOptions(TypedDict, total=False):
+    """The optional keywords of :meth:`ServerEvent.create`, for callers that pass them on
+    (``PixelMirror.send``) without repeating them."""
+
+    custom_data: Mapping[str, object] | None
+    event_time: int | float | None
+    event_id: str | None
+    event_source_url: str | None
+    referrer_url: str | None
+    opt_out: bool
+    data_processing_options: Sequence[str] | None
+    data_processing_options_country: int | None
+    data_processing_options_state: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from pixelmirror.accounts import Account, AccountSource
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
 from pixelmirror.delivery.graph import GraphClient, GraphError, TokenSource, fault_of
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import EventOptions, ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
@@ -36,6 +36,7 @@ from pixelmirror.web.wsgi import PixelMirrorWSGI, init_flask
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("pixelmirror")
 
@@ -147,25 +148,18 @@ class PixelMirror:
         *,
         action_source: str,
         user_data: Mapping[str, object],
-        custom_data: Mapping[str, object] | None = None,
-        event_time: int | float | None = None,
-        event_id: str | None = None,
-        event_source_url: str | None = None,
-        referrer_url: str | None = None,
-        opt_out: bool = False,
-        data_processing_options: Sequence[str] | None = None,
-        data_processing_options_country: int | None = None,
-        data_processing_options_state: int | None = None,
         pixel_id: str | None = None,
         test_event_code: str | None = None,
         wait: bool | float = False,
+        **options: Unpack[EventOptions],
     ) -> str:
         """Queue a server event for CAPI and return its ``event_id``.
 
         For events that happen away from a page: an approval decided offline, a refund, a
         subscription renewal. The event is validated (bad arguments raise
         :class:`ValueError`), serialised, and handed to the outbox; by default ``send``
-        never blocks, and a durable outbox stores the event a few milliseconds later.
+        never blocks, and a durable outbox stores the event a few milliseconds later. The
+        other keywords are :meth:`ServerEvent.create`'s (:class:`EventOptions`).
 
         ``wait=True`` (up to ``shutdown_timeout`` seconds) or ``wait=<seconds>`` returns only
         once the event is in the outbox, for jobs that must not lose it to a crash right
@@ -180,16 +174,8 @@ class PixelMirror:
             pixel_id=pixel,
             action_source=action_source,
             user_data=user_data,
-            custom_data=custom_data,
-            event_time=event_time,
-            event_id=event_id,
-            event_source_url=event_source_url,
-            referrer_url=referrer_url,
-            opt_out=opt_out,
-            data_processing_options=data_processing_options,
-            data_processing_options_country=data_processing_options_country,
-            data_processing_options_state=data_processing_options_state,
             test_event_code=test_event_code or self.config.test_event_code,
+            **options,
         )
         if not wait or self.dry_run:
             self.enqueue([event])
