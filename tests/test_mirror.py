@@ -23,7 +23,7 @@ from pixelmirror import PixelMirror, lifecycle
 from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
-from test_redis_outbox import wait_until
+from waiting import wait_until
 
 
 def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
