@@ -15,7 +15,7 @@ KEY = "k" * 32
 def test_defaults_without_environment() -> None:
     config = Config.from_env({})
     assert config.pixel_id is None
-    assert config.dry_run
+    assert config.access_token is None
     assert config.api_version == "v26.0"
     assert config.graph_url == "https://graph.facebook.com"
     assert config.outbox == "memory://"
@@ -73,7 +73,6 @@ def test_every_variable_is_read() -> None:
         30.0,
         2.0,
     )
-    assert not config.dry_run
 
 
 def test_keywords_override_environment() -> None:

@@ -330,11 +330,6 @@ class Config:
             value = getattr(self, name)
             need(value > 0, name, "a positive number of seconds", value)
 
-    @property
-    def dry_run(self) -> bool:
-        """No access token: events are built, validated, logged and counted, not sent."""
-        return self.access_token is None
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read ``PIXELMIRROR_*`` variables from ``environ`` (default: ``os.environ``).
