@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from html_reference import Verdict, reference
 from pixelmirror.events import BrowserEvent
-from pixelmirror.inject import _LOOKAHEAD, InsertionScanner, rewrite_headers, should_inject
+from pixelmirror.inject import _LOOKAHEAD, InsertionScanner
 from pixelmirror.snippet import MARKER, render_snippet
+from pixelmirror.web.headers import rewrite_headers, should_inject
 from pixelmirror.web.response import HeldPage, Plan
 
 HTML = ("Content-Type", "text/html; charset=utf-8")

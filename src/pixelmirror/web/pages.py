@@ -30,10 +30,10 @@ from pixelmirror.config import Config
 from pixelmirror.events import BrowserEvent, ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.inject import should_inject
 from pixelmirror.snippet import render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
+from pixelmirror.web.headers import should_inject
 from pixelmirror.web.request import PageRequest
 from pixelmirror.web.response import (
     EVENTS_HEADER,

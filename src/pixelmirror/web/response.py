@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pixelmirror.facts import RequestFacts
-from pixelmirror.inject import InsertionScanner, rewrite_headers
+from pixelmirror.inject import InsertionScanner
+from pixelmirror.web.headers import rewrite_headers
 
 Headers = list[tuple[str, str]]
 
