@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -172,6 +173,28 @@ def test_a_streamed_page_is_held_until_its_head_closes(mirror: PixelMirror) -> N
     assert sent[0].startswith(b"<html><head><title>streamed</title><script data-pixelmirror")
     assert sent[0].endswith(b"</head><body>")
     assert sent[1:] == [b"rest</body></html>"]
+
+
+def test_an_error_page_replaces_a_held_page_untouched(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    error_page = b"<html><head></head><body>oops</body></html>"
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])  # held for the snippet
+        try:
+            raise RuntimeError("the view broke after starting")
+        except RuntimeError:
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/html")], sys.exc_info()
+            )
+        return [error_page]
+
+    status, headers, body = call(mirror.wsgi(app))
+    assert (status, body) == ("500 Internal Server Error", error_page)
+    assert headers == [("Content-Type", "text/html")]
+    assert mirror.flush(timeout=5)
+    assert fake.events == []  # no snippet went in: no PageView to mirror
 
 
 def test_a_body_bigger_than_the_buffer_passes_through(make_mirror: MakeMirror) -> None:

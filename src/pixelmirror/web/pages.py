@@ -27,7 +27,7 @@ from pixelmirror.beacon import (
     parse_request,
 )
 from pixelmirror.config import Config
-from pixelmirror.events import BrowserEvent, ServerEvent
+from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.snippet import render_beacon_snippet, render_snippet
@@ -188,7 +188,7 @@ class Pages:
             # POST-redirect-GET: the browser copies fire on the next page, with the same ids.
             return Plan(cookies=self._carry(visit, tracked))
         announced = [event.announced(with_data=False) for event in tracked]
-        header = (EVENTS_HEADER, json.dumps(announced))
+        header = (EVENTS_HEADER, json.dumps(announced, default=json_default))
         return Plan(cookies=visit.visitor.set_cookies, headers=(header,))
 
     def _carry(self, visit: Visit, tracked: Sequence[BrowserEvent]) -> tuple[str, ...]:
@@ -244,7 +244,8 @@ class Pages:
         fired += (event.announced() for event in carried)
         cookies = visitor.set_cookies + ((carry.clear,) if carried else ())
         answer = {"external_id": visitor.external_id, "events": fired}
-        return BeaconAnswer(200, json.dumps(answer).encode(), cookies=cookies)
+        body = json.dumps(answer, default=json_default).encode()
+        return BeaconAnswer(200, body, cookies=cookies)
 
     def finish(self, visit: Visit, status: int, *, injected: bool) -> None:
         """Mirror the request's events to the outbox, once per pixel, after the response;
