@@ -367,6 +367,6 @@ def test_a_failing_beacon_answers_500_and_never_reaches_the_app(
     def broken(*args: object) -> None:
         raise RuntimeError("pixelmirror bug")
 
-    monkeypatch.setattr(beacon_mirror, "answer_beacon", broken)
+    monkeypatch.setattr(beacon_mirror.pages, "answer_beacon", broken)
     status, _, _ = beacon(beacon_mirror.wsgi(shop), page_view())
     assert status == 500

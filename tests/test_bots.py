@@ -326,8 +326,8 @@ def test_is_bot_can_extend_the_built_in_check() -> None:
 def test_pixelmirror_passes_is_bot_to_its_identity() -> None:
     mirror = PixelMirror(pixel_id="1", secret_key=KEY, is_bot=_monitor_is_bot)
     try:
-        assert mirror.begin(request(ua=f"{CHROME} AcmeMonitor/1.0")) is None
-        assert mirror.begin(request(ua="curl/8.5.0")) is not None
+        assert mirror.pages.begin(request(ua=f"{CHROME} AcmeMonitor/1.0")) is None
+        assert mirror.pages.begin(request(ua="curl/8.5.0")) is not None
     finally:
         mirror.close()
 

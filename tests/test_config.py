@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pixelmirror.config import Config, ConfigError, env_name, masked_url
+from pixelmirror.config import Config, ConfigError, env_name
 from pixelmirror.outbox import open_outbox
+from pixelmirror.urls import masked_url
 
 KEY = "k" * 32
 
@@ -15,7 +16,7 @@ KEY = "k" * 32
 def test_defaults_without_environment() -> None:
     config = Config.from_env({})
     assert config.pixel_id is None
-    assert config.dry_run
+    assert config.access_token is None
     assert config.api_version == "v26.0"
     assert config.graph_url == "https://graph.facebook.com"
     assert config.outbox == "memory://"
@@ -73,7 +74,6 @@ def test_every_variable_is_read() -> None:
         30.0,
         2.0,
     )
-    assert not config.dry_run
 
 
 def test_keywords_override_environment() -> None:

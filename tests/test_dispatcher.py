@@ -5,7 +5,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pixelmirror.meta import DAY
 from pixelmirror.outbox.base import Claimed
 from pixelmirror.outbox.memory import MemoryOutbox
 from pixelmirror.testing import FakeGraphAPI
+from waiting import wait_until
 
 
 class RecordingOutbox(MemoryOutbox):
@@ -100,13 +101,6 @@ def with_raw_email(event: ServerEvent) -> ServerEvent:
         action_source=event.action_source,
         payload=json.dumps(body).encode(),
     )
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def drain(dispatcher: Dispatcher) -> None:

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import EventOptions, ServerEvent
 from pixelmirror.meta import DAY
+from pixelmirror.mirror import PixelMirror
+from pixelmirror.snippet import safe_json
 
 NOW = 1_800_000_000.0
 UA = "Mozilla/5.0 (X11; Linux x86_64)"
@@ -184,3 +188,34 @@ def test_programmer_errors_raise_clear_value_errors(
 def test_unusable_value_is_dropped_not_fatal_when_others_identify() -> None:
     body = wire(build(user_data={"email": "not-an-email", "external_id": "cust-9"}))
     assert set(body["user_data"]) == {"external_id"}
+
+
+@pytest.mark.parametrize(
+    "custom_data",
+    [
+        pytest.param(MappingProxyType({"content_ids": ["a"]}), id="mapping-proxy"),
+        pytest.param({"nested": MappingProxyType({"k": 1})}, id="nested-mapping-proxy"),
+        pytest.param({"value": Decimal("9.90"), "currency": "USD"}, id="decimal"),
+        pytest.param({"content_ids": frozenset({"b", "a"})}, id="frozenset"),
+        pytest.param({"content_ids": {3, "x"}}, id="mixed-set"),
+        pytest.param({"contents": ({"id": "a", "quantity": 1},)}, id="tuple"),
+    ],
+)
+def test_the_page_and_the_server_copy_serialise_custom_data_alike(
+    custom_data: Any,
+) -> None:
+    server = wire(build(custom_data=custom_data))["custom_data"]
+    assert json.loads(safe_json(custom_data)) == server
+
+
+def test_event_options_are_the_optional_keywords_of_create() -> None:
+    # PixelMirror.send takes these as **options: they must not drift from create's.
+    create = inspect.signature(ServerEvent.create).parameters
+    send = inspect.signature(PixelMirror.send).parameters
+    optional = {name for name, p in create.items() if p.default is not inspect.Parameter.empty}
+    assert set(EventOptions.__annotations__) == optional - {"test_event_code", "now"}
+    assert set(create) - {"now"} == {"event_name", *EventOptions.__annotations__, *send} - {
+        "self",
+        "wait",
+        "options",
+    }

@@ -17,7 +17,7 @@ from conftest import MakeEvent
 from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import GROUP_SIZE, Handoff, NotStored
 from pixelmirror.outbox.sqlite import SQLiteOutbox
-from test_redis_outbox import wait_until
+from waiting import wait_until
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
-from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import pytest
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import TimestampSigner
 
 from identitykit import (
     CHROME,
@@ -22,21 +19,18 @@ from identitykit import (
     VID,
     cookie,
     make,
-    parse,
     request,
     resolve,
     signed,
 )
-from pixelmirror.config import ConfigError
+from pixelmirror.config import Config, ConfigError
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import (
-    CARRY_MAX_BYTES,
-    CARRY_SALT,
     VISITOR_SALT,
-    Identity,
     is_crawler,
 )
 from pixelmirror.normalize import sha256_hex
+from pixelmirror.web.carry import Carry
 
 # --------------------------------------------------------------------------------------------
 # Construction
@@ -180,170 +174,6 @@ def test_visitor_cookie_attributes(
 
 
 # --------------------------------------------------------------------------------------------
-# Carried browser events
-
-EVENTS: list[dict[str, object]] = [
-    {"name": "AddToCart", "event_id": "e-1", "custom_data": {"value": 10, "currency": "USD"}},
-    {"name": "Purchase", "event_id": "e-2", "custom_data": {"value": 49.99, "currency": "USD"}},
-]
-
-
-def carried(identity: Identity, set_cookie: str, *, now: float = NOW) -> list[dict[str, object]]:
-    name, value, _ = parse(set_cookie)
-    return identity.read_carried(request(cookies={name: value}), now=now)
-
-
-def test_carry_round_trip() -> None:
-    identity = make()
-    set_cookie = identity.carry_cookie(EVENTS, now=NOW)
-    assert carried(identity, set_cookie) == EVENTS
-    assert carried(identity, set_cookie, now=NOW + 600) == EVENTS
-
-
-@pytest.mark.parametrize(
-    ("settings", "expected", "absent"),
-    [
-        pytest.param(
-            {},
-            {"max-age": "600", "path": "/", "httponly": "", "samesite": "Lax", "secure": ""},
-            {"domain"},
-            id="defaults",
-        ),
-        pytest.param({"cookie_secure": False}, {"httponly": ""}, {"secure"}, id="not-secure"),
-        pytest.param({"cookie_domain": "example.com"}, {"domain": "example.com"}, set(), id="dom"),
-    ],
-)
-def test_carry_cookie_attributes(
-    settings: dict[str, Any], expected: dict[str, str], absent: set[str]
-) -> None:
-    identity = make(**settings)
-    name, _, attrs = parse(identity.carry_cookie(EVENTS, now=NOW))
-    assert name == "_pm_vid_ev"
-    assert attrs.items() >= expected.items()
-    assert not absent & attrs.keys()
-    name, value, attrs = parse(identity.clear_carry_cookie())
-    assert (name, value, attrs["max-age"]) == ("_pm_vid_ev", "", "0")
-    assert attrs.items() >= {k: v for k, v in expected.items() if k != "max-age"}.items()
-
-
-def _flip(token: str) -> str:
-    return token[:-1] + ("A" if token[-1] != "A" else "B")
-
-
-@pytest.mark.parametrize(
-    ("tweak", "now"),
-    [
-        pytest.param(_flip, NOW, id="tampered"),
-        pytest.param(lambda t: t.replace(".", "", 1), NOW, id="mangled"),
-        pytest.param(lambda t: t, NOW + 601, id="expired"),
-        pytest.param(lambda t: t, NOW - 3600, id="from-the-future"),
-        pytest.param(lambda t: "garbage", NOW, id="garbage"),
-        pytest.param(lambda t: "", NOW, id="empty"),
-        pytest.param(lambda t: t + "x" * 5000, NOW, id="oversized"),
-    ],
-)
-def test_read_carried_rejects(tweak: Callable[[str], str], now: float) -> None:
-    identity = make()
-    name, value, _ = parse(identity.carry_cookie(EVENTS, now=NOW))
-    facts = request(cookies={name: tweak(value)})
-    assert identity.read_carried(facts, now=now) == []
-
-
-def test_read_carried_without_cookie() -> None:
-    assert make().read_carried(request()) == []
-
-
-def test_carried_events_survive_key_rotation() -> None:
-    set_cookie = make(secret_key=(OLD_KEY,)).carry_cookie(EVENTS, now=NOW)
-    assert carried(make(secret_key=(KEY, OLD_KEY)), set_cookie) == EVENTS
-    assert carried(make(secret_key=(OTHER_KEY,)), set_cookie) == []
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pytest.param({"name": "Purchase", "event_id": "e"}, id="not-a-list"),
-        pytest.param([{"name": "Purchase"}], id="no-event-id"),
-        pytest.param([{"name": 1, "event_id": "e"}], id="name-not-text"),
-        pytest.param([{"name": "P", "event_id": "e", "custom_data": [1]}], id="custom-data-list"),
-        pytest.param(["Purchase"], id="not-a-dict"),
-    ],
-)
-def test_read_carried_rejects_signed_nonsense(payload: object) -> None:
-    # Made with the library's own serializer and the wall clock: the format is itsdangerous'.
-    token = URLSafeTimedSerializer(KEY, salt=CARRY_SALT).dumps(payload)
-    assert make().read_carried(request(cookies={"_pm_vid_ev": token})) == []
-
-
-def test_carry_of_the_libraries_own_format() -> None:
-    token = URLSafeTimedSerializer(KEY, salt=CARRY_SALT).dumps(EVENTS)
-    assert make().read_carried(request(cookies={"_pm_vid_ev": token})) == EVENTS
-
-
-def test_carry_nothing_deletes_the_cookie() -> None:
-    identity = make()
-    assert identity.carry_cookie([], now=NOW) == identity.clear_carry_cookie()
-
-
-def test_carry_stringifies_what_json_cannot_carry() -> None:
-    identity = make()
-    events = [{"name": "Purchase", "event_id": "e", "custom_data": {"value": Decimal("9.90")}}]
-    assert carried(identity, identity.carry_cookie(events, now=NOW)) == [
-        {"name": "Purchase", "event_id": "e", "custom_data": {"value": "9.90"}}
-    ]
-
-
-def test_carry_drops_oldest_custom_data_first(caplog: pytest.LogCaptureFixture) -> None:
-    identity = make()
-    # Random hex does not compress: 8 events of ~700 bytes are well over the limit.
-    events = [
-        {"name": "AddToCart", "event_id": f"e-{n}", "custom_data": {"blob": secrets.token_hex(350)}}
-        for n in range(8)
-    ]
-    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
-        set_cookie = identity.carry_cookie(events, now=NOW)
-    assert len(set_cookie.encode()) <= CARRY_MAX_BYTES
-    assert "custom_data dropped" in caplog.text
-    result = carried(identity, set_cookie)
-    assert [event["event_id"] for event in result] == [f"e-{n}" for n in range(8)]
-    kept = ["custom_data" in event for event in result]
-    assert kept[-1]
-    assert not kept[0]
-    assert kept == sorted(kept)  # stripped from the oldest onwards
-    assert result[-1] == events[-1]
-
-
-def test_carry_drops_oldest_events_last(caplog: pytest.LogCaptureFixture) -> None:
-    identity = make()
-    events = [
-        {"name": "Lead", "event_id": f"{n}-{secrets.token_hex(300)}", "custom_data": {"v": n}}
-        for n in range(10)
-    ]
-    with caplog.at_level(logging.WARNING, logger="pixelmirror"):
-        set_cookie = identity.carry_cookie(events, now=NOW)
-    assert len(set_cookie.encode()) <= CARRY_MAX_BYTES
-    result = carried(identity, set_cookie)
-    assert 0 < len(result) < 10
-    assert [event["event_id"] for event in result] == [
-        event["event_id"] for event in events[-len(result) :]
-    ]
-    assert all("custom_data" not in event for event in result)
-    assert "event(s) dropped" in caplog.text
-
-
-def test_carry_of_one_huge_event_gives_the_deleting_cookie() -> None:
-    identity = make()
-    events = [{"name": "Lead", "event_id": secrets.token_hex(4000)}]
-    assert identity.carry_cookie(events, now=NOW) == identity.clear_carry_cookie()
-
-
-def test_carry_does_not_change_the_callers_events() -> None:
-    events = [{"name": "Lead", "event_id": "e", "custom_data": {"blob": secrets.token_hex(3000)}}]
-    make().carry_cookie(events, now=NOW)
-    assert "custom_data" in events[0]
-
-
-# --------------------------------------------------------------------------------------------
 # Robustness: request input never raises
 
 
@@ -422,7 +252,7 @@ def test_garbage_requests_never_raise(facts: RequestFacts) -> None:
     assert visitor is not None
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", visitor.visitor_id)
     identity.page_url(facts)
-    assert identity.read_carried(facts) == []
+    assert Carry(Config(pixel_id="1", secret_key=(KEY,))).read(facts) == []
     for set_cookie in visitor.set_cookies:  # nothing from the request leaks into attributes
         assert set_cookie.isascii()
         assert all(c not in set_cookie for c in "\r\n\x00,")

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from html_reference import Verdict, reference
-from pixelmirror.inject import _LOOKAHEAD, InsertionScanner, rewrite_headers, should_inject
-from pixelmirror.mirror import HeldPage, Plan
-from pixelmirror.snippet import MARKER, BrowserEvent, render_snippet
+from pixelmirror.events import BrowserEvent
+from pixelmirror.inject import _LOOKAHEAD, InsertionScanner
+from pixelmirror.snippet import MARKER, render_snippet
+from pixelmirror.web.headers import rewrite_headers, should_inject
+from pixelmirror.web.response import HeldPage, Plan
 
 HTML = ("Content-Type", "text/html; charset=utf-8")
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from pixelmirror.config import Config
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import open_outbox
 from pixelmirror.testing import FakeGraphAPI
+from waiting import wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORKERS = ("w1", "w2", "w3")
@@ -39,15 +40,6 @@ TOKENS = {name: f"EAA-{name}-token" for name in WORKERS}
 KILLED_PIXEL, SLOW_PIXEL = "1111111111", "2222222222"
 #: The default lease: a dead sender's batch is back after it.
 DEFAULT_LEASE = Config().lease
-
-
-def wait_until(what: str, condition: Callable[[], object], timeout: float) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -210,9 +202,9 @@ def kill_one_and_outwait_the_other(
         workers = run_workers(outbox_urls, env, tmp_path)
         try:
             wait_until(
-                "both batches to be in flight",
                 lambda: gate.requests_for(KILLED_PIXEL) and gate.requests_for(SLOW_PIXEL),
                 timeout=60,
+                what="both batches to be in flight",
             )
             (doomed,) = gate.requests_for(KILLED_PIXEL)
             (slow,) = gate.requests_for(SLOW_PIXEL)
@@ -227,24 +219,24 @@ def kill_one_and_outwait_the_other(
             gate.pass_through()
 
             wait_until(
-                "another worker to send the killed worker's batch",
                 lambda: {e.event_id for e in events[KILLED_PIXEL]} <= set(fake.event_ids()),
                 timeout=60,
+                what="another worker to send the killed worker's batch",
             )
             takeover = time.monotonic() - killed_at
             # Three seconds past its lease: had the slow worker stopped renewing, the idle
             # one, polling every 50 ms, would have taken its batch by then.
             hold_until = slow.arrived + effective_lease + 3.0
             wait_until(
-                "the slow batch to outlast its lease",
                 lambda: time.monotonic() > hold_until,
                 timeout=120,
+                what="the slow batch to outlast its lease",
             )
             assert gate.requests_for(SLOW_PIXEL) == [slow]
             slow.go.set()
 
             wait_until(
-                "every event to arrive", lambda: set(fake.event_ids()) >= expected, timeout=60
+                lambda: set(fake.event_ids()) >= expected, timeout=60, what="every event to arrive"
             )
             for name, worker in workers.items():
                 if name != killed:

@@ -19,12 +19,11 @@ import pytest
 
 import redisutil
 from conftest import PIXEL, TOKEN, MakeMirror
-from pixelmirror import PixelMirror
-from pixelmirror import mirror as mirror_module
+from pixelmirror import PixelMirror, lifecycle
 from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import NotStored
 from pixelmirror.testing import FakeGraphAPI
-from test_redis_outbox import wait_until
+from waiting import wait_until
 
 
 def approval(mirror: PixelMirror, n: int = 0, **overrides: Any) -> str:
@@ -336,7 +335,7 @@ def test_the_exit_hook_closes_every_mirror_even_when_one_fails(
                 raise RuntimeError("closing failed")
 
             monkeypatch.setattr(one, "close", failing)
-    monkeypatch.setattr(mirror_module, "_live_mirrors", weakref.WeakSet(mirrors))
-    mirror_module._close_all()
+    monkeypatch.setattr(lifecycle, "_live", weakref.WeakSet(mirrors))
+    lifecycle.close_all()
     assert [one._closed for one in mirrors] == [True, True, True]
     assert all(one.dispatcher is not None and not one.dispatcher.running for one in mirrors)

@@ -10,7 +10,7 @@ from pixelmirror.proxies import Proxies, parse_ip
 
 
 def client_ip(facts: RequestFacts) -> str | None:
-    proxies = Proxies(Config(trusted_proxies=TRUSTED))
+    proxies = Proxies(Config(trusted_proxies=TRUSTED).trusted_proxies)
     return proxies.client_ip(facts, *proxies.peer(facts))
 
 

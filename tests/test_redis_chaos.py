@@ -22,6 +22,7 @@ import redisutil
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
 from pixelmirror.testing import FakeGraphAPI
+from waiting import wait_until
 
 TOKEN = "EAA-chaos-token"
 PIXEL = "1234567890"
@@ -30,15 +31,6 @@ BATCH = 250
 THREADS = 2
 #: Seconds before the survivors take over the killed worker's claims.
 LEASE = 3.0
-
-
-def wait_until(what: str, condition: Callable[[], object], timeout: float) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 def held_by(server: redis.Redis, stream: str, consumer: str) -> list[str]:
@@ -100,9 +92,9 @@ def test_a_worker_fleet_loses_nothing_when_workers_die(
 
             # SIGKILL w1 while it holds claims: mid-batch, nothing answered.
             wait_until(
-                "w1 to hold a batch",
                 lambda: len(fake.event_ids()) >= EVENTS // 5 and held_by(server, stream, "w1"),
                 timeout=60,
+                what="w1 to hold a batch",
             )
             workers["w1"].kill()
             assert workers["w1"].wait(timeout=30) == -signal.SIGKILL
@@ -115,16 +107,16 @@ def test_a_worker_fleet_loses_nothing_when_workers_die(
             }
 
             # SIGTERM w2 mid-batch: it finishes or releases what it holds, and leaves.
-            wait_until("w2 to hold a batch", lambda: held_by(server, stream, "w2"), timeout=60)
+            wait_until(lambda: held_by(server, stream, "w2"), timeout=60, what="w2 to hold a batch")
             workers["w2"].send_signal(signal.SIGTERM)
             assert workers["w2"].wait(timeout=30) == 0
             assert held_by(server, stream, "w2") == []
 
             # Drained: what w1 held counts as pending until a survivor took it over and sent it.
             wait_until(
-                "the outbox to drain",
                 lambda: web.counts().unfinished == 0 and set(fake.event_ids()) >= expected,
                 timeout=60,
+                what="the outbox to drain",
             )
             workers["w3"].send_signal(signal.SIGTERM)
             assert workers["w3"].wait(timeout=30) == 0

@@ -28,6 +28,7 @@ from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
 from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
 from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
+from waiting import wait_until
 
 HOUR = 3600.0
 OpenRedis = Callable[..., RedisOutbox]
@@ -60,13 +61,6 @@ def owners(server: redis.Redis, stream: str) -> dict[str, str]:
     """Entry id -> consumer, for the group's pending list."""
     pending = server.xpending_range(stream, DEFAULT_GROUP, "-", "+", 10_000)
     return {p["message_id"].decode(): p["consumer"].decode() for p in pending}
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # -- the URL --------------------------------------------------------------------------------

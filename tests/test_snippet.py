@@ -14,9 +14,9 @@ from xml.etree import ElementTree
 
 import pytest
 
+from pixelmirror.events import BrowserEvent
 from pixelmirror.snippet import (
     MARKER,
-    BrowserEvent,
     render_snippet,
     safe_json,
 )

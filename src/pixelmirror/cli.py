@@ -27,13 +27,14 @@ from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from pixelmirror import __version__
-from pixelmirror.config import Config, ConfigError, masked_url
+from pixelmirror.config import Config, ConfigError
 from pixelmirror.delivery import open_sinks
 from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.graph import TokenSource
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.outbox import Outbox, open_outbox
 from pixelmirror.testing import cli as fake_cli
+from pixelmirror.urls import masked_url
 
 logger = logging.getLogger("pixelmirror")
 

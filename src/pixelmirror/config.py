@@ -18,10 +18,10 @@ from pixelmirror._domains import HOSTNAME, is_public_suffix
 from pixelmirror._geo import COUNTRIES
 from pixelmirror.accounts import check_partner_agent
 from pixelmirror.meta import MAX_EVENTS_PER_REQUEST
+from pixelmirror.proxies import IPNetwork
+from pixelmirror.urls import masked_url
 
 ENV_PREFIX = "PIXELMIRROR_"
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -82,23 +82,6 @@ Parser = Callable[[str, str], Any]
 def _setting(default: Any, parse: Parser, *, secret: bool = False, url: bool = False) -> Any:
     # ``url``: shown with its password masked; ``secret``: never shown.
     return field(default=default, repr=not secret, metadata={"parse": parse, "url": url})
-
-
-def masked_url(url: str) -> str:
-    """``url`` fit for logs, errors and ``repr``: a password in it replaced by ``***``.
-
-    Parsed by hand rather than with ``urlsplit``, which raises on some malformed URLs: the
-    very ones that end up in an error message.
-    """
-    scheme, slashes, rest = url.partition("//")
-    if not slashes:
-        scheme, rest = "", url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    userinfo, at, host = rest[:end].rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not (at and colon):
-        return url
-    return f"{scheme}{slashes}{user}:***@{host}{rest[end:]}"
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -263,7 +246,7 @@ class Config:
                     "under 23 characters with two letters",
                     self.partner_agent,
                 )
-        from pixelmirror.outbox import known_outbox, outbox_forms  # it imports this module
+        from pixelmirror.outbox import known_outbox, outbox_forms
 
         need(known_outbox(self.outbox), "outbox", outbox_forms(), masked_url(self.outbox))
         if self.sink is not None:

@@ -13,9 +13,9 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 from pixelmirror.meta import (
     ACTION_SOURCES,
@@ -59,6 +59,21 @@ class BatchKey(NamedTuple):
     destination: str
     pixel_id: str
     test_event_code: str | None
+
+
+class EventOptions(TypedDict, total=False):
+    """The optional keywords of :meth:`ServerEvent.create`, for callers that pass them on
+    (``PixelMirror.send``) without repeating them."""
+
+    custom_data: Mapping[str, object] | None
+    event_time: int | float | None
+    event_id: str | None
+    event_source_url: str | None
+    referrer_url: str | None
+    opt_out: bool
+    data_processing_options: Sequence[str] | None
+    data_processing_options_country: int | None
+    data_processing_options_state: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,19 +206,56 @@ def _dump(body: Mapping[str, Any]) -> bytes:
     return text.encode()
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
+    """The one JSON policy for event data, in the page and in the server copy alike.
+
+    Decimals become floats, mappings (a ``MappingProxyType``, say) dicts, sets sorted lists
+    (set order varies between processes); anything else JSON cannot carry is a TypeError.
+    """
     if isinstance(value, Decimal):
         return float(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return sorted(value, key=repr)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 # json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-# default=_json_default), with the encoder made once instead of on every call.
+# default=json_default), with the encoder made once instead of on every call.
 _ENCODER = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=json_default
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserEvent:
+    """One event fired in the page, deduplicated against its server copy by ``event_id``.
+
+    The one shape of a browser event on its way to the page: what ``@track`` makes, what
+    the carry cookie holds over a redirect, what the events header and the beacon's answer
+    announce and what the snippet renders. ``custom_data`` is rendered into the HTML: put
+    only browser-visible data here. ``pixel_id`` None fires for every pixel of the page; a
+    pixel id restricts the event to that pixel (``trackSingle``).
+    """
+
+    name: str
+    event_id: str = field(default_factory=new_event_id)
+    custom_data: Mapping[str, object] = field(default_factory=dict)
+    pixel_id: str | None = None
+
+    def announced(self, *, with_data: bool = True) -> dict[str, object]:
+        """The event for the page's ``window.pixelmirror.fire``: ``{event, eventID,
+        custom_data?, pixel_id?}``."""
+        announced: dict[str, object] = {"event": self.name, "eventID": self.event_id}
+        if with_data and self.custom_data:
+            announced["custom_data"] = self.custom_data
+        if self.pixel_id:
+            announced["pixel_id"] = self.pixel_id
+        return announced
 
 
 def check_event_name(event_name: object) -> None:

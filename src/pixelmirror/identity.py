@@ -14,11 +14,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from itsdangerous import BadData, URLSafeSerializer
 
 from pixelmirror import _domains
 from pixelmirror._domains import is_local
@@ -37,16 +34,10 @@ __all__ = ["Identity", "Visitor", "is_crawler"]
 _log = logging.getLogger("pixelmirror")
 
 VISITOR_SALT = "pixelmirror.visitor"
-CARRY_SALT = "pixelmirror.carry"
-#: Seconds a carried browser event waits for the next HTML page.
-CARRY_MAX_AGE = 600
-#: Longest ``Set-Cookie`` value for carried events; browsers cap a cookie near 4096 bytes.
-CARRY_MAX_BYTES = 3800
 # A signed visitor cookie is about 60 characters; anything far longer is not ours.
 _MAX_VISITOR_COOKIE = 256
-_MAX_CARRY_COOKIE = 4096
 # A signature from a little in the future is clock skew between our own servers.
-_CLOCK_SKEW = 300.0
+CLOCK_SKEW = 300.0
 # secrets.token_urlsafe(16): 22 characters of the URL-safe base64 alphabet.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
@@ -117,31 +108,20 @@ class Identity:
                 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
         _domains.load()  # the Public Suffix List: read now rather than on a request
-        domain = config.cookie_domain
         self._max_age = config.cookie_max_age
         self._crawlers = CrawlerFilter(config, is_bot)
         self._consent = Consent(config, consent)
-        self._proxies = Proxies(config)
+        self._proxies = Proxies(config.trusted_proxies)
         self._fb = FbCookies(config, self._proxies)
         self._secure = config.cookie_secure
         self._warned_http = False
         self._warn_lock = threading.Lock()
         self._cookie_name = config.cookie_name
-        self._carry_name = f"{config.cookie_name}_ev"
-        # Attributes after "name=value; Path=/; Max-Age=N", the same for every response.
-        domain_attr = f"; Domain={domain}" if domain else ""
-        secure = "; Secure" if config.cookie_secure else ""
-        tail = f"{domain_attr}; HttpOnly; SameSite=Lax{secure}"
-        self._visitor_suffix = f"; Path=/; Max-Age={config.cookie_max_age}{tail}"
-        self._carry_suffix = f"; Path=/; Max-Age={CARRY_MAX_AGE}{tail}"
-        self._carry_clear = f"{self._carry_name}=; Path=/; Max-Age=0{tail}"
-        self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
-        self._carry_seal = Seal(config.secret_key, CARRY_SALT)
-        # Used only for its payload encoding (compact JSON, zlib when shorter, base64url);
-        # signing is Seal's. ``default=str`` keeps a Decimal in custom_data from failing.
-        self._carry_payload: URLSafeSerializer = URLSafeSerializer(
-            list(reversed(config.secret_key)), salt=CARRY_SALT, serializer_kwargs={"default": str}
+        # The same for every response: made once.
+        self._visitor_suffix = (
+            f"; Path=/; Max-Age={config.cookie_max_age}{cookie_attributes(config)}"
         )
+        self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -182,7 +162,7 @@ class Identity:
             value, signed_at, newest_key = opened
             age = now - signed_at
             visitor_id = value.decode("ascii", "replace")
-            if -_CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
+            if -CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
                 if not newest_key or age > self._max_age / 2:
                     set_cookies.append(self._visitor_cookie(visitor_id, now))
                 return visitor_id
@@ -218,79 +198,10 @@ class Identity:
         """The URL as the browser sees it, behind trusted proxies (:meth:`Proxies.page_url`)."""
         return self._proxies.page_url(facts)
 
-    # -- carried browser events -------------------------------------------------------------
 
-    def carry_cookie(
-        self, events: Sequence[Mapping[str, object]], *, now: float | None = None
-    ) -> str:
-        """``Set-Cookie`` value carrying browser events to the next HTML page (signed, salt
-        ``pixelmirror.carry``, ``Max-Age=600``, ``HttpOnly``).
-
-        ``events`` is the full list, oldest first (``name``, ``event_id``, ``custom_data``).
-        Past :data:`CARRY_MAX_BYTES` the oldest events lose their ``custom_data`` first, then
-        the oldest events go, with a warning. Nothing left to carry gives the deleting cookie.
-        """
-        now = time.time() if now is None else now
-        items: list[dict[str, object]] = [dict(event) for event in events]
-        cookie = self._carried_cookie(items, now)
-        if len(cookie) > CARRY_MAX_BYTES:
-            stripped = 0
-            for item in items:
-                if item.pop("custom_data", None) is not None:
-                    stripped += 1
-                    cookie = self._carried_cookie(items, now)
-                    if len(cookie) <= CARRY_MAX_BYTES:
-                        break
-            dropped = 0
-            while len(cookie) > CARRY_MAX_BYTES and items:
-                del items[0]
-                dropped += 1
-                cookie = self._carried_cookie(items, now)
-            _log.warning(
-                "pixelmirror: carried events exceed %d bytes; custom_data dropped from %d, "
-                "%d event(s) dropped (their server copies are unaffected)",
-                CARRY_MAX_BYTES,
-                stripped,
-                dropped,
-            )
-        return cookie if items else self._carry_clear
-
-    def _carried_cookie(self, items: list[dict[str, object]], now: float) -> str:
-        token = self._carry_seal.seal(self._carry_payload.dump_payload(items), now)
-        return f"{self._carry_name}={token}{self._carry_suffix}"
-
-    def read_carried(
-        self, facts: RequestFacts, *, now: float | None = None
-    ) -> list[dict[str, object]]:
-        """The events :meth:`carry_cookie` put in this request's cookie; ``[]`` when there is
-        none, or it is tampered with, expired or malformed."""
-        token = facts.cookies.get(self._carry_name)
-        if not token or len(token) > _MAX_CARRY_COOKIE:
-            return []
-        opened = self._carry_seal.open(token)
-        if opened is None:
-            return []
-        value, signed_at, _ = opened
-        age = (time.time() if now is None else now) - signed_at
-        if not -_CLOCK_SKEW <= age <= CARRY_MAX_AGE:
-            return []
-        try:
-            data: Any = self._carry_payload.load_payload(value)
-        except (BadData, ValueError):
-            return []
-        if not isinstance(data, list) or not all(_is_carried(item) for item in data):
-            return []
-        return data
-
-    def clear_carry_cookie(self) -> str:
-        """``Set-Cookie`` value deleting the carried-events cookie (``Max-Age=0``)."""
-        return self._carry_clear
-
-
-def _is_carried(item: object) -> bool:
-    return (
-        isinstance(item, dict)
-        and isinstance(item.get("name"), str)
-        and isinstance(item.get("event_id"), str)
-        and isinstance(item.get("custom_data", {}), dict)
-    )
+def cookie_attributes(config: Config) -> str:
+    """What follows ``Path`` and ``Max-Age`` in every cookie of ours: the domain, if set,
+    ``HttpOnly; SameSite=Lax``, and ``Secure`` unless ``cookie_secure`` is off."""
+    domain = f"; Domain={config.cookie_domain}" if config.cookie_domain else ""
+    secure = "; Secure" if config.cookie_secure else ""
+    return f"{domain}; HttpOnly; SameSite=Lax{secure}"

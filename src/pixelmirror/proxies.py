@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pixelmirror._domains import HOST_HEADER
-from pixelmirror.config import Config, IPNetwork
 from pixelmirror.facts import RequestFacts
+
+#: A trusted proxy's network, as ``PIXELMIRROR_TRUSTED_PROXIES`` lists them.
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 __all__ = ["IPAddress", "Proxies", "canonical_ip", "parse_ip"]
 
@@ -57,13 +59,14 @@ def parse_ip(text: str) -> IPAddress | None:
 
 
 class Proxies:
-    """The request as the browser made it, through the proxies ``config`` trusts."""
+    """The request as the browser made it, through the ``trusted`` proxies."""
 
     __slots__ = ("_address", "_v4", "_v6")
 
-    def __init__(self, config: Config) -> None:
-        self._v4 = tuple(n for n in config.trusted_proxies if n.version == 4)
-        self._v6 = tuple(n for n in config.trusted_proxies if n.version == 6)
+    def __init__(self, trusted: Iterable[IPNetwork]) -> None:
+        trusted = tuple(trusted)
+        self._v4 = tuple(n for n in trusted if n.version == 4)
+        self._v6 = tuple(n for n in trusted if n.version == 6)
         # The same few addresses (the proxies' above all) come back on request after request:
         # parse and classify each text once. Bounded, and safe to share between threads.
         self._address: Callable[[str], tuple[str, bool] | None] = functools.lru_cache(maxsize=4096)(

@@ -1,9 +1,11 @@
 """The browser side: Meta Pixel base code, ``init`` and ``track`` calls, rendered for one page.
 
-Pure and stdlib-only. Every dynamic value (pixel ids, event names and ids, custom data, agent)
-goes through :func:`safe_json`, which cannot close the ``<script>`` element or open an HTML
-comment, whatever the data holds. Nothing is HTML-entity-escaped inside the script; only the
-``nonce`` attribute and the ``<noscript>`` image URL, which live in HTML, are.
+Pure: it renders :class:`~pixelmirror.events.BrowserEvent` objects under the one JSON policy
+of :func:`~pixelmirror.events.json_default`. Every dynamic value (pixel ids, event names and
+ids, custom data, agent) goes through :func:`safe_json`, which cannot close the ``<script>``
+element or open an HTML comment, whatever the data holds. Nothing is HTML-entity-escaped
+inside the script; only the ``nonce`` attribute and the ``<noscript>`` image URL, which live
+in HTML, are.
 
 The output is ASCII bytes and a pure function of the arguments, so identical inputs give
 identical bytes.
@@ -15,17 +17,15 @@ import functools
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal
+from collections.abc import Sequence
 from urllib.parse import urlencode
 
+from pixelmirror.events import BrowserEvent, json_default
 from pixelmirror.meta import STANDARD_EVENTS
 
 __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
-    "BrowserEvent",
     "render_beacon_snippet",
     "render_snippet",
     "safe_json",
@@ -115,29 +115,15 @@ _SCRIPT_SAFE = str.maketrans(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class BrowserEvent:
-    """One event fired in the page, deduplicated against its server copy by ``event_id``.
-
-    ``custom_data`` is rendered into the HTML: put only browser-visible data here (server-only
-    data belongs on the server event). ``pixel_id`` None sends to every initialised pixel;
-    a pixel id restricts the event to that pixel (``trackSingle``/``trackSingleCustom``).
-    """
-
-    name: str
-    event_id: str
-    custom_data: Mapping[str, object] = field(default_factory=dict)
-    pixel_id: str | None = None
-
-
 def safe_json(value: object) -> str:
     """``value`` as compact ASCII JSON that is safe inside an inline ``<script>``.
 
-    ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e``, ``\\u0026`` (U+2028/U+2029 are
-    escaped too), so no data can close the element or open a comment. Key order is kept as
-    given. Decimals become floats, sets become sorted lists.
+        ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e``, ``\\u0026`` (U+2028/U+2029 are
+        escaped too), so no data can close the element or open a comment. Key order is kept as
+        given. Everything else follows :func:`~pixelmirror.events.json_default`, the policy the
+    server copy is serialised with.
 
-    :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
+        :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
     """
     if type(value) is dict and all(type(k) is type(v) is str for k, v in value.items()):
         # A flat dict of strings ({"eventID": ...}, {"external_id": ...}): what the encoder
@@ -160,24 +146,11 @@ def _json_text(value: object) -> str:
         raise ValueError(f"browser data must be JSON values: {exc}") from None
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)  # deterministic: set order varies between processes
-        except TypeError:
-            return sorted(value, key=repr)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 # What json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
-# default=_json_default) uses, made once: json.dumps builds a new encoder for every call
+# default=json_default) uses, made once: json.dumps builds a new encoder for every call
 # with arguments, which costs more than encoding the short values of a snippet.
 _ENCODER = json.JSONEncoder(
-    ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_json_default
+    ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=json_default
 )
 _str = json.encoder.encode_basestring_ascii  # what _ENCODER uses for every string
 

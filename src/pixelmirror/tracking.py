@@ -1,9 +1,9 @@
 """Per-request context: the visit, ``@track`` and ``current_event()``.
 
-The adapters put a :class:`Visit` in a context variable for the duration of the app's call.
-Context variables follow the request into a thread pool (Starlette's sync endpoints) and into
-async views, and never leak between concurrent requests, so nothing per-request lives on the
-middleware instance.
+A page request (:class:`~pixelmirror.web.request.PageRequest`) puts a :class:`Visit` in a
+context variable for the duration of the app's call. Context variables follow the request
+into a thread pool (Starlette's sync endpoints) and into async views, and never leak between
+concurrent requests, so nothing per-request lives on the middleware instance.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
 from pixelmirror.accounts import Account
-from pixelmirror.events import check_event_name, new_event_id
+from pixelmirror.events import BrowserEvent, check_event_name, new_event_id
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Visitor
 
@@ -56,6 +56,10 @@ class TrackedEvent:
     #: Only this pixel of the page's account (``trackSingle``); None: every pixel.
     pixel_id: str | None = None
 
+    def browser(self) -> BrowserEvent:
+        """The browser copy: what the page fires, with the same ``event_id``."""
+        return BrowserEvent(self.event_name, self.event_id, self.custom_data, self.pixel_id)
+
 
 @dataclass(eq=False)
 class Visit:
@@ -70,10 +74,8 @@ class Visit:
     #: The page's PageView id, shared by the injected pixel and the mirrored server event.
     page_event_id: str = field(default_factory=new_event_id)
     #: Browser events carried over a redirect, waiting for the next HTML page.
-    carried: list[dict[str, object]] = field(default_factory=list)
+    carried: list[BrowserEvent] = field(default_factory=list)
     tracked: list[TrackedEvent] = field(default_factory=list)
-    #: Set by the adapter once the snippet is in the page.
-    injected: bool = False
 
     def tracked_for(self, status: int) -> list[TrackedEvent]:
         """The tracked events that count for a response with this status."""

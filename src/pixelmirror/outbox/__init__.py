@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pixelmirror.config import masked_url
 from pixelmirror.outbox.base import Claimed, DeadLetter, Outbox, OutboxCounts
 from pixelmirror.outbox.memory import MemoryOutbox
+from pixelmirror.urls import masked_url
 
 __all__ = [
     "OUTBOXES",

@@ -17,7 +17,6 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from pixelmirror.config import masked_url
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
 from pixelmirror.outbox.redis_scripts import (
@@ -37,6 +36,7 @@ from pixelmirror.outbox.redis_scripts import (
     receipt_args,
     text,
 )
+from pixelmirror.urls import masked_url
 
 logger = logging.getLogger("pixelmirror")
 

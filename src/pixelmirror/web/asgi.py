@@ -1,0 +1,185 @@
+"""The ASGI adapter: pure ASGI middleware (no BaseHTTPMiddleware), for Starlette, FastAPI and
+any ASGI app.
+
+It holds ``http.response.start`` back only for pages that get the snippet, until the body
+bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, compressed bodies,
+``http.response.pathsend``) goes through as the app sent it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any, Protocol
+
+from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
+from pixelmirror.web.response import server_host
+
+logger = logging.getLogger("pixelmirror")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Served(Protocol):
+    """What the middleware needs of the object that owns the pages (a ``PixelMirror``): the
+    pages, and the sender to start at lifespan startup and flush at shutdown."""
+
+    @property
+    def pages(self) -> Pages: ...
+
+    def start(self) -> None: ...
+
+    def flush(self, timeout: float = ...) -> bool: ...
+
+
+def request_facts(scope: Scope) -> RequestFacts:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in headers:
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
+    scheme = scope.get("scheme", "http")
+    server = scope.get("server")
+    host = headers.get("host") or (
+        server_host(server[0], server[1], scheme) if server else "localhost"
+    )
+    raw_path = scope.get("raw_path")
+    path = (
+        raw_path.decode("latin-1")
+        if raw_path
+        else scope.get("root_path", "") + scope.get("path", "/")
+    )
+    client = scope.get("client")
+    return RequestFacts(
+        method=scope.get("method", "GET"),
+        scheme=scheme,
+        host=host,
+        path=path,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        peer=client[0] if client else None,
+    )
+
+
+class PixelMirrorMiddleware:
+    """ASGI middleware: ``app = mirror.asgi(app)``, or in Starlette and FastAPI
+    ``app.add_middleware(PixelMirrorMiddleware, mirror=mirror)``.
+
+    On lifespan shutdown it flushes the outbox for up to ``PIXELMIRROR_SHUTDOWN_TIMEOUT``
+    seconds, then passes the shutdown on to the app, whether or not the outbox answered.
+    Requests never touch the outbox on the event loop: their events go to the handoff.
+    Place it inside any compression middleware: it only touches uncompressed HTML.
+    """
+
+    def __init__(self, app: ASGIApp, mirror: Served) -> None:
+        self.app = app
+        self.mirror = mirror
+        self.pages = mirror.pages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            pages = self.pages
+            try:
+                facts = request_facts(scope)
+                beacon = pages.is_beacon(facts)
+            except Exception:
+                logger.exception("pixelmirror: could not read the request; passing it through")
+            else:
+                if beacon:
+                    await self._beacon(facts, receive, send)
+                    return
+                request = pages.start(facts)
+                if request is not None:
+                    await _Responder(request, send).run(self.app, scope, receive)
+                    return
+        elif scope["type"] == "lifespan":
+            receive = self._watch_lifespan(receive)
+        await self.app(scope, receive, send)
+
+    async def _beacon(self, facts: RequestFacts, receive: Receive, send: Send) -> None:
+        body = b""
+        while len(body) <= MAX_BODY:  # one byte past the limit is enough to refuse it
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = self.pages.beacon(facts, body)
+        start = {"type": "http.response.start", "status": answer.status}
+        await send({**start, "headers": _encode(answer.headers)})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def _watch_lifespan(self, receive: Receive) -> Receive:
+        async def receive_lifespan() -> Message:
+            message = await receive()
+            # Whatever fails here (an unreachable outbox), the app hears of its lifespan:
+            # its own startup and shutdown hooks must run.
+            try:
+                if message["type"] == "lifespan.startup":
+                    self.mirror.start()
+                elif message["type"] == "lifespan.shutdown":
+                    # The server has stopped taking requests: a short blocking flush is fine.
+                    self.mirror.flush(self.pages.config.shutdown_timeout)
+            except Exception:
+                logger.exception("pixelmirror: %s handling failed", message["type"])
+            return message
+
+        return receive_lifespan
+
+
+class _Responder:
+    """One request's ``send``, fed through its :class:`PageRequest`."""
+
+    def __init__(self, request: PageRequest, send: Send) -> None:
+        self.request = request
+        self.server_send = send
+        self.start: Message | None = None
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
+        try:
+            with self.request:
+                await app(scope, receive, self.send)
+        finally:
+            self.request.done()
+
+    async def send(self, message: Message) -> None:
+        kind, request = message["type"], self.request
+        if kind == "http.response.start":
+            headers = _decode(message.get("headers", ()))
+            start = request.respond(int(message["status"]), headers)
+            if start is None:
+                self.start = message
+            elif start is headers:
+                await self.server_send(message)
+            else:
+                await self.server_send({**message, "headers": _encode(start)})
+        elif not request.holding:
+            await self.server_send(message)
+        elif kind == "http.response.body":
+            more = message.get("more_body", False)
+            released, body = request.feed(message.get("body", b""), more=more)
+            if released is not None:
+                await self._start(released)
+                await self.server_send({**message, "body": body})
+        else:  # pathsend, trailers, ...: the page goes as the app made it
+            await self._start(request.release()[0])
+            await self.server_send(message)
+
+    async def _start(self, headers: Sequence[tuple[str, str]]) -> None:
+        assert self.start is not None
+        await self.server_send({**self.start, "headers": _encode(headers)})
+
+
+def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+__all__ = ["ASGIApp", "Message", "PixelMirrorMiddleware", "Receive", "Scope", "Send"]

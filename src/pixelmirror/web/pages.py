@@ -1,0 +1,351 @@
+"""``Pages``: every rule about which events a page fires in the browser and mirrors to CAPI.
+
+Built from the pieces it needs: the settings, the visitor's :class:`Identity`, the site's
+accounts, and ``enqueue``, the function that takes built server events. It never sees the
+:class:`~pixelmirror.mirror.PixelMirror` that owns it, and no framework: the adapters hand it
+:class:`RequestFacts` and drive one :class:`~pixelmirror.web.request.PageRequest` per page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from pixelmirror.accounts import Account, AccountSource
+from pixelmirror.beacon import (
+    MAX_BODY,
+    BeaconRefused,
+    RateLimiter,
+    check_origin,
+    ip_budget_key,
+    origin_of,
+    parse_request,
+)
+from pixelmirror.config import Config
+from pixelmirror.events import BrowserEvent, ServerEvent, json_default
+from pixelmirror.facts import RequestFacts
+from pixelmirror.identity import Identity
+from pixelmirror.snippet import render_beacon_snippet, render_snippet
+from pixelmirror.tracking import TrackedEvent, Visit
+from pixelmirror.web.carry import Carry
+from pixelmirror.web.headers import should_inject
+from pixelmirror.web.request import PageRequest
+from pixelmirror.web.response import (
+    EVENTS_HEADER,
+    BeaconAnswer,
+    NonceSource,
+    Plan,
+    nonce_from_csp,
+)
+
+logger = logging.getLogger("pixelmirror")
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+Identify = Callable[[RequestFacts], "Mapping[str, object] | None"]
+Enqueue = Callable[[Sequence[ServerEvent]], None]
+
+
+class Pages:
+    """The web rules of one site: what a page gets, what the beacon answers, what is mirrored.
+
+    ``identity`` and ``accounts`` None (no pixel id and no accounts): every request passes
+    through untouched, which is said once, here. ``identify(facts)`` returns user_data that
+    enriches every event of a request; ``csp_nonce`` finds the nonce for the injected script;
+    ``consent_gated``: the site asks for consent (the beacon snippet then fires nothing
+    without the beacon's answer).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        identity: Identity | None,
+        accounts: AccountSource | None,
+        enqueue: Enqueue,
+        identify: Identify | None = None,
+        csp_nonce: NonceSource = nonce_from_csp,
+        consent_gated: bool = False,
+    ) -> None:
+        self.config = config
+        self.identity = identity if accounts is not None else None
+        self._accounts = accounts
+        self._enqueue = enqueue
+        self._identify = identify
+        self._csp_nonce = csp_nonce
+        self._gated = consent_gated or config.consent_cookie is not None
+        self.carry = Carry(config) if self.identity is not None else None
+        self._beacon_allowed = frozenset(config.beacon_events) | {"PageView"}
+        self._beacon_visitors = RateLimiter(config.beacon_rate)
+        self._beacon_ips = RateLimiter(5 * config.beacon_rate)
+        self._lock = threading.Lock()
+        #: Server copies the app's data made invalid (a text ``value``, say); each logged.
+        self.invalid = 0
+        if self.identity is None:
+            logger.warning(
+                "pixelmirror: no PIXELMIRROR_PIXEL_ID and no accounts: pages pass through untouched"
+            )
+
+    # -- the adapter's entry points ---------------------------------------------------------
+
+    def is_beacon(self, facts: RequestFacts) -> bool:
+        """Whether this request is for the beacon endpoint (only served with a pixel)."""
+        return facts.path == self.config.beacon_path and self.identity is not None
+
+    def start(self, facts: RequestFacts) -> PageRequest | None:
+        """The request's page, or None when it passes through untouched (no pixel, no
+        consent, a crawler, or a failure here, which is logged)."""
+        try:
+            visit = self.begin(facts)
+        except Exception:
+            logger.exception("pixelmirror: could not read the request; passing it through")
+            return None
+        return None if visit is None else PageRequest(self, visit)
+
+    def beacon(self, facts: RequestFacts, body: bytes) -> BeaconAnswer:
+        """:meth:`answer_beacon`, or a 500 when it fails (logged): never raises."""
+        try:
+            return self.answer_beacon(facts, body)
+        except Exception:
+            logger.exception("pixelmirror: the beacon failed")
+            return BeaconAnswer.failed()
+
+    # -- the rules ----------------------------------------------------------------------------
+
+    def begin(self, facts: RequestFacts) -> Visit | None:
+        """Start a request's visit, or None when it gets no pixel (no pixel id, no consent,
+        a crawler)."""
+        account = self._account(facts)
+        if account is None:
+            return None
+        assert self.identity is not None
+        assert self.carry is not None
+        visitor = self.identity.resolve(facts)
+        if visitor is None:
+            # Inline mode: no consent or a crawler gets the page untouched. Beacon mode: every
+            # visitor gets the same bytes (a shared cache could not tell them apart) and the
+            # beacon refuses them instead.
+            return Visit(facts, None, account) if self.config.mode == "beacon" else None
+        return Visit(facts, visitor, account, carried=self.carry.read(facts))
+
+    def _account(self, facts: RequestFacts) -> Account | None:
+        """The request's account, if it has one and its own consent gate lets it through."""
+        if self.identity is None or self._accounts is None:
+            return None
+        account = self._accounts(facts)
+        if account is None or account.consent is None:
+            return account
+        try:
+            return account if account.consent(facts) else None
+        except Exception:
+            logger.warning("pixelmirror: an account's consent gate failed; no pixel", exc_info=True)
+            return None
+
+    def plan(self, visit: Visit, status: int, headers: Sequence[tuple[str, str]]) -> Plan | None:
+        """Decide what the response gets, once its status and headers are known."""
+        account, visitor = visit.account, visit.visitor
+        tracked = [event.browser() for event in visit.tracked_for(status)]
+        announce = self._announce(visit, tracked, status) if tracked else None
+        if not should_inject(visit.facts.method, status, headers):
+            return announce
+        page_options: dict[str, Any] = {
+            "pixel_ids": account.pixel_ids,
+            "nonce": self._csp_nonce(visit.facts, headers),
+            "agent": account.partner_agent or self.config.partner_agent,
+            "ldu": self._ldu(account),
+            "auto_config": self.config.auto_config,
+            "beacon_path": self.config.beacon_path,
+        }
+        if self.config.mode == "beacon":
+            # The same bytes for every visitor. Events the view tracked ride to the beacon in
+            # the carry cookie, so this page (and only such a page) sets cookies.
+            gated = self._gated or account.consent is not None
+            snippet = render_beacon_snippet(gated=gated, **page_options)
+            if announce is None:
+                return Plan(snippet=snippet, private=False)
+            return Plan(snippet=snippet, cookies=self._carry(visit, tracked), fallback=announce)
+        assert visitor is not None
+        assert self.carry is not None
+        events = [BrowserEvent("PageView", visit.page_event_id), *visit.carried, *tracked]
+        snippet = render_snippet(external_id=visitor.external_id, events=events, **page_options)
+        cookies = visitor.set_cookies
+        if visit.carried:
+            cookies += (self.carry.clear,)
+        if logger.isEnabledFor(logging.DEBUG):
+            fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
+            logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
+        return Plan(snippet=snippet, cookies=cookies, fallback=announce)
+
+    def _announce(self, visit: Visit, tracked: Sequence[BrowserEvent], status: int) -> Plan:
+        """How a response that carries no snippet hands its tracked events to the browser."""
+        assert visit.visitor is not None
+        if status in _REDIRECTS:
+            # POST-redirect-GET: the browser copies fire on the next page, with the same ids.
+            return Plan(cookies=self._carry(visit, tracked))
+        announced = [event.announced(with_data=False) for event in tracked]
+        header = (EVENTS_HEADER, json.dumps(announced, default=json_default))
+        return Plan(cookies=visit.visitor.set_cookies, headers=(header,))
+
+    def _carry(self, visit: Visit, tracked: Sequence[BrowserEvent]) -> tuple[str, ...]:
+        """The visitor's cookies plus the signed cookie carrying browser copies onward."""
+        assert visit.visitor is not None
+        assert self.carry is not None
+        return (*visit.visitor.set_cookies, self.carry.cookie([*visit.carried, *tracked]))
+
+    def _ldu(self, account: Account) -> bool:
+        return self.config.ldu if account.ldu is None else account.ldu
+
+    def answer_beacon(self, facts: RequestFacts, body: bytes) -> BeaconAnswer:
+        """Answer the page's beacon: mint ids, mirror the server copies, say what to fire.
+
+        The endpoint is a public write path: only same-origin requests from consenting
+        visitors that are not crawlers, for allowed event names, within rate limits, get an
+        answer; anything else gets a 4xx with a short reason and never reaches the outbox.
+        """
+        identity, carry = self.identity, self.carry
+        assert identity is not None
+        assert carry is not None
+        try:
+            origin = origin_of(identity.page_url(facts)) or ""
+            check_origin(facts, origin)
+            asked = parse_request(body, origin=origin, allowed=self._beacon_allowed)
+            page = urlsplit(asked.page_url)
+            headers = {**facts.headers, "referer": asked.referrer or ""}
+            page_facts = replace(
+                facts, method="GET", path=page.path or "/", query=page.query, headers=headers
+            )
+            account = self._account(page_facts)
+            visitor = identity.resolve(page_facts) if account is not None else None
+            if account is None or visitor is None:
+                raise BeaconRefused(403, "no pixel here, no consent, or a crawler")
+            cost = len(asked.events)
+            if not self._beacon_visitors.allow(visitor.visitor_id, cost) or not (
+                self._beacon_ips.allow(ip_budget_key(visitor.client_ip), cost)
+            ):
+                raise BeaconRefused(429, "too many beacon events; slow down")
+        except BeaconRefused as refused:
+            return BeaconAnswer(refused.status, refused.reason.encode(), content_type="text/plain")
+        visit = Visit(page_facts, visitor, account)
+        fired = []
+        for name, custom_data in asked.events:
+            event = TrackedEvent(name, custom_data=dict(custom_data))
+            if name != "PageView" or self.config.pageview:
+                visit.tracked.append(event)
+            fired.append(event.browser().announced())
+        self.finish(visit, 200, injected=False)
+        # What the server decided earlier (a purchase behind a redirect) fires after the page's
+        # own events, as it would have in inline mode.
+        carried = carry.read(facts)
+        fired += (event.announced() for event in carried)
+        cookies = visitor.set_cookies + ((carry.clear,) if carried else ())
+        answer = {"external_id": visitor.external_id, "events": fired}
+        body = json.dumps(answer, default=json_default).encode()
+        return BeaconAnswer(200, body, cookies=cookies)
+
+    def finish(self, visit: Visit, status: int, *, injected: bool) -> None:
+        """Mirror the request's events to the outbox, once per pixel, after the response;
+        ``injected``: the page got the snippet, so its PageView is mirrored too."""
+        if visit.visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
+            return
+        tracked = visit.tracked_for(status)
+        # In beacon mode the page's PageView comes back through the beacon.
+        pageview = injected and self.config.pageview and self.config.mode == "inline"
+        if not tracked and not pageview:
+            return
+        user_data = self._request_user_data(visit)
+        fields = self._page_fields(visit)  # once per request, not per copy
+        pixels = visit.account.pixel_ids
+        events: list[ServerEvent] = []
+        if pageview:
+            events += self._copies(fields, pixels, "PageView", visit.page_event_id, user_data, {})
+        for event in tracked:
+            events += self._copies(
+                fields,
+                (event.pixel_id,) if event.pixel_id else pixels,
+                event.event_name,
+                event.event_id,
+                _merge_user_data(user_data, event.user_data),
+                {**event.custom_data, **event.server_only},
+            )
+        self._enqueue(events)
+
+    def _request_user_data(self, visit: Visit) -> dict[str, object]:
+        visitor = visit.visitor
+        assert visitor is not None
+        user_data: dict[str, object] = {
+            "external_id": visitor.external_id,
+            "client_ip_address": visitor.client_ip,
+            "client_user_agent": visitor.user_agent,
+            "fbp": visitor.fbp,
+            "fbc": visitor.fbc,
+        }
+        if self._identify is not None:
+            try:
+                found = self._identify(visit.facts)
+            except Exception:
+                logger.exception("pixelmirror: the identify hook failed; events go without it")
+            else:
+                user_data = _merge_user_data(user_data, found or {})
+        return user_data
+
+    def _page_fields(self, visit: Visit) -> dict[str, Any]:
+        """What every server copy of one request shares: the page, its referrer, options."""
+        assert self.identity is not None
+        account = visit.account
+        referrer = visit.facts.headers.get("referer", "")
+        return {
+            "action_source": "website",
+            "event_source_url": self.identity.page_url(visit.facts),
+            "referrer_url": referrer if referrer.startswith(("http://", "https://")) else None,
+            "data_processing_options": ["LDU"] if self._ldu(account) else None,
+            "test_event_code": account.test_event_code or self.config.test_event_code,
+        }
+
+    def _copies(
+        self,
+        page_fields: Mapping[str, Any],
+        pixel_ids: Sequence[str],
+        event_name: str,
+        event_id: str,
+        user_data: Mapping[str, object],
+        custom_data: Mapping[str, object],
+    ) -> list[ServerEvent]:
+        """The server copies of one event, one per pixel; none if the app's data is invalid."""
+        try:
+            return [
+                ServerEvent.create(
+                    event_name,
+                    pixel_id=pixel_id,
+                    event_id=event_id,
+                    user_data=user_data,
+                    custom_data=custom_data,
+                    **page_fields,
+                )
+                for pixel_id in pixel_ids
+            ]
+        except ValueError as exc:
+            logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
+            with self._lock:
+                self.invalid += len(pixel_ids)
+            return []
+
+
+def _merge_user_data(base: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, object]:
+    """``extra`` wins, except that external ids add up: the visitor's and the app's own."""
+    merged = {**base, **extra}
+    if "external_id" in extra and base.get("external_id"):
+        ids = [*_as_list(base["external_id"]), *_as_list(extra["external_id"])]
+        merged["external_id"] = [i for i in ids if i]
+    return merged
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+__all__ = ["MAX_BODY", "Identify", "PageRequest", "Pages", "RequestFacts"]

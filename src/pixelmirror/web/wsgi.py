@@ -1,0 +1,209 @@
+"""The WSGI adapter: translate between WSGI and :class:`~pixelmirror.web.pages.Pages`.
+
+No business rules live here. The adapter holds back ``start_response`` only for pages that
+get the snippet, until the bytes up to ``</head>`` are in hand; everything else goes through
+as the app made it, and the app's iterable is always closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
+from pixelmirror.web.response import BeaconAnswer, Headers, server_host
+
+if TYPE_CHECKING:
+    # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger("pixelmirror")
+
+
+class Served(Protocol):
+    """What the middleware needs of the object that owns the pages (a ``PixelMirror``)."""
+
+    @property
+    def pages(self) -> Pages: ...
+
+
+class EnvironHeaders(Mapping[str, str]):
+    """Lower-case header names over a WSGI environ, read lazily: most go unread."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ[self._key(name)]
+        if not isinstance(value, str):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def request_facts(environ: WSGIEnvironment) -> RequestFacts:
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or server_host(
+        environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
+    )
+    # PEP 3333 strings are bytes decoded as latin-1: re-encode to quote the raw path.
+    raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+    return RequestFacts(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        scheme=scheme,
+        host=host,
+        path=quote(raw_path, safe="/:@!$&'()*+,;=%~") or "/",
+        query=environ.get("QUERY_STRING", ""),
+        headers=EnvironHeaders(environ),
+        peer=environ.get("REMOTE_ADDR"),
+    )
+
+
+class PixelMirrorWSGI:
+    """WSGI middleware: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``.
+
+    Place it inside any compression middleware: it only touches uncompressed HTML.
+    """
+
+    def __init__(self, app: WSGIApplication, mirror: Served) -> None:
+        self.app = app
+        self.mirror = mirror
+        self.pages = mirror.pages
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        pages = self.pages
+        try:
+            facts = request_facts(environ)
+            if pages.is_beacon(facts):
+                return self._beacon(facts, environ, start_response)
+        except Exception:
+            logger.exception("pixelmirror: could not read the request; passing it through")
+            return self.app(environ, start_response)
+        request = pages.start(facts)
+        if request is None:
+            return self.app(environ, start_response)
+        return _Responder(request, start_response).run(self.app, environ)
+
+    def _beacon(
+        self, facts: RequestFacts, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        try:
+            length = max(int(environ.get("CONTENT_LENGTH") or 0), 0)
+        except ValueError:
+            length = 0
+        # One byte past the limit is enough to refuse an oversized body.
+        try:
+            body = environ["wsgi.input"].read(min(length, MAX_BODY + 1)) if length else b""
+        except Exception:
+            logger.exception("pixelmirror: the beacon failed")
+            answer = BeaconAnswer.failed()
+        else:
+            answer = self.pages.beacon(facts, body)
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", answer.headers)
+        return [answer.body]
+
+
+class _Responder:
+    """One request's ``start_response`` and body, fed through its :class:`PageRequest`."""
+
+    def __init__(self, request: PageRequest, start_response: StartResponse) -> None:
+        self.request = request
+        self.server_start_response = start_response
+        self.status_line = ""
+        self.written = bytearray()  # legacy write() calls while the page is held
+
+    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> Iterable[bytes]:
+        request = self.request
+        with request:
+            result = app(environ, self.start_response)
+        if not request.holding and request.status is not None:
+            # Started and not held for injection: hand back the app's own iterable (a
+            # wsgi.file_wrapper keeps its sendfile path) and mirror now.
+            request.done()
+            return result
+        return _Body(result, self)
+
+    def start_response(
+        self, status: str, headers: Headers, exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        self.status_line = status
+        if exc_info is not None:
+            self.request.replaced(_status_code(status))
+            return self.server_start_response(status, headers, exc_info)
+        start = self.request.respond(_status_code(status), headers)
+        if start is None:
+            return self.written.extend
+        return self.server_start_response(status, start)
+
+    def feed(self, chunk: bytes, *, more: bool = True) -> bytes:
+        """Bytes to send for this chunk of the app's body (empty while holding back).
+
+        While holding, nothing is yielded: servers refuse even an empty body before the
+        headers, and the headers wait for the splice.
+        """
+        if self.written and self.request.holding:
+            chunk, self.written = bytes(self.written) + chunk, bytearray()
+        start, body = self.request.feed(chunk, more=more)
+        if start is not None:
+            self.server_start_response(self.status_line, start)
+        return body
+
+
+class _Body:
+    """The app's iterable, fed through the responder; ``close()`` always reaches the app's."""
+
+    def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
+        self.result = result
+        self.responder = responder
+
+    def __iter__(self) -> Iterator[bytes]:
+        responder = self.responder
+        for chunk in self.result:
+            out = responder.feed(chunk)
+            if out:
+                yield out
+        tail = responder.feed(b"", more=False)
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.responder.request.done()
+
+
+def init_flask(app: Any, mirror: Served) -> None:
+    """Flask: wrap ``app.wsgi_app`` and register as ``app.extensions["pixelmirror"]``."""
+    app.wsgi_app = PixelMirrorWSGI(app.wsgi_app, mirror)
+    app.extensions["pixelmirror"] = mirror
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status[:3])
+    except ValueError:
+        return 500
+
+
+__all__ = ["PixelMirrorWSGI", "init_flask", "request_facts"]
