@@ -13,6 +13,21 @@ the class alone:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class ErrorFacts(TypedDict, total=False):
+    """What a destination said about a refusal, as :class:`DeliveryError` keeps it."""
+
+    status: int | None
+    code: int | None
+    subcode: int | None
+    user_message: str | None
+    fbtrace_id: str | None
+
 
 class DeliveryError(Exception):
     """A destination did not take a batch; carries its own fields when it sent them
@@ -57,24 +72,9 @@ class TransientError(DeliveryError):
     """Worth retrying. ``retry_after`` is the wait in seconds the destination asked for."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        status: int | None = None,
-        code: int | None = None,
-        subcode: int | None = None,
-        user_message: str | None = None,
-        fbtrace_id: str | None = None,
+        self, message: str, *, retry_after: float | None = None, **facts: Unpack[ErrorFacts]
     ) -> None:
-        super().__init__(
-            message,
-            status=status,
-            code=code,
-            subcode=subcode,
-            user_message=user_message,
-            fbtrace_id=fbtrace_id,
-        )
+        super().__init__(message, **facts)
         self.retry_after = retry_after
 
 

@@ -291,33 +291,8 @@ class FakeGraphAPI:
         with self._cond:
             self._faults.extend([fault] * times)
 
-    @staticmethod
-    def graph_error(
-        code: int,
-        message: str,
-        *,
-        subcode: int | None = None,
-        transient: bool = False,
-        type: str = "OAuthException",
-        user_title: str | None = None,
-        user_msg: str | None = None,
-    ) -> dict[str, object]:
-        """Build a Graph error object, e.g. for :meth:`fail_next`.
-
-        .. code-block:: python
-
-            fake.fail_next(400, error=FakeGraphAPI.graph_error(
-                190, "Error validating access token: Session has expired", subcode=463))
-        """
-        return graph_error(
-            code,
-            message,
-            subcode=subcode,
-            transient=transient,
-            type=type,
-            user_title=user_title,
-            user_msg=user_msg,
-        )
+    #: Build a Graph error object, e.g. for :meth:`fail_next`.
+    graph_error = staticmethod(graph_error)
 
     # -- the endpoint ----------------------------------------------------------------------
 

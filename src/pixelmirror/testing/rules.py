@@ -17,29 +17,6 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-__all__ = [
-    "ACTION_SOURCES",
-    "HASHED_USER_DATA_KEYS",
-    "INSUFFICIENT_USER_DATA_SETS",
-    "MAX_EVENTS_PER_REQUEST",
-    "MAX_EVENT_AGE",
-    "MAX_EVENT_NAME_LENGTH",
-    "MAX_FUTURE_SKEW",
-    "MAX_PHYSICAL_STORE_AGE",
-    "NEVER_HASHED_USER_DATA_KEYS",
-    "SUBCODE_INSUFFICIENT_USER_DATA",
-    "SUBCODE_INVALID_HASHED_DATA",
-    "SUBCODE_OBJECT_NOT_FOUND",
-    "SUBCODE_PURCHASE_VALUE_CURRENCY",
-    "SUBCODE_TIMESTAMP_IN_FUTURE",
-    "SUBCODE_TIMESTAMP_TOO_OLD",
-    "EventRejected",
-    "check_event",
-    "identifies_user",
-    "max_age",
-    "partner_agent_ok",
-]
-
 DAY = 86_400
 
 #: Meta takes at most 1,000 events in one request.

@@ -201,7 +201,13 @@ def graph_error(
     user_title: str | None = None,
     user_msg: str | None = None,
 ) -> dict[str, object]:
-    """A Graph error object; :meth:`FakeGraphAPI.graph_error` documents it."""
+    """A Graph error object, e.g. for :meth:`FakeGraphAPI.fail_next`.
+
+    .. code-block:: python
+
+        fake.fail_next(400, error=FakeGraphAPI.graph_error(
+            190, "Error validating access token: Session has expired", subcode=463))
+    """
     error: dict[str, object] = {"message": message, "type": type, "code": code}
     if subcode is not None:
         error["error_subcode"] = subcode
