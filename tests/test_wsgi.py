@@ -302,8 +302,6 @@ def test_a_json_route_announces_its_events_in_a_header(
 @pytest.mark.parametrize(
     ("settings", "headers"),
     [
-        pytest.param({"consent_cookie": "consent=yes"}, {}, id="no-consent"),
-        pytest.param({"consent_cookie": "consent=yes"}, {"COOKIE": "consent=no"}, id="refused"),
         pytest.param({}, {"USER_AGENT": "facebookexternalhit/1.1"}, id="meta-crawler"),
         pytest.param(
             {}, {"USER_AGENT": "Googlebot/2.1 (+http://www.google.com/bot.html)"}, id="googlebot"
@@ -311,13 +309,29 @@ def test_a_json_route_announces_its_events_in_a_header(
         pytest.param({"pixel_id": None}, {}, id="no-pixel-id"),
     ],
 )
-def test_pages_pass_untouched_without_consent_for_bots_and_without_a_pixel(
+def test_pages_pass_untouched_for_bots_and_without_a_pixel(
     make_mirror: MakeMirror, fake: FakeGraphAPI, settings: dict[str, Any], headers: dict[str, str]
 ) -> None:
     mirror = make_mirror(**settings)
     env = environ(**headers)
     assert call(mirror.wsgi(tracked_app()), env) == call(tracked_app(), env)
     call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", **headers))
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+
+
+@pytest.mark.parametrize("cookie", [None, "consent=no"], ids=["no-consent", "refused"])
+def test_pages_without_consent_are_pending_and_mirror_nothing(
+    make_mirror: MakeMirror, fake: FakeGraphAPI, cookie: str | None
+) -> None:
+    mirror = make_mirror(consent_cookie="consent=yes")
+    env = environ(**({"COOKIE": cookie} if cookie else {}))
+    status, headers, page = call(mirror.wsgi(tracked_app()), env)
+    assert status == call(tracked_app(), env)[0]
+    assert header(headers, "Set-Cookie") == []
+    assert b'"pending":true' in page
+    assert browser_events(page) == []
+    call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", COOKIE=cookie or ""))
     assert mirror.flush(timeout=5)
     assert fake.events == []
 

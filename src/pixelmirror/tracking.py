@@ -66,8 +66,9 @@ class Visit:
     """Everything pixelmirror holds for one request: who, which events, what it did."""
 
     facts: RequestFacts
-    #: None only in beacon mode, for a visitor who may not be tracked (no consent, a
-    #: crawler): the page still gets the same bytes as everyone's.
+    #: None for a visitor who may not be tracked, whose page still gets a snippet: in beacon
+    #: mode (no consent, a crawler: the same bytes as everyone's), and on a consent-pending
+    #: page of inline mode.
     visitor: Visitor | None
     #: The pixels (and their options) this request's page belongs to.
     account: Account
@@ -76,6 +77,8 @@ class Visit:
     #: Browser events carried over a redirect, waiting for the next HTML page.
     carried: list[BrowserEvent] = field(default_factory=list)
     tracked: list[TrackedEvent] = field(default_factory=list)
+    #: What the site's identify hook found for this request, once it was asked (None: not yet).
+    identified: dict[str, object] | None = None
 
     def tracked_for(self, status: int) -> list[TrackedEvent]:
         """The tracked events that count for a response with this status."""
