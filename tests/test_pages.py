@@ -504,3 +504,31 @@ def test_a_beacon_from_another_origin_is_refused_and_mirrors_nothing() -> None:
     answer = site.pages.beacon(elsewhere, body)
     assert answer.status == 403
     assert site.mirrored == []
+
+
+def test_identify_runs_once_as_the_response_starts_not_after_it() -> None:
+    asked: list[str] = []
+
+    def identify(request: RequestFacts) -> dict[str, object]:
+        asked.append(request.path)
+        return {"email": "ann@example.com"}
+
+    site = Site(identify=identify)
+    request = site.pages.start(facts("/thanks"))
+    assert request is not None
+    with request:
+        tracking("Lead")()()
+    request.respond(200, PAGE)
+    assert asked == ["/thanks"]  # still inside the app's call, where its request context is
+    request.feed(HTML, more=False)
+    request.done()
+    assert asked == ["/thanks"]
+    assert [e.event_name for e in site.mirrored] == ["PageView", "Lead"]
+
+
+def test_identify_is_not_asked_for_a_response_that_mirrors_nothing() -> None:
+    asked: list[str] = []
+    site = Site(identify=lambda request: asked.append(request.path) or {})
+    site.serve(facts("/api"), headers=JSON, body=b"{}")
+    assert asked == []
+    assert site.mirrored == []
