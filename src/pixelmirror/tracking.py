@@ -114,22 +114,16 @@ def current_event() -> TrackedEvent:
     return event
 
 
-def track(
-    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
-
-    Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
-    the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
-    response (default: 2xx or 3xx). Works on sync and async views. With ``pixel_id`` the
-    event goes to that pixel of the page only (``trackSingle``), not to all of them.
-    """
+def _event_maker(
+    event_name: str, when: StatusFilter | None, pixel_id: str | None
+) -> Callable[[], TrackedEvent]:
+    """Check the arguments once; the function that adds a new event to the current visit."""
     check_event_name(event_name)
     if pixel_id is not None and not pixel_id.isdigit():
         raise ValueError(f"pixel_id must be digits; got {pixel_id!r}")
     status_filter = when or successful
 
-    def start() -> Token[TrackedEvent | None]:
+    def new_event() -> TrackedEvent:
         event = TrackedEvent(event_name, when=status_filter, pixel_id=pixel_id)
         visit = _visit.get()
         if visit is None or visit.visitor is None:
@@ -142,7 +136,38 @@ def track(
             )
         else:
             visit.tracked.append(event)
-        return _event.set(event)
+        return event
+
+    return new_event
+
+
+def tracked(
+    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
+) -> Callable[[], TrackedEvent]:
+    """``@track`` as a dependency: ``event = Depends(tracked("Purchase"))`` in FastAPI.
+
+    Each call makes a new :class:`TrackedEvent` of the current request, as ``@track`` does
+    (same ``when`` and ``pixel_id``), and returns it: fill it from the view. Dependencies run
+    before the view and outside any decorator, so this, not ``current_event()``, is how a
+    FastAPI view gets its event by injection.
+    """
+    return _event_maker(event_name, when, pixel_id)
+
+
+def track(
+    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
+
+    Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
+    the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
+    response (default: 2xx or 3xx). Works on sync and async views. With ``pixel_id`` the
+    event goes to that pixel of the page only (``trackSingle``), not to all of them.
+    """
+    new_event = _event_maker(event_name, when, pixel_id)
+
+    def start() -> Token[TrackedEvent | None]:
+        return _event.set(new_event())
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(view):
