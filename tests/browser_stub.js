@@ -9,7 +9,8 @@
  *   `fb.<subdomainIndex>.<ms>.<random 0..2^31-1>` on the registrable domain (host-only and
  *   index 0 on an IP or a single-label host), 90 days, not HttpOnly;
  * - `track`/`trackCustom` go to every initialised pixel, `trackSingle`/`trackSingleCustom`
- *   to the named one if initialised; each pixel hit is a GET of www.facebook.com/tr.
+ *   to the named one if initialised; each pixel hit is a GET of www.facebook.com/tr;
+ * - after `fbq('consent', 'revoke')` no track call reaches a pixel until `'grant'`.
  *
  * Every call is reported to the test, with the pixels it reached (and the external_id each
  * carried) and the `_fbp` it would send, by a beacon to https://connect.facebook.net/__record
@@ -26,6 +27,7 @@
   var pixels = {}; // pixel id -> user data given to its first init
   var order = []; // pixel ids in init order
   var seq = 0;
+  var revoked = false;
 
   function readCookie(name) {
     var parts = d.cookie ? d.cookie.split("; ") : [];
@@ -121,7 +123,11 @@
     var args = Array.prototype.slice.call(arguments);
     var method = args[0];
     var sent = [];
-    if (method === "init") {
+    if (method === "consent") {
+      revoked = args[1] === "revoke";
+    } else if (revoked) {
+      // the real library sends nothing while consent is revoked
+    } else if (method === "init") {
       var id = String(args[1]);
       if (Object.prototype.hasOwnProperty.call(pixels, id)) {
         console.warn("[Meta Pixel] - Duplicate Pixel ID: " + id);

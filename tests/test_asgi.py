@@ -12,7 +12,16 @@ import pytest
 
 import redisutil
 from conftest import MakeMirror, record_outbox_calls
-from pixelmirror import EVENTS_HEADER, PixelMirror, PixelMirrorMiddleware, current_event, track
+from pixelmirror import (
+    EVENTS_HEADER,
+    PixelMirror,
+    PixelMirrorMiddleware,
+    TrackedEvent,
+    current_event,
+    current_visit,
+    track,
+    tracked,
+)
 from pixelmirror.asgi import Message, Receive, Scope, Send
 from pixelmirror.testing import FakeGraphAPI
 from webkit import CHROME, HTML, browser_events
@@ -402,3 +411,57 @@ def test_inside_gzip_the_compressed_page_carries_the_pixel(mirror: PixelMirror) 
     response = asyncio.run(visit())
     assert response.headers["content-encoding"] == "gzip"
     assert [name for name, _ in browser_events(response.content)] == ["PageView"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_fastapi_dependency_tracks_the_event_it_injects(
+    mirror: PixelMirror, fake: FakeGraphAPI, asynchronous: bool
+) -> None:
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.responses import HTMLResponse
+
+    app = fastapi.FastAPI()
+    app.add_middleware(PixelMirrorMiddleware, mirror=mirror)
+    purchase = fastapi.Depends(tracked("Purchase"))
+
+    if asynchronous:
+
+        @app.get("/thanks/{order}", response_class=HTMLResponse)
+        async def thanks_async(order: str, event: TrackedEvent = purchase) -> str:
+            event.custom_data.update(value=49.99, currency="USD", order_id=order)
+            event.user_data.update(email="ann@example.com")
+            return HTML.decode()
+    else:
+
+        @app.get("/thanks/{order}", response_class=HTMLResponse)
+        def thanks_sync(order: str, event: TrackedEvent = purchase) -> str:
+            event.custom_data.update(value=49.99, currency="USD", order_id=order)
+            event.user_data.update(email="ann@example.com")
+            return HTML.decode()
+
+    async def visit() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
+        ) as client:
+            return await client.get("/thanks/A-17")
+
+    page = asyncio.run(visit())
+    assert page.status_code == 200
+    fired = browser_events(page.content)
+    assert [name for name, _ in fired] == ["PageView", "Purchase"]
+    assert mirror.flush(timeout=10)
+    (server,) = [e for e in fake.events if e.event_name == "Purchase"]
+    assert server.event_id == fired[1][1]
+    assert server.custom_data == {"value": 49.99, "currency": "USD", "order_id": "A-17"}
+    assert "em" in server.user_data
+    assert b"ann@example.com" not in page.content
+
+
+def test_the_dependency_outside_a_request_makes_an_event_that_goes_nowhere() -> None:
+    event = tracked("Lead")()
+    assert event.event_name == "Lead"
+    assert event.event_id
+    assert current_visit() is None
+    with pytest.raises(ValueError, match="pixel_id"):
+        tracked("Lead", pixel_id="abc")

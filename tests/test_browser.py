@@ -238,6 +238,7 @@ class Session:
     stub: StubNetwork
     console: list[ConsoleMessage] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)  # request URLs, where a test records them
 
     def wait_for_events(self, names: list[str]) -> None:
         wait_until(
@@ -473,3 +474,161 @@ def test_csp_check_sees_a_violation(
     problems = csp_problems(session)
     assert problems, "a nonce-less inline script ran, or its violation went unreported"
     assert any("script-src" in p for p in problems)
+
+
+# -- consent from a banner ------------------------------------------------------------------
+
+CONSENT_COOKIE = "cmp_consent=1"
+BANNER_PAGE = (
+    "<!doctype html><html><head><title>Banner</title></head><body>"
+    "<button id=accept onclick=\"document.cookie='cmp_consent=1; path=/';"
+    ' pixelmirror.consent(true); pixelmirror.consent(true)">Accept</button>'
+    "<button id=refuse onclick=\"document.cookie='cmp_consent=0; path=/';"
+    ' pixelmirror.consent(false)">Refuse</button>'
+    "</body></html>"
+)
+
+
+def banner_app(mirror: PixelMirror) -> Any:
+    """A Starlette site whose banner sets a CMP's cookie, then tells pixelmirror."""
+
+    async def home(request: Request) -> HTMLResponse:
+        return HTMLResponse(BANNER_PAGE)
+
+    return mirror.asgi(Starlette(routes=[Route("/", home)]))
+
+
+def meta_loads(session: Session) -> list[str]:
+    """The requests the page made to Meta's hosts for the library itself."""
+    return [url for url in session.loaded if "fbevents.js" in url]
+
+
+@pytest.fixture
+def banner_session(session: Session) -> Session:
+    session.page.on("request", lambda request: session.loaded.append(request.url))
+    return session
+
+
+def beacon_posts(session: Session) -> list[str]:
+    return [url for url in session.loaded if url.endswith("/.pixelmirror/beacon")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_consent_given_on_the_first_page_counts_its_pageview_once_on_both_channels(
+    banner_session: Session, make_mirror: Callable[..., PixelMirror], fake: FakeGraphAPI, mode: str
+) -> None:
+    session = banner_session
+    mirror = make_mirror(mode=mode, consent_cookie=CONSENT_COOKIE, fb_cookies=False)
+    page, stub = session.page, session.stub
+    with serve_asgi(banner_app(mirror)) as base_url:
+        page.goto(base_url + "/")
+        if mode == "beacon":  # the page asked at once, and was refused
+            wait_until(
+                page, lambda: beacon_posts(session), "the first beacon", "requestfinished", None
+            )
+        assert page.evaluate("typeof window.pixelmirror.consent") == "function"
+        assert meta_loads(session) == [], "the pixel loaded before consent"
+        assert session.cookie("_pm_vid") is None
+        assert page.evaluate("typeof window.fbq") == "undefined"
+
+        page.click("#accept")  # consent(true), twice
+        session.wait_for_events(["PageView"])
+        # A third call after the page counted: nothing more to fire.
+        assert page.evaluate("pixelmirror.consent(true)") == []
+        assert mirror.flush(timeout=15)
+        received = fake.events
+
+    assert session.errors == []
+    ((name, event_id),) = [c.event for c in stub.tracks()]
+    assert name == "PageView"
+    assert event_id
+    assert [key(e) for e in received] == [(PIXEL, "PageView", event_id)]
+    (twin,) = received
+    (init,) = [c for c in stub.ordered() if c.method == "init"]
+    assert init.args[1] == {"external_id": twin.user_data["external_id"]}
+    assert twin.data["event_source_url"] == base_url + "/"
+    assert len(meta_loads(session)) == 1
+    assert session.cookie("_pm_vid") is not None
+
+
+def test_consent_refused_revokes_the_pixel_and_nothing_fires_after(
+    banner_session: Session, make_mirror: Callable[..., PixelMirror], fake: FakeGraphAPI
+) -> None:
+    session = banner_session
+    mirror = make_mirror(consent_cookie=CONSENT_COOKIE, fb_cookies=False)
+    page, stub = session.page, session.stub
+    with serve_asgi(banner_app(mirror)) as base_url:
+        page.goto(base_url + "/")
+        page.click("#accept")
+        session.wait_for_events(["PageView"])
+        posts = len(beacon_posts(session))
+
+        page.click("#refuse")  # consent(false)
+        wait_until(
+            page,
+            lambda: any(c.method == "consent" for c in stub.calls),
+            "the pixel's consent revoked",
+        )
+        assert page.evaluate("pixelmirror.track('AddToCart', {value: 1})") == []
+        assert page.evaluate("pixelmirror.pageview()") == []
+        assert page.evaluate("pixelmirror.consent(true)") == []
+        page.evaluate("fbq('track', 'Lead')")  # even the site's own call reaches no pixel
+        wait_until(
+            page,
+            lambda: any(c.event[0] == "Lead" for c in stub.calls if c.method == "track"),
+            "the site's own call recorded",
+        )
+        assert len(beacon_posts(session)) == posts, "a beacon after the refusal"
+        assert mirror.flush(timeout=15)
+        received = fake.events
+
+    assert session.errors == []
+    revoke = [c for c in stub.ordered() if c.method == "consent"]
+    assert [c.args for c in revoke] == [["revoke"]]
+    assert [c.event[0] for c in stub.tracks() if c.sent] == ["PageView"]
+    assert [e.event_name for e in received] == ["PageView"]
+
+
+@pytest.mark.parametrize("navigator_gpc", [False, True], ids=["header", "header-and-navigator"])
+def test_global_privacy_control_refuses_even_after_the_banner_consents(
+    browser: Browser,
+    make_mirror: Callable[..., PixelMirror],
+    fake: FakeGraphAPI,
+    navigator_gpc: bool,
+) -> None:
+    context = browser.new_context(extra_http_headers={"Sec-GPC": "1"})
+    stub = StubNetwork()
+    stub.install(context)
+    if navigator_gpc:  # what a browser with GPC built in also says to scripts
+        context.add_init_script(
+            "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
+        )
+    page = context.new_page()
+    asked: list[str] = []
+    answers: list[int] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.on(
+        "response",
+        lambda response: (
+            answers.append(response.status) if response.url.endswith("/beacon") else None
+        ),
+    )
+    mirror = make_mirror(consent_cookie=CONSENT_COOKIE, honor_gpc=True)
+    try:
+        with serve_asgi(banner_app(mirror)) as base_url:
+            page.goto(base_url + "/")
+            asked.clear()
+            page.evaluate("document.cookie = 'cmp_consent=1; path=/'")
+            assert page.evaluate("pixelmirror.consent(true)") == []
+            if navigator_gpc:  # the script refused on its own: no beacon at all
+                assert asked == []
+            else:  # the beacon asked and the server refused it
+                assert asked == [base_url + "/.pixelmirror/beacon"]
+                wait_until(page, lambda: answers, "the beacon's answer", "response", None)
+                assert answers == [403]
+            assert mirror.flush(timeout=15)
+    finally:
+        context.close()
+    assert stub.calls == []
+    assert stub.escaped == []
+    assert fake.events == []

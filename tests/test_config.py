@@ -38,6 +38,7 @@ def test_every_variable_is_read() -> None:
         "PIXELMIRROR_DISPATCH": "external",
         "PIXELMIRROR_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
         "PIXELMIRROR_CONSENT_COOKIE": "consent=yes",
+        "PIXELMIRROR_HONOR_GPC": "true",
         "PIXELMIRROR_BATCH_SIZE": "500",
         "PIXELMIRROR_FLUSH_INTERVAL": "0.5",
         "PIXELMIRROR_QUEUE_SIZE": "10",
@@ -65,6 +66,7 @@ def test_every_variable_is_read() -> None:
         ipaddress.ip_network("::1"),
     )
     assert config.consent_cookie == "consent=yes"
+    assert config.honor_gpc is True
     assert (config.batch_size, config.queue_size) == (500, 10)
     assert (config.handoff_size, config.handoff_linger) == (20, 0.01)
     assert (config.flush_interval, config.request_timeout) == (0.5, 3.0)

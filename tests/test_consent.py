@@ -67,3 +67,34 @@ def test_a_failing_consent_callable_fails_closed(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="pixelmirror"):
         assert identity.resolve(request(), now=NOW) is None
     assert "consent callable failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "callback"),
+    [
+        pytest.param(None, None, id="no-gating"),
+        pytest.param(None, _grant, id="callable-true"),
+        pytest.param("consent", None, id="cookie-yes"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("honor", "gpc", "granted"),
+    [
+        pytest.param(True, "1", False, id="honoured-1"),
+        pytest.param(True, " 1 ", False, id="honoured-spaces"),
+        pytest.param(True, "0", True, id="honoured-0"),
+        pytest.param(True, None, True, id="honoured-absent"),
+        pytest.param(False, "1", True, id="ignored"),
+    ],
+)
+def test_global_privacy_control_refuses_whatever_else_consents(
+    setting: str | None,
+    callback: Callable[[RequestFacts], bool] | None,
+    honor: bool,
+    gpc: str | None,
+    granted: bool,
+) -> None:
+    identity = make(consent=callback, consent_cookie=setting, honor_gpc=honor)
+    headers = {"sec-gpc": gpc} if gpc is not None else None
+    visitor = identity.resolve(request(cookies={"consent": "yes"}, headers=headers), now=NOW)
+    assert (visitor is not None) is granted

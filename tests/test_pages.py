@@ -22,6 +22,7 @@ from pixelmirror.config import Config
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
+from pixelmirror.snippet import render_pending_snippet
 from pixelmirror.web.pages import Pages
 from pixelmirror.web.request import PageRequest
 from webkit import CHROME, HTML, browser_events
@@ -39,11 +40,12 @@ class Site:
         *,
         identify: Callable[[RequestFacts], Mapping[str, object] | None] | None = None,
         pixels: tuple[str, ...] = (PIXEL,),
+        account_consent: Callable[[RequestFacts], bool] | None = None,
         **settings: Any,
     ) -> None:
         options: dict[str, Any] = {"secret_key": (SECRET,), "cookie_secure": False}
         config = Config(pixel_id=pixels[0], **{**options, **settings})
-        account = Account(pixels)
+        account = Account(pixels, consent=account_consent)
         self.mirrored: list[ServerEvent] = []
         self.pages = Pages(
             config,
@@ -135,20 +137,108 @@ def tracking(
 # -- which requests get a page ----------------------------------------------------------------
 
 
+CRAWLERS = [
+    pytest.param({"user-agent": "facebookexternalhit/1.1"}, id="meta-crawler"),
+    pytest.param({"user-agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}, id="bot"),
+]
+
+
+@pytest.mark.parametrize("headers", CRAWLERS)
 @pytest.mark.parametrize(
-    ("settings", "headers"),
-    [
-        pytest.param({"consent_cookie": "consent=yes"}, {}, id="no-consent"),
-        pytest.param({}, {"user-agent": "facebookexternalhit/1.1"}, id="meta-crawler"),
-        pytest.param(
-            {}, {"user-agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}, id="bot"
-        ),
-    ],
+    "settings", [{}, {"consent_cookie": "consent=yes"}], ids=["open-site", "gated-site"]
 )
-def test_no_consent_and_crawlers_get_no_page_request(
-    settings: dict[str, Any], headers: dict[str, str]
-) -> None:
+def test_crawlers_get_no_page_request(settings: dict[str, Any], headers: dict[str, str]) -> None:
     assert Site(**settings).pages.start(facts(**headers)) is None
+
+
+def test_global_privacy_control_counts_only_when_honoured() -> None:
+    gpc = facts(**{"sec-gpc": "1"})
+    site = Site()
+    site.serve(gpc)
+    assert [e.event_name for e in site.mirrored] == ["PageView"]
+    honouring = Site(honor_gpc=True)
+    _, page = honouring.serve(gpc)
+    assert b'"pending":true' in page
+    assert honouring.mirrored == []
+
+
+# Every way a site asks for consent, and a request each one refuses: the site setting, the
+# account's own gate, and Global Privacy Control.
+GATES = [
+    pytest.param({"consent_cookie": "consent=yes"}, {}, id="cookie-missing"),
+    pytest.param({"consent_cookie": "consent=yes"}, {"consent": "no"}, id="cookie-refused"),
+    pytest.param({"account_consent": lambda facts: "consent" in facts.cookies}, {}, id="account"),
+    pytest.param({"honor_gpc": True, "_gpc": True}, {"consent": "yes"}, id="gpc"),
+]
+
+
+def gated(settings: dict[str, Any]) -> tuple[Site, dict[str, str]]:
+    """A gated site and the headers its refused requests carry."""
+    settings = dict(settings)
+    headers = {"sec-gpc": "1"} if settings.pop("_gpc", False) else {}
+    if settings.get("honor_gpc"):
+        settings["consent_cookie"] = "consent=yes"
+    return Site(**settings), headers
+
+
+@pytest.mark.parametrize(("settings", "cookies"), GATES)
+def test_a_page_without_consent_is_pending_the_same_for_all_with_no_id_or_cookie(
+    settings: dict[str, Any], cookies: dict[str, str]
+) -> None:
+    site, headers = gated(settings)
+    cached = [("Content-Type", "text/html"), ("Cache-Control", "public, max-age=60")]
+    ann = site.serve(facts(cookies=cookies, **headers), headers=cached)
+    bob = site.serve(
+        facts(cookies={**cookies, "_pm_vid": "x", "_fbp": "fb.1.1.1"}, **headers),
+        headers=cached,
+    )
+    assert ann == bob
+    out_headers, page = ann
+    assert values(out_headers, "Set-Cookie") == []
+    assert values(out_headers, "Cache-Control") == ["public, max-age=60"]
+    # The snippet is a function of the site's settings alone: nothing of the request in it.
+    gpc = bool(settings.get("honor_gpc"))
+    assert render_pending_snippet(pixel_ids=[PIXEL], gpc=gpc) in page
+    assert browser_events(page) == []
+    assert b"<noscript>" not in page
+    assert site.mirrored == []
+
+
+@pytest.mark.parametrize(("settings", "cookies"), GATES)
+def test_a_pending_page_ignores_the_views_events(
+    settings: dict[str, Any], cookies: dict[str, str]
+) -> None:
+    site, headers = gated(settings)
+    view = tracking("Purchase")(custom_data={"value": 5, "currency": "EUR"})
+    out_headers, _ = site.serve(facts("/buy", cookies=cookies, **headers), view=view)
+    assert values(out_headers, "Set-Cookie") == []
+    assert site.mirrored == []
+
+
+def test_consent_given_on_a_pending_page_counts_it_once_through_the_beacon() -> None:
+    site = Site(consent_cookie="consent=yes")
+    _, page = site.serve(facts("/shoes"))
+    assert b'"pending":true' in page
+    ask = {"url": "http://shop.example/shoes", "events": [{"event": "PageView"}]}
+    refused = site.pages.beacon(*beacon_facts(ask))
+    assert refused.status == 403
+    assert site.mirrored == []
+    answer = site.pages.beacon(*beacon_facts(ask, consent="yes"))
+    assert answer.status == 200
+    answered = json.loads(answer.body)
+    (pageview,) = site.mirrored
+    assert answered["events"] == [{"event": "PageView", "eventID": pageview.event_id}]
+    assert pageview.event_name == "PageView"
+    assert json.loads(pageview.payload)["event_source_url"] == "http://shop.example/shoes"
+    assert "_pm_vid" in {cookie.split("=")[0] for cookie in answer.cookies}
+
+
+def test_an_account_gate_refuses_the_beacon_too() -> None:
+    site = Site(account_consent=lambda facts: "consent" in facts.cookies)
+    ask = {"url": "http://shop.example/", "events": [{"event": "PageView"}]}
+    assert site.pages.beacon(*beacon_facts(ask)).status == 403
+    assert site.pages.beacon(*beacon_facts(ask, consent="1")).status == 200
+    assert [e.event_name for e in site.mirrored] == ["PageView"]
 
 
 def test_without_a_pixel_nothing_is_served_and_it_is_said_once(
@@ -413,4 +503,32 @@ def test_a_beacon_from_another_origin_is_refused_and_mirrors_nothing() -> None:
     elsewhere = replace(request, headers={**request.headers, "origin": "http://evil.example"})
     answer = site.pages.beacon(elsewhere, body)
     assert answer.status == 403
+    assert site.mirrored == []
+
+
+def test_identify_runs_once_as_the_response_starts_not_after_it() -> None:
+    asked: list[str] = []
+
+    def identify(request: RequestFacts) -> dict[str, object]:
+        asked.append(request.path)
+        return {"email": "ann@example.com"}
+
+    site = Site(identify=identify)
+    request = site.pages.start(facts("/thanks"))
+    assert request is not None
+    with request:
+        tracking("Lead")()()
+    request.respond(200, PAGE)
+    assert asked == ["/thanks"]  # still inside the app's call, where its request context is
+    request.feed(HTML, more=False)
+    request.done()
+    assert asked == ["/thanks"]
+    assert [e.event_name for e in site.mirrored] == ["PageView", "Lead"]
+
+
+def test_identify_is_not_asked_for_a_response_that_mirrors_nothing() -> None:
+    asked: list[str] = []
+    site = Site(identify=lambda request: asked.append(request.path) or {})
+    site.serve(facts("/api"), headers=JSON, body=b"{}")
+    assert asked == []
     assert site.mirrored == []

@@ -17,6 +17,8 @@ import pytest
 from pixelmirror.events import BrowserEvent
 from pixelmirror.snippet import (
     MARKER,
+    render_beacon_snippet,
+    render_pending_snippet,
     render_snippet,
     safe_json,
 )
@@ -524,3 +526,30 @@ def test_js_keeps_an_existing_fbq() -> None:
         ["init", "111"],
         ["track", "PageView", {}, {"eventID": "ev-page"}],
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# pages that wait for the beacon before loading anything
+
+
+def test_the_pending_snippet_holds_the_base_code_only_inside_load() -> None:
+    html = render_pending_snippet(pixel_ids=["111"], nonce="n").decode("ascii")
+    (body,) = script_body(html).split("\n")  # the runtime alone: no stub line, no calls
+    assert body.count("fbevents.js") == 1
+    load = body.index("function load(){")
+    assert load < body.index("fbevents.js") < body.index("function init(")
+    assert '"pending":true' in body
+    assert '"fallback":false' in body
+    assert "<noscript>" not in html
+    assert html == render_pending_snippet(pixel_ids=["111"], nonce="n").decode("ascii")
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_beacon_page_loads_the_pixel_at_once_only_when_the_site_asks_no_consent(
+    gated: bool,
+) -> None:
+    html = render_beacon_snippet(pixel_ids=["111"], gated=gated).decode("ascii")
+    lines = script_body(html).split("\n")
+    assert len(lines) == (1 if gated else 2)  # the stub runs first only on an open site
+    assert lines[-1].count("fbevents.js") == (1 if gated else 0)
+    assert ("<noscript>" in html) is not gated

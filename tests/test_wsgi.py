@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import sys
 import threading
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import MakeMirror, record_outbox_calls
+from conftest import PIXEL, SECRET, TOKEN, MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, current_event, track
 from pixelmirror.testing import FakeGraphAPI
 from pixelmirror.wsgi import PixelMirrorWSGI
@@ -302,8 +303,6 @@ def test_a_json_route_announces_its_events_in_a_header(
 @pytest.mark.parametrize(
     ("settings", "headers"),
     [
-        pytest.param({"consent_cookie": "consent=yes"}, {}, id="no-consent"),
-        pytest.param({"consent_cookie": "consent=yes"}, {"COOKIE": "consent=no"}, id="refused"),
         pytest.param({}, {"USER_AGENT": "facebookexternalhit/1.1"}, id="meta-crawler"),
         pytest.param(
             {}, {"USER_AGENT": "Googlebot/2.1 (+http://www.google.com/bot.html)"}, id="googlebot"
@@ -311,13 +310,29 @@ def test_a_json_route_announces_its_events_in_a_header(
         pytest.param({"pixel_id": None}, {}, id="no-pixel-id"),
     ],
 )
-def test_pages_pass_untouched_without_consent_for_bots_and_without_a_pixel(
+def test_pages_pass_untouched_for_bots_and_without_a_pixel(
     make_mirror: MakeMirror, fake: FakeGraphAPI, settings: dict[str, Any], headers: dict[str, str]
 ) -> None:
     mirror = make_mirror(**settings)
     env = environ(**headers)
     assert call(mirror.wsgi(tracked_app()), env) == call(tracked_app(), env)
     call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", **headers))
+    assert mirror.flush(timeout=5)
+    assert fake.events == []
+
+
+@pytest.mark.parametrize("cookie", [None, "consent=no"], ids=["no-consent", "refused"])
+def test_pages_without_consent_are_pending_and_mirror_nothing(
+    make_mirror: MakeMirror, fake: FakeGraphAPI, cookie: str | None
+) -> None:
+    mirror = make_mirror(consent_cookie="consent=yes")
+    env = environ(**({"COOKIE": cookie} if cookie else {}))
+    status, headers, page = call(mirror.wsgi(tracked_app()), env)
+    assert status == call(tracked_app(), env)[0]
+    assert header(headers, "Set-Cookie") == []
+    assert b'"pending":true' in page
+    assert browser_events(page) == []
+    call(mirror.wsgi(tracked_app()), environ("/checkout", method="POST", COOKIE=cookie or ""))
     assert mirror.flush(timeout=5)
     assert fake.events == []
 
@@ -354,6 +369,121 @@ def test_flask_init_app(mirror: PixelMirror) -> None:
     assert app.extensions["pixelmirror"] is mirror
     response = app.test_client().get("/", headers={"User-Agent": CHROME})
     assert [name for name, _ in browser_events(response.data)] == ["PageView"]
+
+
+def test_flask_init_app_reads_the_apps_config_over_the_environment(
+    fake: FakeGraphAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flask = pytest.importorskip("flask")
+    monkeypatch.setenv("PIXELMIRROR_SECRET_KEY", SECRET)
+    monkeypatch.setenv("PIXELMIRROR_PIXEL_ID", "999")
+    monkeypatch.setenv("PIXELMIRROR_COOKIE_SECURE", "false")
+    # Built before the app exists (an extensions module), with a keyword of its own.
+    mirror = PixelMirror(transport=fake.transport, flush_interval=0.05)
+    try:
+        assert mirror.dry_run
+        app = flask.Flask(__name__)
+        app.config.update(
+            PIXELMIRROR_PIXEL_ID=PIXEL,
+            PIXELMIRROR_ACCESS_TOKEN=TOKEN,
+            PIXELMIRROR_FLUSH_INTERVAL="9",  # the mirror's own keyword wins
+            PIXELMIRROR_LDU=True,  # a Python value, taken as it is
+            SECRET_KEY="flask's own",
+        )
+
+        @app.get("/")
+        def home() -> str:
+            return HTML.decode()
+
+        mirror.init_app(app)
+        config = mirror.config
+        assert (config.pixel_id, config.access_token) == (PIXEL, TOKEN)
+        assert config.secret_key == (SECRET,)  # from the environment
+        assert config.flush_interval == 0.05
+        assert config.ldu is True
+        assert not mirror.dry_run
+        response = app.test_client().get("/", headers={"User-Agent": CHROME})
+        assert [name for name, _ in browser_events(response.data)] == ["PageView"]
+        assert mirror.flush(timeout=10)
+        assert [(e.pixel_id, e.event_name) for e in fake.events] == [(PIXEL, "PageView")]
+    finally:
+        mirror.close(timeout=1)
+
+
+def test_init_app_keeps_a_mirror_built_from_a_whole_config(make_mirror: MakeMirror) -> None:
+    flask = pytest.importorskip("flask")
+    from pixelmirror.config import Config
+
+    config = Config(pixel_id=PIXEL, secret_key=(SECRET,), cookie_secure=False)
+    mirror = PixelMirror(config)
+    try:
+        app = flask.Flask(__name__)
+        app.config["PIXELMIRROR_PIXEL_ID"] = "999"
+        mirror.init_app(app)
+        assert mirror.config is config
+    finally:
+        mirror.close(timeout=1)
+
+
+def test_flask_identify_hook_reads_the_session(make_mirror: MakeMirror, fake: FakeGraphAPI) -> None:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask(__name__)
+    app.secret_key = "session signing key for the test"
+
+    @app.post("/login")
+    def login() -> str:
+        flask.session["email"] = "ann@example.com"
+        return "ok"
+
+    @app.get("/")
+    @track("ViewContent")
+    def home() -> str:
+        return HTML.decode()
+
+    mirror = make_mirror(identify=lambda facts: {"email": flask.session.get("email")})
+    mirror.init_app(app)
+    client = app.test_client()
+    client.post("/login", headers={"User-Agent": CHROME})
+    response = client.get("/", headers={"User-Agent": CHROME})
+    assert len(browser_events(response.data)) == 2
+    assert mirror.flush(timeout=10)
+    hashed = hashlib.sha256(b"ann@example.com").hexdigest()
+    assert sorted(e.event_name for e in fake.events) == ["PageView", "ViewContent"]
+    assert [e.user_data["em"] for e in fake.events] == [hashed] * 2
+
+
+def test_a_test_client_that_reads_the_body_without_closing_it_sees_the_server_copy(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    def home() -> str:
+        return HTML.decode()
+
+    mirror.init_app(app)
+    response = app.test_client().get("/", headers={"User-Agent": CHROME})
+    ((_, event_id),) = browser_events(response.data)  # read, never closed
+    assert mirror.flush(timeout=10)
+    assert [(e.event_name, e.event_id) for e in fake.events] == [("PageView", event_id)]
+    response.close()
+    assert mirror.flush(timeout=10)
+    assert len(fake.events) == 1  # closing later mirrors nothing twice
+
+
+def test_an_exhausted_body_is_mirrored_once_whether_or_not_it_is_closed(
+    mirror: PixelMirror, fake: FakeGraphAPI
+) -> None:
+    body = mirror.wsgi(tracked_app())(environ(), lambda status, headers, exc_info=None: None)
+    assert b"".join(body) != b""
+    assert mirror.flush(timeout=10)
+    assert [e.event_name for e in fake.events] == ["PageView"]
+    close = getattr(body, "close", None)
+    assert close is not None
+    close()
+    assert mirror.flush(timeout=10)
+    assert [e.event_name for e in fake.events] == ["PageView"]
 
 
 def test_a_fragment_without_head_or_body_announces_its_events_in_the_header(

@@ -17,7 +17,7 @@ from pixelmirror.delivery.graph import (
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.mirror import EVENTS_HEADER, CheckResult, PixelMirror, Stats
-from pixelmirror.tracking import TrackedEvent, current_event, current_visit, track
+from pixelmirror.tracking import TrackedEvent, current_event, current_visit, track, tracked
 from pixelmirror.wsgi import PixelMirrorWSGI
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "current_event",
     "current_visit",
     "track",
+    "tracked",
 ]
 
 #: The one place the version is written: pyproject.toml reads it, `pixelmirror --version`

@@ -121,6 +121,8 @@ class Config:
     dispatch: Literal["thread", "external"] = _setting("thread", _text)
     trusted_proxies: tuple[IPNetwork, ...] = _setting((), _networks)
     consent_cookie: str | None = _setting(None, _text)
+    #: A request with ``Sec-GPC: 1`` (Global Privacy Control) refuses, whatever else consents.
+    honor_gpc: bool = _setting(False, _bool)
     #: Events per request to Meta (at most 1000).
     batch_size: int = _setting(MAX_EVENTS_PER_REQUEST, _int)
     #: Seconds the dispatcher waits for more events before sending a partial batch.

@@ -19,12 +19,14 @@ _REFUSALS = frozenset({"0", "false", "no", "deny", "denied"})
 class Consent:
     """A site's ``consent`` callable, else the ``consent_cookie`` setting (``name`` for any
     value but a refusal, ``name=value`` for that value or a comma-separated list holding it),
-    else consent for all. A failing callable counts as no consent."""
+    else consent for all. A failing callable counts as no consent. With ``honor_gpc`` a
+    request sending Global Privacy Control (``Sec-GPC: 1``) refuses before any of these."""
 
-    __slots__ = ("_callable", "_name", "_value")
+    __slots__ = ("_callable", "_gpc", "_name", "_value")
 
     def __init__(self, config: Config, consent: Callable[[RequestFacts], bool] | None) -> None:
         self._callable = consent
+        self._gpc = config.honor_gpc
         self._name: str | None = None
         self._value: str | None = None
         if config.consent_cookie:
@@ -33,6 +35,8 @@ class Consent:
             self._value = value.strip() if sep else None
 
     def given(self, facts: RequestFacts) -> bool:
+        if self._gpc and facts.headers.get("sec-gpc", "").strip() == "1":
+            return False
         if self._callable is not None:
             try:
                 return bool(self._callable(facts))

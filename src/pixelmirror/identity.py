@@ -150,6 +150,12 @@ class Identity:
             set_cookies=tuple(set_cookies),
         )
 
+    def is_crawler(self, facts: RequestFacts) -> bool:
+        """Whether the crawler filter keeps this request out (what :meth:`resolve` checks
+        first), to tell a crawler from a visitor who has not consented yet."""
+        user_agent = facts.headers.get("user-agent", "").strip() or None
+        return self._crawlers.excludes(facts, user_agent)
+
     def _visitor_id(self, tokens: Sequence[str], now: float, set_cookies: list[str]) -> str:
         # A sibling subdomain may send its own cookie of the same name, garbage to us, and
         # maybe first: the first one that verifies is the visitor's.

@@ -9,6 +9,7 @@ app calls: :meth:`~PixelMirror.send`, the operations (``flush``, ``stats``, ``ch
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import httpx
 
 from pixelmirror import lifecycle, meta
 from pixelmirror.accounts import Account, AccountSource
-from pixelmirror.config import Config
+from pixelmirror.config import ENV_PREFIX, Config
 from pixelmirror.delivery import Sink, open_sinks
 from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
 from pixelmirror.delivery.errors import DeliveryError
@@ -34,7 +35,7 @@ from pixelmirror.outbox import Outbox, OutboxCounts, open_outbox
 from pixelmirror.web.asgi import ASGIApp, PixelMirrorMiddleware
 from pixelmirror.web.pages import Identify, Pages
 from pixelmirror.web.response import EVENTS_HEADER, NonceSource, nonce_from_csp
-from pixelmirror.web.wsgi import PixelMirrorWSGI, init_flask
+from pixelmirror.web.wsgi import PixelMirrorWSGI, flask_settings, init_flask
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -93,13 +94,22 @@ class PixelMirror:
     ) -> None:
         if config is not None and settings:
             raise TypeError("pass either a Config or keyword settings, not both")
-        self.config = config if config is not None else Config.from_env(**settings)
         self._transport = transport
         self._identify = identify
         self._consent = consent
         self._is_bot = is_bot
         self._csp_nonce = csp_nonce
         self._tokens = tokens
+        self._given_accounts = accounts
+        #: The keyword settings given here (None: a whole Config was), which a framework's
+        #: own settings (``init_app``) never override.
+        self._explicit: dict[str, Any] | None = None if config is not None else settings
+        self._wire(config if config is not None else Config.from_env(**settings))
+
+    def _wire(self, config: Config) -> None:
+        """Build everything the settings decide: accounts, outbox, handoff, sinks, sender."""
+        self.config = config
+        tokens, accounts = self._tokens, self._given_accounts
         self._identity: Identity | None = None
         self._pages: Pages | None = None
         if accounts is not None:
@@ -134,7 +144,7 @@ class PixelMirror:
                     max_events=self.config.handoff_size,
                     linger=self.config.handoff_linger,
                 )
-            self.sinks = open_sinks(self.config, tokens=tokens, transport=transport)
+            self.sinks = open_sinks(self.config, tokens=tokens, transport=self._transport)
             if self.config.dispatch == "thread":
                 self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.sinks)
                 self.dispatcher.start()
@@ -255,8 +265,32 @@ class PixelMirror:
         return PixelMirrorMiddleware(app, self)
 
     def init_app(self, app: Any) -> None:
-        """Flask's extension pattern: wrap ``app.wsgi_app``, register in ``app.extensions``."""
+        """Flask's extension pattern: wrap ``app.wsgi_app``, register in ``app.extensions``.
+
+        The app's ``PIXELMIRROR_*`` config keys are settings too: they win over the
+        environment, and the keywords this mirror was built with win over them (a mirror
+        built from a whole ``Config`` keeps it). Text values are read as the environment's
+        are; other values (``False``, a tuple) are taken as they are.
+        """
+        self._adopt(flask_settings(app))
         init_flask(app, self)
+
+    def _adopt(self, found: Mapping[str, object]) -> None:
+        """Rebuild with a framework's settings, when they change anything."""
+        if self._explicit is None or not found:
+            return
+        text = {name: value for name, value in found.items() if isinstance(value, str)}
+        values = {
+            name.removeprefix(ENV_PREFIX).lower(): value
+            for name, value in found.items()
+            if not isinstance(value, str)
+        }
+        config = Config.from_env({**os.environ, **text}, **{**values, **self._explicit})
+        if config == self.config:
+            return
+        # What the first settings started (a sender, an outbox) stops before the new one starts.
+        self.close()
+        self._wire(config)
 
     # -- operating ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
     "render_beacon_snippet",
+    "render_pending_snippet",
     "render_snippet",
     "safe_json",
 ]
@@ -57,27 +58,38 @@ _STUB = (
 
 DEFAULT_BEACON_PATH = "/.pixelmirror/beacon"
 
-# ``window.pixelmirror``, in both modes, configured by the JSON object ``c``:
+# ``window.pixelmirror``, on every page the snippet goes in, configured by the JSON object ``c``:
 #   fire(list)        fire server-announced events ``{event, eventID, custom_data?,
 #                     pixel_id?}`` (a pixel_id: that pixel only, with trackSingle) (the
 #                     X-PixelMirror-Events header of a JSON route, or a beacon's answer);
 #   track(name, data) ask the beacon endpoint for an eventID (it mirrors the server copy),
-#                     then fire; pageview() the same for a PageView (single-page apps).
-# In beacon mode (``c.beacon``) ``init`` waits for the beacon's external_id, the page's
-# PageView goes through the beacon, and the pixel's own pushState PageViews (which carry no
-# eventID and cannot dedup) are switched off, as they are once a page calls pageview(). A
-# refused beacon (no consent, a crawler, a bad request) fires nothing; one that fails (the
-# network, 429, 5xx) fires the events without eventID, unless the site gates on consent
-# (``c.fallback`` false). Like the stub, the text holds no ``<``, ``>`` or ``&``.
+#                     then fire; pageview() the same for a PageView (single-page apps);
+#   consent(yes)      the visitor answered the site's banner: true counts this page's
+#                     PageView through the beacon unless it already counted (once, however
+#                     often it is called); false revokes the pixel on this page
+#                     (fbq('consent','revoke')) and nothing fires after it.
+# In beacon mode (``c.beacon``) and on a consent-pending page (``c.pending``: the server saw
+# no consent) ``init`` waits for the beacon's external_id, the page's PageView goes through the
+# beacon, and the pixel's own pushState PageViews (which carry no eventID and cannot dedup)
+# are switched off, as they are once a page calls pageview(). A beacon-mode page asks at once;
+# a pending page waits for consent(true). A refused beacon (no consent, a crawler, a bad
+# request) fires nothing; one that fails (the network, 429, 5xx) fires the events without
+# eventID, unless the site gates on consent (``c.fallback`` false). A gated site's pages that
+# wait for the beacon load nothing from Meta before an answer fires something: the base code
+# is rendered inside load() (elsewhere load() is empty and the base code runs first).
+# ``c.gpc``: a browser sending Global Privacy Control refuses on its own, as the server does.
+# Like the stub, the text holds no ``<``, ``>`` or ``&``.
 _RUNTIME = (
     "(function(w,d,c){"
-    "var inited=!c.beacon,P=w.pixelmirror={};"
-    "function init(ext){if(inited)return;inited=true;"
+    "var wait=c.beacon||c.pending,inited=!wait,counted=!wait,flight=null,"
+    "refused=c.gpc?w.navigator.globalPrivacyControl===true:false,P=w.pixelmirror={};"
+    "function load(){%s}"
+    "function init(ext){if(inited)return;inited=true;load();w.fbq.disablePushState=true;"
     "if(c.ldu)fbq('dataProcessingOptions',['LDU'],0,0);"
     "for(var i=0;i!==c.pixels.length;i++){var p=c.pixels[i],u=ext?{external_id:ext}:{};"
     "if(!c.autoConfig)fbq('set','autoConfig',false,p);"
     "if(c.agent){fbq('init',p,u,{agent:c.agent})}else{fbq('init',p,u)}}}"
-    "function fire(list){if(!list.length)return;init(null);"
+    "function fire(list){if(refused||!list.length)return;init(null);"
     "for(var i=0;i!==list.length;i++){var e=list[i],"
     "m=c.standard.indexOf(e.event)===-1?'Custom':'',"
     "a=[e.event,e.custom_data||{}];"
@@ -85,6 +97,7 @@ _RUNTIME = (
     "if(e.pixel_id){a.unshift('trackSingle'+m,e.pixel_id)}else{a.unshift('track'+m)}"
     "w.fbq.apply(w,a)}}"
     "function send(events){"
+    "if(refused)return Promise.resolve([]);"
     "return w.fetch(c.path,{method:'POST',credentials:'same-origin',"
     "headers:{'Content-Type':'application/json'},"
     "body:JSON.stringify({url:w.location.href,referrer:d.referrer,events:events})})"
@@ -92,12 +105,21 @@ _RUNTIME = (
     "if(r.status===429||Math.floor(r.status/100)===5)"
     "throw new Error('pixelmirror beacon: HTTP '+r.status);"
     "return {events:[]}})"
-    ".then(function(a){if(a.events.length)init(a.external_id);fire(a.events);return a.events},"
-    "function(){if(!c.fallback)return [];fire(events);return events})}"
+    ".then(function(a){if(refused)return [];"
+    "if(a.events.length)init(a.external_id);fire(a.events);return a.events},"
+    "function(){if(!c.fallback||refused)return [];fire(events);return events})}"
+    "function view(){if(counted)return Promise.resolve([]);"
+    "if(!flight)flight=P.pageview()"
+    ".then(function(e){flight=null;if(e.length)counted=true;return e});"
+    "return flight}"
     "P.fire=fire;"
     "P.track=function(name,data){return send([{event:name,custom_data:data||{}}])};"
-    "P.pageview=function(){w.fbq.disablePushState=true;return send([{event:'PageView'}])};"
-    "if(c.beacon){w.fbq.disablePushState=true;P.pageview()}"
+    "P.pageview=function(){if(w.fbq)w.fbq.disablePushState=true;return send([{event:'PageView'}])};"
+    "P.consent=function(yes){"
+    "if(!yes){if(!refused)if(w.fbq)w.fbq('consent','revoke');"
+    "refused=true;return Promise.resolve([])}"
+    "return flight?flight.then(view):view()};"
+    "if(c.beacon)view()"
     "})(window,document,"
 )
 
@@ -184,7 +206,7 @@ def render_snippet(
     :raises ValueError: no pixel id, or data that JSON cannot carry (see :func:`safe_json`).
     """
     _need_pixels(pixel_ids)
-    lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=False)]
+    lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, kind="inline")]
     if ldu:
         # 0, 0: let Meta geolocate the visitor to decide whether LDU applies.
         lines.append(_call("dataProcessingOptions", ["LDU"], 0, 0))
@@ -226,6 +248,7 @@ def render_beacon_snippet(
     ldu: bool = False,
     auto_config: bool = True,
     gated: bool = False,
+    gpc: bool = False,
 ) -> bytes:
     """The cache-safe snippet of beacon mode: the same bytes for every visitor of a page.
 
@@ -233,12 +256,43 @@ def render_beacon_snippet(
     visitor's ids and the PageView's eventID and mirrors the server copy; then it calls
     ``init`` with the external_id it got back and fires the PageView with that eventID.
     With ``gated`` (the site asks for consent) only the beacon's answer fires anything: no
-    ``<noscript>`` image, and no firing without eventID when the beacon fails.
+    ``<noscript>`` image, no firing without eventID when the beacon fails, and nothing loads
+    from Meta until the beacon answers with events (a refused one waits for
+    ``pixelmirror.consent(true)``). ``gpc``: a browser's Global Privacy Control refuses.
     """
     _need_pixels(pixel_ids)
-    runtime = _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, beacon=True, gated=gated)
-    images = [] if gated else [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
+    runtime = _runtime(
+        pixel_ids, beacon_path, agent, ldu, auto_config, kind="beacon", gated=gated, gpc=gpc
+    )
+    if gated:
+        return _script([runtime], nonce, [])
+    images = [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
     return _script([_STUB, runtime], nonce, images)
+
+
+def render_pending_snippet(
+    *,
+    pixel_ids: Sequence[str],
+    beacon_path: str = DEFAULT_BEACON_PATH,
+    nonce: str | None = None,
+    agent: str | None = None,
+    ldu: bool = False,
+    auto_config: bool = True,
+    gpc: bool = False,
+) -> bytes:
+    """The consent-pending snippet of inline mode: a page served before the visitor consented.
+
+    It only defines ``window.pixelmirror``: nothing loads from Meta, nothing fires, and it
+    holds no id, so it is the same bytes for every visitor without consent. The site's banner
+    calls ``pixelmirror.consent(true)`` once it has set its consent cookie; the beacon then
+    mints the ids, mirrors the page's PageView and answers with its eventID, and only then the
+    pixel loads, initialised with the beacon's external_id, and fires that PageView.
+    """
+    _need_pixels(pixel_ids)
+    runtime = _runtime(
+        pixel_ids, beacon_path, agent, ldu, auto_config, kind="pending", gated=True, gpc=gpc
+    )
+    return _script([runtime], nonce, [])
 
 
 def _need_pixels(pixel_ids: Sequence[str]) -> None:
@@ -253,11 +307,12 @@ def _runtime(
     ldu: bool,
     auto_config: bool,
     *,
-    beacon: bool,
+    kind: str,
     gated: bool = False,
+    gpc: bool = False,
 ) -> str:
     # The same few settings on every page of a site: render each combination once.
-    return _runtime_text(tuple(pixel_ids), beacon_path, agent, ldu, auto_config, beacon, gated)
+    return _runtime_text(tuple(pixel_ids), beacon_path, agent, ldu, auto_config, kind, gated, gpc)
 
 
 @functools.lru_cache(maxsize=64)
@@ -267,8 +322,9 @@ def _runtime_text(
     agent: str | None,
     ldu: bool,
     auto_config: bool,
-    beacon: bool,
+    kind: str,
     gated: bool,
+    gpc: bool,
 ) -> str:
     config = {
         "pixels": list(pixel_ids),
@@ -276,11 +332,15 @@ def _runtime_text(
         "agent": agent,
         "ldu": ldu,
         "autoConfig": auto_config,
-        "beacon": beacon,
+        "beacon": kind == "beacon",
+        "pending": kind == "pending",
         "fallback": not gated,
+        "gpc": gpc,
         "standard": sorted(STANDARD_EVENTS),
     }
-    return _RUNTIME + safe_json(config) + ");"
+    # A gated page that waits for the beacon loads the base code only once something fires.
+    lazy = gated and kind != "inline"
+    return _RUNTIME % (_STUB if lazy else "") + safe_json(config) + ");"
 
 
 def _script(lines: Sequence[str], nonce: str | None, images: Sequence[str]) -> bytes:

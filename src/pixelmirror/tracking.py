@@ -66,8 +66,9 @@ class Visit:
     """Everything pixelmirror holds for one request: who, which events, what it did."""
 
     facts: RequestFacts
-    #: None only in beacon mode, for a visitor who may not be tracked (no consent, a
-    #: crawler): the page still gets the same bytes as everyone's.
+    #: None for a visitor who may not be tracked, whose page still gets a snippet: in beacon
+    #: mode (no consent, a crawler: the same bytes as everyone's), and on a consent-pending
+    #: page of inline mode.
     visitor: Visitor | None
     #: The pixels (and their options) this request's page belongs to.
     account: Account
@@ -76,6 +77,8 @@ class Visit:
     #: Browser events carried over a redirect, waiting for the next HTML page.
     carried: list[BrowserEvent] = field(default_factory=list)
     tracked: list[TrackedEvent] = field(default_factory=list)
+    #: What the site's identify hook found for this request, once it was asked (None: not yet).
+    identified: dict[str, object] | None = None
 
     def tracked_for(self, status: int) -> list[TrackedEvent]:
         """The tracked events that count for a response with this status."""
@@ -111,22 +114,16 @@ def current_event() -> TrackedEvent:
     return event
 
 
-def track(
-    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
-
-    Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
-    the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
-    response (default: 2xx or 3xx). Works on sync and async views. With ``pixel_id`` the
-    event goes to that pixel of the page only (``trackSingle``), not to all of them.
-    """
+def _event_maker(
+    event_name: str, when: StatusFilter | None, pixel_id: str | None
+) -> Callable[[], TrackedEvent]:
+    """Check the arguments once; the function that adds a new event to the current visit."""
     check_event_name(event_name)
     if pixel_id is not None and not pixel_id.isdigit():
         raise ValueError(f"pixel_id must be digits; got {pixel_id!r}")
     status_filter = when or successful
 
-    def start() -> Token[TrackedEvent | None]:
+    def new_event() -> TrackedEvent:
         event = TrackedEvent(event_name, when=status_filter, pixel_id=pixel_id)
         visit = _visit.get()
         if visit is None or visit.visitor is None:
@@ -139,7 +136,38 @@ def track(
             )
         else:
             visit.tracked.append(event)
-        return _event.set(event)
+        return event
+
+    return new_event
+
+
+def tracked(
+    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
+) -> Callable[[], TrackedEvent]:
+    """``@track`` as a dependency: ``event = Depends(tracked("Purchase"))`` in FastAPI.
+
+    Each call makes a new :class:`TrackedEvent` of the current request, as ``@track`` does
+    (same ``when`` and ``pixel_id``), and returns it: fill it from the view. Dependencies run
+    before the view and outside any decorator, so this, not ``current_event()``, is how a
+    FastAPI view gets its event by injection.
+    """
+    return _event_maker(event_name, when, pixel_id)
+
+
+def track(
+    event_name: str, *, when: StatusFilter | None = None, pixel_id: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a view as a conversion: ``@track("Purchase")`` under the route decorator.
+
+    Each call of the view makes a :class:`TrackedEvent` with a fresh ``event_id``, fired in
+    the browser and mirrored to CAPI with that same id, if ``when(status)`` holds for the
+    response (default: 2xx or 3xx). Works on sync and async views. With ``pixel_id`` the
+    event goes to that pixel of the page only (``trackSingle``), not to all of them.
+    """
+    new_event = _event_maker(event_name, when, pixel_id)
+
+    def start() -> Token[TrackedEvent | None]:
+        return _event.set(new_event())
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(view):

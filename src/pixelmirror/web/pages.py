@@ -30,7 +30,7 @@ from pixelmirror.config import Config
 from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.snippet import render_beacon_snippet, render_snippet
+from pixelmirror.snippet import render_beacon_snippet, render_pending_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
 from pixelmirror.web.headers import should_inject
@@ -57,8 +57,8 @@ class Pages:
     ``identity`` and ``accounts`` None (no pixel id and no accounts): every request passes
     through untouched, which is said once, here. ``identify(facts)`` returns user_data that
     enriches every event of a request; ``csp_nonce`` finds the nonce for the injected script;
-    ``consent_gated``: the site asks for consent (the beacon snippet then fires nothing
-    without the beacon's answer).
+    ``consent_gated``: the site asks for consent (a page without it gets the consent-pending
+    snippet, and the beacon snippet fires nothing without the beacon's answer).
     """
 
     def __init__(
@@ -78,7 +78,7 @@ class Pages:
         self._enqueue = enqueue
         self._identify = identify
         self._csp_nonce = csp_nonce
-        self._gated = consent_gated or config.consent_cookie is not None
+        self._gated = consent_gated or config.consent_cookie is not None or config.honor_gpc
         self.carry = Carry(config) if self.identity is not None else None
         self._beacon_allowed = frozenset(config.beacon_events) | {"PageView"}
         self._beacon_visitors = RateLimiter(config.beacon_rate)
@@ -98,8 +98,9 @@ class Pages:
         return facts.path == self.config.beacon_path and self.identity is not None
 
     def start(self, facts: RequestFacts) -> PageRequest | None:
-        """The request's page, or None when it passes through untouched (no pixel, no
-        consent, a crawler, or a failure here, which is logged)."""
+        """The request's page, or None when it passes through untouched (no pixel, a
+        crawler, no consent on a site that does not ask for it, or a failure here, which is
+        logged)."""
         try:
             visit = self.begin(facts)
         except Exception:
@@ -118,40 +119,57 @@ class Pages:
     # -- the rules ----------------------------------------------------------------------------
 
     def begin(self, facts: RequestFacts) -> Visit | None:
-        """Start a request's visit, or None when it gets no pixel (no pixel id, no consent,
-        a crawler)."""
-        account = self._account(facts)
-        if account is None:
+        """Start a request's visit, or None when it gets no pixel (no pixel id, a crawler, no
+        consent on a site that does not ask for it)."""
+        identity, account = self.identity, self._account(facts)
+        if identity is None or account is None:
             return None
-        assert self.identity is not None
         assert self.carry is not None
-        visitor = self.identity.resolve(facts)
-        if visitor is None:
-            # Inline mode: no consent or a crawler gets the page untouched. Beacon mode: every
-            # visitor gets the same bytes (a shared cache could not tell them apart) and the
-            # beacon refuses them instead.
-            return Visit(facts, None, account) if self.config.mode == "beacon" else None
-        return Visit(facts, visitor, account, carried=self.carry.read(facts))
+        visitor = identity.resolve(facts) if self._account_consents(account, facts) else None
+        if visitor is not None:
+            return Visit(facts, visitor, account, carried=self.carry.read(facts))
+        # Beacon mode: every visitor gets the same bytes (a shared cache could not tell them
+        # apart) and the beacon refuses them instead. Inline mode: a visitor who has not
+        # consented yet gets the consent-pending page, the same for all of them; a crawler
+        # (and anyone on a site that asks no consent) gets the page untouched.
+        if self.config.mode == "beacon" or (
+            self._gated_for(account) and not identity.is_crawler(facts)
+        ):
+            return Visit(facts, None, account)
+        return None
 
     def _account(self, facts: RequestFacts) -> Account | None:
-        """The request's account, if it has one and its own consent gate lets it through."""
+        """The request's account, if it has one (consented or not)."""
         if self.identity is None or self._accounts is None:
             return None
-        account = self._accounts(facts)
-        if account is None or account.consent is None:
-            return account
+        return self._accounts(facts)
+
+    @staticmethod
+    def _account_consents(account: Account, facts: RequestFacts) -> bool:
+        """Whether the account's own consent gate, if it has one, lets the request through."""
+        if account.consent is None:
+            return True
         try:
-            return account if account.consent(facts) else None
+            return bool(account.consent(facts))
         except Exception:
             logger.warning("pixelmirror: an account's consent gate failed; no pixel", exc_info=True)
-            return None
+            return False
+
+    def _gated_for(self, account: Account) -> bool:
+        """Whether the account's pages ask for consent (the site's rule or its own gate)."""
+        return self._gated or account.consent is not None
 
     def plan(self, visit: Visit, status: int, headers: Sequence[tuple[str, str]]) -> Plan | None:
         """Decide what the response gets, once its status and headers are known."""
         account, visitor = visit.account, visit.visitor
         tracked = [event.browser() for event in visit.tracked_for(status)]
         announce = self._announce(visit, tracked, status) if tracked else None
-        if not should_inject(visit.facts.method, status, headers):
+        injectable = should_inject(visit.facts.method, status, headers)
+        if tracked or (injectable and visitor is not None and self.config.mode == "inline"):
+            # Events will be mirrored: ask the identify hook now, while the app's call (and a
+            # framework's request context, Flask's session) is still there.
+            self.identify(visit)
+        if not injectable:
             return announce
         page_options: dict[str, Any] = {
             "pixel_ids": account.pixel_ids,
@@ -161,15 +179,19 @@ class Pages:
             "auto_config": self.config.auto_config,
             "beacon_path": self.config.beacon_path,
         }
+        gpc = self.config.honor_gpc
         if self.config.mode == "beacon":
             # The same bytes for every visitor. Events the view tracked ride to the beacon in
             # the carry cookie, so this page (and only such a page) sets cookies.
-            gated = self._gated or account.consent is not None
-            snippet = render_beacon_snippet(gated=gated, **page_options)
+            gated = self._gated_for(account)
+            snippet = render_beacon_snippet(gated=gated, gpc=gpc, **page_options)
             if announce is None:
                 return Plan(snippet=snippet, private=False)
             return Plan(snippet=snippet, cookies=self._carry(visit, tracked), fallback=announce)
-        assert visitor is not None
+        if visitor is None:
+            # Consent pending: the same bytes for every such visitor, no id, no cookie, and
+            # the app's caching kept. The banner's consent(true) counts the page later.
+            return Plan(snippet=render_pending_snippet(gpc=gpc, **page_options), private=False)
         assert self.carry is not None
         events = [BrowserEvent("PageView", visit.page_event_id), *visit.carried, *tracked]
         snippet = render_snippet(external_id=visitor.external_id, events=events, **page_options)
@@ -220,7 +242,8 @@ class Pages:
                 facts, method="GET", path=page.path or "/", query=page.query, headers=headers
             )
             account = self._account(page_facts)
-            visitor = identity.resolve(page_facts) if account is not None else None
+            consents = account is not None and self._account_consents(account, page_facts)
+            visitor = identity.resolve(page_facts) if consents else None
             if account is None or visitor is None:
                 raise BeaconRefused(403, "no pixel here, no consent, or a crawler")
             cost = len(asked.events)
@@ -274,6 +297,22 @@ class Pages:
             )
         self._enqueue(events)
 
+    def identify(self, visit: Visit) -> None:
+        """Run the identify hook for the visit, once; a failure is logged and counts as
+        nothing found. Called as the response starts, inside the app's call, and else (the
+        beacon, a response that never started) when its events are mirrored."""
+        if visit.identified is not None:
+            return
+        visit.identified = {}
+        if self._identify is None:
+            return
+        try:
+            found = self._identify(visit.facts)
+        except Exception:
+            logger.exception("pixelmirror: the identify hook failed; events go without it")
+        else:
+            visit.identified = dict(found or {})
+
     def _request_user_data(self, visit: Visit) -> dict[str, object]:
         visitor = visit.visitor
         assert visitor is not None
@@ -284,14 +323,8 @@ class Pages:
             "fbp": visitor.fbp,
             "fbc": visitor.fbc,
         }
-        if self._identify is not None:
-            try:
-                found = self._identify(visit.facts)
-            except Exception:
-                logger.exception("pixelmirror: the identify hook failed; events go without it")
-            else:
-                user_data = _merge_user_data(user_data, found or {})
-        return user_data
+        self.identify(visit)
+        return _merge_user_data(user_data, visit.identified or {})
 
     def _page_fields(self, visit: Visit) -> dict[str, Any]:
         """What every server copy of one request shares: the page, its referrer, options."""

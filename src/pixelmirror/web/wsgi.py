@@ -168,7 +168,8 @@ class _Responder:
 
 
 class _Body:
-    """The app's iterable, fed through the responder; ``close()`` always reaches the app's."""
+    """The app's iterable, fed through the responder; ``close()`` always reaches the app's.
+    The request's events are mirrored once the body is exhausted or closed."""
 
     def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
         self.result = result
@@ -183,6 +184,9 @@ class _Body:
         tail = responder.feed(b"", more=False)
         if tail:
             yield tail
+        # The body is all out: mirror now rather than at close(), which a test client may
+        # never call (done() runs once, whichever comes first).
+        responder.request.done()
 
     def close(self) -> None:
         try:
@@ -191,6 +195,11 @@ class _Body:
                 close()
         finally:
             self.responder.request.done()
+
+
+def flask_settings(app: Any) -> dict[str, object]:
+    """A Flask app's ``PIXELMIRROR_*`` config keys."""
+    return {name: value for name, value in app.config.items() if name.startswith("PIXELMIRROR_")}
 
 
 def init_flask(app: Any, mirror: Served) -> None:
@@ -206,4 +215,4 @@ def _status_code(status: str) -> int:
         return 500
 
 
-__all__ = ["PixelMirrorWSGI", "init_flask", "request_facts"]
+__all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask", "request_facts"]
