@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
+from types import ModuleType, SimpleNamespace
+
 import django
+import pytest
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import override_settings
+
+from pixelmirror.django import conf, get_mirror
+from servers import load_example
 
 
 def setup() -> None:
@@ -31,3 +39,16 @@ def setup() -> None:
 
 
 urlpatterns: list[object] = []
+
+
+def django_shop(request: pytest.FixtureRequest) -> ModuleType:
+    """``examples/django_app/app.py`` as the other shops are loaded: ``app`` (Django's WSGI
+    handler) and ``mirror``, under the example's settings until the test ends."""
+    setup()
+    conf.reset()
+    module = load_example("django_app")
+    overrides = override_settings(**{**module.SETTINGS, "ROOT_URLCONF": module})
+    overrides.enable()
+    request.addfinalizer(conf.reset)
+    request.addfinalizer(overrides.disable)
+    return SimpleNamespace(app=WSGIHandler(), mirror=get_mirror())  # type: ignore[return-value]
