@@ -30,14 +30,14 @@ from django.http import (  # noqa: E402
     StreamingHttpResponse,
 )
 from django.template import Context, Template  # noqa: E402
-from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from django.test import AsyncClient, Client, RequestFactory, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.utils.decorators import method_decorator  # noqa: E402
 from django.views import View  # noqa: E402
 
 from conftest import SECRET  # noqa: E402
-from pixelmirror import EVENTS_HEADER, current_event, track  # noqa: E402
-from pixelmirror.django import conf, get_mirror  # noqa: E402
+from pixelmirror import EVENTS_HEADER, current_event, lifecycle, track  # noqa: E402
+from pixelmirror.django import PixelMirrorMiddleware, conf, get_mirror  # noqa: E402
 from pixelmirror.django.middleware import RawCookie  # noqa: E402
 from pixelmirror.snippet import MARKER  # noqa: E402
 from pixelmirror.testing import FakeGraphAPI, ReceivedEvent  # noqa: E402
@@ -405,6 +405,19 @@ def test_settings_override_the_environment_and_text_reads_as_the_environments(
     assert {e.pixel_id for e in received} == {OTHER_PIXEL}
     # The environment says PIXELMIRROR_COOKIE_SECURE=false.
     assert response.cookies["_pm_vid"].OutputString().endswith("; Secure")
+
+
+def test_one_mirror_per_process_shared_by_every_middleware_and_closed_at_exit(
+    site: FakeGraphAPI,
+) -> None:
+    first = PixelMirrorMiddleware(lambda request: HttpResponse())
+    second = PixelMirrorMiddleware(lambda request: HttpResponse())
+    assert first(RequestFactory().get("/")).status_code == 200
+    assert second(RequestFactory().get("/")).status_code == 200
+    mirror = get_mirror()
+    assert mirror is get_mirror()
+    assert mirror.dispatcher is not None  # its sender runs from the start
+    assert mirror in lifecycle._live  # the exit hook flushes and closes it
 
 
 def test_without_a_pixelmirror_key_djangos_secret_keys_sign(
