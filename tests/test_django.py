@@ -4,6 +4,7 @@ served on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -20,6 +21,8 @@ import djangokit
 djangokit.setup()
 
 from django.contrib.auth.models import User  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.http import (  # noqa: E402
     FileResponse,
@@ -41,7 +44,7 @@ from pixelmirror.django import PixelMirrorMiddleware, conf, get_mirror  # noqa: 
 from pixelmirror.django.middleware import RawCookie  # noqa: E402
 from pixelmirror.snippet import MARKER  # noqa: E402
 from pixelmirror.testing import FakeGraphAPI, ReceivedEvent  # noqa: E402
-from webkit import CHROME, HTML, browser_events  # noqa: E402
+from webkit import CHROME, HTML, browser_events, call, environ, header  # noqa: E402
 
 PAGE = "<!doctype html><html><head><title>t</title></head><body><p>{}</p></body></html>"
 TAGGED = Template(
@@ -109,6 +112,11 @@ def tagged(request: HttpRequest) -> HttpResponse:
     return HttpResponse(TAGGED.render(Context()))
 
 
+def tagged_nonce(request: HttpRequest) -> HttpResponse:
+    template = Template("{% load pixelmirror %}<head>{% pixelmirror nonce=nonce %}</head>")
+    return HttpResponse(template.render(Context({"nonce": "n0nce"})))
+
+
 def streamed(request: HttpRequest) -> StreamingHttpResponse:
     def chunks() -> Iterator[bytes]:
         yield from (HTML[:20], HTML[20:45], HTML[45:])
@@ -142,6 +150,7 @@ urlpatterns = [
     path("checkout", ProductView.as_view()),
     path("thanks", home),
     path("tagged", tagged),
+    path("tagged-nonce", tagged_nonce),
     path("streamed", streamed),
     path("streamed-async", streamed_async),
     path("file", file),
@@ -385,6 +394,13 @@ def test_a_head_request_for_a_tagged_page_mirrors_no_pageview(
     assert mirrored(site) == []
 
 
+def test_the_template_tag_gives_its_script_the_nonce_it_is_given(site: FakeGraphAPI) -> None:
+    page = Browser("sync").get("/tagged-nonce").content
+    assert page.startswith(b'<head><script data-pixelmirror="" nonce="n0nce">')
+    assert page.count(MARKER) == 1
+    assert keys(mirrored(site)) == browser_events(page)
+
+
 def test_the_template_tag_renders_nothing_outside_a_pixelmirror_page() -> None:
     assert TAGGED.render(Context()).count("<script") == 0
 
@@ -460,28 +476,95 @@ def test_the_identify_hook_sees_request_user_and_enriches_every_event(
 # -- the wire -------------------------------------------------------------------------------
 
 
-def test_cookies_go_out_byte_for_byte_through_djangos_wsgi_handler(
-    site: FakeGraphAPI, monkeypatch: pytest.MonkeyPatch
+# (method, path, content type, body) of requests whose responses set cookies of each kind:
+# the visitor's, the carry cookie of a redirect, the beacon's answer.
+COOKIE_REQUESTS = {
+    "page": ("GET", "/class-based", "", b""),
+    "redirect": ("POST", "/checkout", "application/x-www-form-urlencoded", b"email=a%40b.c"),
+    "beacon": (
+        "POST",
+        "/.pixelmirror/beacon",
+        "application/json",
+        json.dumps(beacon_body("http://127.0.0.1/")).encode(),
+    ),
+}
+
+
+def wsgi_cookies(method: str, url: str, content_type: str, body: bytes) -> list[str]:
+    env = environ(url, method, ORIGIN="http://127.0.0.1")
+    env.update(CONTENT_TYPE=content_type, CONTENT_LENGTH=str(len(body)))
+    env["wsgi.input"] = io.BytesIO(body)
+    _, headers, _ = call(WSGIHandler(), env)
+    return [value.strip() for value in header(headers, "Set-Cookie")]
+
+
+async def asgi_cookies(method: str, url: str, content_type: str, body: bytes) -> list[str]:
+    sent: list[dict[str, Any]] = []
+
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # the client stays until Django has answered
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    fields = {
+        "host": "127.0.0.1",
+        "origin": "http://127.0.0.1",
+        "user-agent": CHROME,
+        "content-type": content_type,
+        "content-length": str(len(body)),
+    }
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": url,
+        "query_string": b"",
+        "headers": [(name.encode(), value.encode()) for name, value in fields.items()],
+        "client": ("203.0.113.9", 50000),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+    }
+    await ASGIHandler()(scope, receive, send)
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    return [value.decode() for name, value in start["headers"] if name.lower() == b"set-cookie"]
+
+
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+@pytest.mark.parametrize("kind", sorted(COOKIE_REQUESTS))
+def test_cookies_go_out_byte_for_byte_through_djangos_handlers(
+    site: FakeGraphAPI, monkeypatch: pytest.MonkeyPatch, kind: str, handler: str
 ) -> None:
-    from django.core.handlers.wsgi import WSGIHandler
-
-    from webkit import call, environ, header
-
     pages = get_mirror().pages
-    planned: list[str] = []
-    plan = pages.plan
+    made: list[str] = []
+    plan, answer_beacon = pages.plan, pages.answer_beacon
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        made = plan(*args, **kwargs)
-        planned.extend(made.cookies if made is not None else ())
-        return made
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        decided = plan(*args, **kwargs)
+        made.extend(decided.cookies if decided is not None else ())
+        return decided
 
-    monkeypatch.setattr(pages, "plan", spy)
-    env = environ("/class-based")
-    status, headers, _ = call(WSGIHandler(), env)
-    assert status.startswith("200")
-    assert planned
-    assert [value.strip() for value in header(headers, "Set-Cookie")] == planned
+    def answered(*args: Any, **kwargs: Any) -> Any:
+        answer = answer_beacon(*args, **kwargs)
+        made.extend(answer.cookies)
+        return answer
+
+    monkeypatch.setattr(pages, "plan", planned)
+    monkeypatch.setattr(pages, "answer_beacon", answered)
+    request = COOKIE_REQUESTS[kind]
+    with override_settings(MIDDLEWARE=[PIXELMIRROR]):
+        if handler == "wsgi":
+            sent = wsgi_cookies(*request)
+        else:
+            sent = async_to_sync(asgi_cookies)(*request)
+    assert made, "no cookies planned"
+    if kind == "redirect":
+        assert any(cookie.startswith("_pm_vid_ev=") for cookie in made)  # the carry cookie
+    assert sent == made
 
 
 def test_a_raw_cookie_survives_pickling_as_the_cache_middleware_does() -> None:
