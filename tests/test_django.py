@@ -223,12 +223,6 @@ def keys(events: list[ReceivedEvent]) -> list[tuple[str, str | None]]:
     return [(e.event_name, e.event_id) for e in events]
 
 
-def content(response: Any) -> bytes:
-    if response.streaming:
-        return b"".join(response.streaming_content)
-    return bytes(response.content)
-
-
 # -- pages --------------------------------------------------------------------------------
 
 
@@ -295,12 +289,34 @@ def test_pixelmirror_inside_gzip_compresses_the_page_with_the_pixel(site: FakeGr
 # -- streams and files --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "url"), [("sync", "/streamed"), ("async", "/streamed-async")])
-def test_a_stream_of_the_middlewares_kind_gets_the_pixel_and_mirrors_once_it_ends(
+def streamed_body(response: Any, kind: str, url: str) -> bytes:
+    """The body as the server would send it: Django gathers an iterator of the other kind
+    than its handler's, with a warning."""
+
+    def join() -> bytes:
+        return async_to_sync(_joined)(response) if kind == "async" else b"".join(response)
+
+    if (kind == "async") == (url == "/streamed-async"):
+        return join()
+    with pytest.warns(Warning, match="must consume"):
+        return join()
+
+
+async def _joined(response: Any) -> bytes:
+    return b"".join([chunk async for chunk in response])
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [("sync", "/streamed"), ("async", "/streamed-async"), ("async", "/streamed")],
+)
+def test_a_stream_gets_the_pixel_and_its_pageview_is_mirrored_once_it_ends(
     site: FakeGraphAPI, kind: str, url: str
 ) -> None:
     response = Browser(kind).get(url)
-    body = async_to_sync(_joined)(response) if kind == "async" else content(response)
+    assert "_pm_vid" in response.cookies
+    assert mirrored(site) == []  # not before the stream is over
+    body = streamed_body(response, kind, url)
     response.close()
     fired = browser_events(body)
     assert [name for name, _ in fired] == ["PageView"]
@@ -308,28 +324,18 @@ def test_a_stream_of_the_middlewares_kind_gets_the_pixel_and_mirrors_once_it_end
     assert keys(mirrored(site)) == fired
 
 
-async def _joined(response: Any) -> bytes:
-    return b"".join([chunk async for chunk in response.streaming_content])
-
-
-@pytest.mark.parametrize(("kind", "url"), [("sync", "/file"), ("async", "/streamed")])
-def test_a_file_or_a_stream_of_the_other_kind_goes_as_it_is(
+@pytest.mark.parametrize(
+    ("kind", "url"), [("sync", "/file"), ("async", "/file"), ("sync", "/streamed-async")]
+)
+def test_a_file_or_an_async_stream_under_wsgi_goes_as_it_is(
     site: FakeGraphAPI, kind: str, url: str
 ) -> None:
     response = Browser(kind).get(url)
-    if kind == "async":
-        with pytest.warns(Warning, match="synchronous iterators"):
-            body = async_to_sync(_joined_iter)(response)
-    else:
-        body = content(response)
+    body = streamed_body(response, kind, url)
     response.close()
     assert body == HTML
     assert "_pm_vid" not in response.cookies
     assert mirrored(site) == []
-
-
-async def _joined_iter(response: Any) -> bytes:
-    return b"".join([chunk async for chunk in response])
 
 
 # -- the beacon -----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The Django adapter: translate between Django and :class:`~pixelmirror.web.pages.Pages`.
 
 No business rules live here. A page's ``HttpResponse`` gets the snippet spliced into its
-content; a ``StreamingHttpResponse`` is read here until the snippet has its place (an
-iterator of the middleware's own kind, sync or async), then streams on; a ``FileResponse``
-goes as it is. The beacon is answered before any view (and so before CSRF's check).
+content; a ``StreamingHttpResponse`` is read here until the snippet has its place, then
+streams on (under WSGI an async iterator, which Django itself must gather, goes as it is); a
+``FileResponse`` goes as it is. The beacon is answered before any view (and so before CSRF's
+check).
 """
 
 from __future__ import annotations
@@ -116,7 +117,10 @@ class PixelMirrorMiddleware:
                 response: HttpResponseBase = await self.get_response(request)
             if _start(page, response, is_async=True):
                 assert isinstance(response, StreamingHttpResponse)
-                await _ahold(page, response)
+                if response.is_async:
+                    await _ahold(page, response)
+                else:  # read in a thread, as Django reads the rest
+                    await sync_to_async(_hold)(page, response)
                 return response
         await run(page.done)()
         return response
@@ -195,10 +199,10 @@ def _started(page: PageRequest, response: HttpResponseBase, *, is_async: bool) -
         elif (
             isinstance(response, StreamingHttpResponse)
             and not isinstance(response, FileResponse)
-            and response.is_async == is_async
+            and (is_async or not response.is_async)
         ):
             return True
-        else:  # a file, or a stream this middleware cannot read here: it goes as it is
+        else:  # a file, or an async stream under WSGI: it goes as it is
             start, _ = page.release()
     if start is not None and start is not headers:
         _apply(response, start)
