@@ -19,9 +19,10 @@ ADAPTERS = frozenset(
         "pixelmirror.wsgi",
         "pixelmirror.asgi",
         "pixelmirror.django",
-        "pixelmirror.web.django",
     }
 )
+# The Django package (middleware, app, template tags): optional, imported by nothing else.
+DJANGO = "pixelmirror.django"
 
 
 def module_name(path: Path) -> str:
@@ -96,9 +97,20 @@ def test_only_the_adapters_name_a_framework() -> None:
         name: sorted(framework)
         for name in MODULES
         if name not in ADAPTERS
+        and not name.startswith(f"{DJANGO}.")
         and (framework := {m.split(".")[0] for m in imported(name)} & FRAMEWORKS)
     }
     assert naming == {}
+
+
+def test_nothing_outside_the_django_package_imports_it() -> None:
+    importers = {
+        name
+        for name in MODULES
+        if not (name == DJANGO or name.startswith(f"{DJANGO}."))
+        and any(m == DJANGO or m.startswith(f"{DJANGO}.") for m in imported(name))
+    }
+    assert importers == set()
 
 
 def test_the_web_package_never_imports_the_facade() -> None:

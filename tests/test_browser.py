@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from conftest import PIXEL, SECRET, TOKEN
+from djangokit import django_shop
 from pixelmirror import PixelMirror
 from pixelmirror.testing import FakeGraphAPI, ReceivedEvent
 from servers import load_example, serve_asgi, serve_wsgi
@@ -285,18 +286,19 @@ def key(event: ReceivedEvent) -> tuple[str, str, str | None]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", ["flask_app", "starlette_app"])
+@pytest.mark.parametrize("name", ["flask_app", "starlette_app", "django_app"])
 def test_shop_in_a_browser_fires_what_capi_receives(
     session: Session,
     served_fake: tuple[FakeGraphAPI, str],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     name: str,
     mode: str,
 ) -> None:
     fake, _ = served_fake
     monkeypatch.setenv("PIXELMIRROR_MODE", mode)
-    module = load_example(name)
-    serve = serve_wsgi if name == "flask_app" else serve_asgi
+    module = django_shop(request) if name == "django_app" else load_example(name)
+    serve = serve_asgi if name == "starlette_app" else serve_wsgi
     page, stub = session.page, session.stub
     html: dict[str, str] = {}  # the DOM of each page once its events fired
     try:

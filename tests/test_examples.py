@@ -1,4 +1,4 @@
-"""Both example shops, end to end: page → product → cart (JSON) → checkout POST → redirect →
+"""The example shops, end to end: page → product → cart (JSON) → checkout POST → redirect →
 thank-you page, against a FakeGraphAPI served on loopback."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import PIXEL
+from djangokit import django_shop
 from pixelmirror import EVENTS_HEADER, PixelMirror
 from pixelmirror.testing import FakeGraphAPI
 from servers import load_example, load_example_helper, serve_asgi, serve_wsgi
@@ -30,13 +31,13 @@ def shop_visit(base_url: str) -> list[httpx.Response]:
         ]
 
 
-@pytest.mark.parametrize("name", ["flask_app", "starlette_app"])
+@pytest.mark.parametrize("name", ["flask_app", "starlette_app", "django_app"])
 def test_example_shop_pairs_every_browser_event_with_its_server_twin(
-    served_fake: tuple[FakeGraphAPI, str], name: str
+    served_fake: tuple[FakeGraphAPI, str], name: str, request: pytest.FixtureRequest
 ) -> None:
     fake, _ = served_fake
-    module = load_example(name)
-    serve = serve_wsgi if name == "flask_app" else serve_asgi
+    module = django_shop(request) if name == "django_app" else load_example(name)
+    serve = serve_asgi if name == "starlette_app" else serve_wsgi
     try:
         with serve(module.app) as base_url:
             responses = shop_visit(base_url)

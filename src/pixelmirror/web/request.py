@@ -12,6 +12,9 @@ An adapter (WSGI, ASGI, a framework's middleware) turns its request into
    :meth:`PageRequest.release` lets go at once (a body the adapter cannot feed);
 4. calls :meth:`PageRequest.done` once the response is over, whatever happened.
 
+A page that places the snippet itself (a template tag) asks :meth:`PageRequest.place` for it;
+a response that carries those bytes starts with :meth:`PageRequest.respond_placed` instead.
+
 None of these raises: a failure is logged and the response goes out as the app made it.
 """
 
@@ -25,6 +28,7 @@ from typing import Protocol
 
 from pixelmirror.config import Config
 from pixelmirror.tracking import Visit, activate, deactivate
+from pixelmirror.web.headers import rewrite_headers
 from pixelmirror.web.response import Headers, HeldPage, Plan
 
 logger = logging.getLogger("pixelmirror")
@@ -45,7 +49,16 @@ class PageRules(Protocol):
 class PageRequest:
     """One request's page: the plan, and the body held until the snippet has its place."""
 
-    __slots__ = ("_done", "_held", "_injected", "_rules", "_token", "status", "visit")
+    __slots__ = (
+        "_done",
+        "_held",
+        "_injected",
+        "_placed",
+        "_rules",
+        "_token",
+        "status",
+        "visit",
+    )
 
     def __init__(self, rules: PageRules, visit: Visit) -> None:
         self._rules = rules
@@ -54,6 +67,7 @@ class PageRequest:
         self.status: int | None = None
         self._held: HeldPage | None = None
         self._injected = False
+        self._placed: bytes | None = None
         self._done = False
         self._token: Token[Visit | None] | None = None
 
@@ -81,17 +95,54 @@ class PageRequest:
         they are), or None: hold the start (and the body) until :meth:`feed` lets go."""
         self.status = status
         self._held = None
-        try:
-            plan = self._rules.plan(self.visit, status, headers)
-        except Exception:
-            logger.exception("pixelmirror: planning the response failed; passing it through")
-            plan = None
+        plan = self._plan(status, headers)
         if plan is None:
             return headers
         if plan.snippet is None:
             return plan.apply(headers)
         self._held = HeldPage(plan, headers, self._rules.config.max_buffer)
         return None
+
+    def _plan(self, status: int, headers: Headers) -> Plan | None:
+        try:
+            return self._rules.plan(self.visit, status, headers)
+        except Exception:
+            logger.exception("pixelmirror: planning the response failed; passing it through")
+            return None
+
+    def place(self, nonce: str | None = None) -> bytes:
+        """The snippet for a page that places it itself, b"" when the page gets none.
+
+        The response's headers are not known yet: it is planned as a successful HTML page
+        under a policy with ``nonce``. The same bytes on every call of one request.
+        """
+        if self._placed is None:
+            headers = [("Content-Type", "text/html")]
+            if nonce:
+                headers.append(("Content-Security-Policy", f"script-src 'nonce-{nonce}'"))
+            plan = self._plan(200, headers)
+            self._placed = plan.snippet if plan is not None and plan.snippet else b""
+        return self._placed
+
+    @property
+    def placed(self) -> bytes | None:
+        """The snippet :meth:`place` gave the page, if it asked."""
+        return self._placed or None
+
+    def respond_placed(self, status: int, headers: Headers) -> Headers:
+        """The headers to start a response with that carries :meth:`place`'s snippet: those of
+        an injected page (cookies, caching), the body untouched; its PageView is mirrored."""
+        self.status = status
+        self._held = None
+        plan = self._plan(status, headers)
+        if plan is None:
+            return headers
+        if plan.snippet is None:  # not a page after all (a HEAD request, a redirect)
+            return plan.apply(headers)
+        self._injected = True
+        return rewrite_headers(
+            headers, added_length=0, set_cookies=plan.cookies, private=plan.private
+        )
 
     def replaced(self, status: int) -> None:
         """An error page replaces the response (WSGI's ``exc_info``): it goes as it is."""
