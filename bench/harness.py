@@ -197,10 +197,14 @@ def git_revision() -> str:
 
 
 class FakeGraphProcess:
-    """``bench/fake_graph.py`` as a child process; ``url`` once it listens."""
+    """``bench/fake_graph.py`` (or, with ``stub``, ``bench/count_stub.py``) as a child
+    process; ``url`` once it listens."""
 
-    def __init__(self, *, forget: bool = False, cpu: int | None = None) -> None:
-        command = [sys.executable, str(BENCH_DIR / "fake_graph.py"), "--token", ACCESS_TOKEN]
+    def __init__(self, *, forget: bool = False, cpu: int | None = None, stub: bool = False) -> None:
+        if stub:
+            command = [sys.executable, str(BENCH_DIR / "count_stub.py")]
+        else:
+            command = [sys.executable, str(BENCH_DIR / "fake_graph.py"), "--token", ACCESS_TOKEN]
         if forget:
             command.append("--forget")
         if cpu is not None and (os.cpu_count() or 1) > cpu:
@@ -212,7 +216,7 @@ class FakeGraphProcess:
         line = self.process.stdout.readline()
         if not line.startswith("URL "):
             self.close()
-            raise RuntimeError(f"fake_graph.py did not start: {line!r}")
+            raise RuntimeError(f"{command[-1]} did not start: {line!r}")
         self.url = line.split()[1]
 
     def close(self) -> None:
