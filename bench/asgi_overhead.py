@@ -78,8 +78,10 @@ async def page_with_session(request: Request) -> HTMLResponse:
     return HTMLResponse(PAGE)
 
 
-def build_apps(mirror: PixelMirror) -> dict[str, ASGIApp]:
-    plain = [Route("/", page)]
+def build_apps(mirror: PixelMirror, endpoint: Any = None) -> dict[str, ASGIApp]:
+    """The variants; ``endpoint`` replaces the page of bare and pixelmirror (the session
+    variant keeps its own)."""
+    plain = [Route("/", endpoint or page)]
     return {
         "bare": Starlette(routes=plain),
         "pixelmirror": Starlette(
