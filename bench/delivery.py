@@ -68,6 +68,7 @@ def pixelmirror_rate(graph_url: str, outbox: str, count: int) -> float:
             dispatch="thread",
             flush_interval=0.05,
             queue_size=max(100_000, 2 * count),
+            handoff_size=max(100_000, 2 * count),  # sends outrun the writer: hold them all
         )
         try:
             for _ in range(50):  # warm up: connection, code paths

@@ -251,8 +251,11 @@ class Handoff:
                 self._idle = False
                 if not self._queue or self._abandoned:
                     return
-                if self.linger and not (self._hurry or self._stopping):
-                    # Let concurrent requests join this group; their puts wake nobody.
+                if self.linger and not (
+                    self._hurry or self._stopping or len(self._queue) >= GROUP_SIZE
+                ):
+                    # Let concurrent requests join this group; their puts wake nobody. A
+                    # full group is written at once: lingering then only caps throughput.
                     self._work.wait(self.linger)
                 group = [self._queue.popleft() for _ in range(min(GROUP_SIZE, len(self._queue)))]
             if not self._write(group):
