@@ -3,14 +3,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import pixelmirror
+import redisutil
 from pixelmirror import PixelMirror
-from pixelmirror.cli import main
+from pixelmirror.cli import DRY_RUN_EXIT, main
 from pixelmirror.testing import FakeGraphAPI
 
 TOKEN = "EAA-cli-token"
@@ -30,15 +35,34 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     return values
 
 
-def test_check_dry_run_prints_the_event_and_succeeds(
+def test_check_in_a_dry_run_prints_the_event_says_nothing_reached_meta_and_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PIXELMIRROR_PIXEL_ID", PIXEL)
     monkeypatch.delenv("PIXELMIRROR_ACCESS_TOKEN", raising=False)
-    assert main(["check"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert (result["ok"], result["dry_run"], result["pixel_id"]) == (True, True, PIXEL)
+    assert main(["check"]) == DRY_RUN_EXIT != 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert (result["dry_run"], result["pixel_id"]) == (True, PIXEL)
     assert "PixelMirrorCheck" in result["messages"][0]
+    assert "nothing reached Meta" in err
+
+
+def test_check_without_a_pixel_speaks_of_the_pixel_id_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PIXELMIRROR_PIXEL_ID", raising=False)
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "--pixel-id" in err
+    assert "pixel_id=" not in err
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pixelmirror {pixelmirror.__version__}"
 
 
 @pytest.mark.parametrize(
@@ -196,3 +220,209 @@ def test_outbox_stats_counts_by_pixel(
     mirror.close(timeout=0)
     assert main(["outbox", "stats"]) == 0
     assert json.loads(capsys.readouterr().out)["unfinished_by_pixel"] == {"111": 2, "222": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# An outbox that cannot be opened or reached: one line on stderr, exit 2, never a traceback
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else takes it), not
+    listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+COMMANDS = [
+    pytest.param(["outbox", "stats"], id="stats"),
+    pytest.param(["outbox", "replay-dead"], id="replay-dead"),
+    pytest.param(["outbox", "replay-dead", "--dry-run"], id="replay-dead-dry-run"),
+    pytest.param(["worker"], id="worker"),
+]
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unreachable_redis_is_one_line_naming_the_masked_url_and_the_cause(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    closed_port: int,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"redis://:s3cret-pw@127.0.0.1:{closed_port}/0")
+    assert main(command) == 2
+    out, err = capsys.readouterr()
+    line = _one_line(err)
+    assert f"redis://:***@127.0.0.1:{closed_port}/0" in line
+    assert "s3cret-pw" not in line
+    assert "ConnectionError" in line
+    assert "refused" in line.lower()
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_sqlite_path_that_is_a_directory_is_one_line_and_exit_2(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"sqlite:///{tmp_path}")
+    assert main(command) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"sqlite:///{tmp_path}" in line
+    assert "unable to open database file" in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_sqlite_path_in_a_missing_directory_is_one_line_and_exit_2(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: list[str],
+) -> None:
+    path = tmp_path / "missing" / "outbox.db"
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"sqlite:///{path}")
+    assert main(command) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(path) in line
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["outbox", "stats"], ["outbox", "replay-dead"]], ids=["stats", "replay-dead"]
+)
+def test_inspecting_a_sqlite_outbox_that_does_not_exist_says_so_and_creates_none(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: list[str],
+) -> None:
+    path = tmp_path / "typo.db"
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"sqlite:///{path}")
+    assert main(command) == 2
+    assert "no such file" in _one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_installed_command_reports_an_unreachable_redis_in_one_line(
+    env: dict[str, str], closed_port: int
+) -> None:
+    url = f"redis://:s3cret-pw@127.0.0.1:{closed_port}/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "pixelmirror.cli", "outbox", "stats"],
+        env={**os.environ, **env, "PIXELMIRROR_OUTBOX": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert line.startswith(f"pixelmirror: outbox redis://:***@127.0.0.1:{closed_port}/0 ")
+    assert "s3cret-pw" not in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# replay-dead --dry-run
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_replay_dead_dry_run_counts_by_pixel_and_reason_and_replays_nothing(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+) -> None:
+    if store == "redis":
+        stream = request.getfixturevalue("stream")  # the real server, a fresh key prefix
+        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
+    mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+    for pixel in ("111", "111", "111", "222"):
+        mirror.send(
+            "Lead",
+            pixel_id=pixel,
+            action_source="system_generated",
+            user_data={"external_id": "a"},
+            wait=5,
+        )
+    buried: Counter[tuple[str, str]] = Counter()
+    while claims := mirror.outbox.claim(1, lease=60):
+        pixel = claims[0].event.pixel_id
+        reason = "invalid" if pixel == "111" and buried[(pixel, "invalid")] < 2 else "expired"
+        mirror.outbox.bury(claims, reason)
+        buried[(pixel, reason)] += 1
+    mirror.close(timeout=0)
+    assert buried == {("111", "invalid"): 2, ("111", "expired"): 1, ("222", "expired"): 1}
+
+    assert main(["outbox", "replay-dead", "--dry-run"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["dry_run"], report["would_replay"], report["sampled"]) == (True, 4, 4)
+    assert {
+        (group["pixel_id"], group["reason"]): group["count"]
+        for group in report["by_pixel_and_reason"]
+    } == buried
+    assert report["by_pixel_and_reason"][0]["count"] == 2  # the biggest group first
+
+    assert main(["outbox", "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["pending"], stats["dead"]) == (0, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# fake-graph
+
+
+def test_fake_graph_serves_other_processes_and_prints_what_it_accepted(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "pixelmirror.cli", "fake-graph", "--port", "0", "--token", TOKEN],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake.stderr is not None
+        assert fake.stdout is not None
+        banner = fake.stderr.readline()  # blocks until the server is up
+        assert banner.startswith("FakeGraphAPI listening on http://127.0.0.1:")
+        monkeypatch.setenv("PIXELMIRROR_GRAPH_URL", banner.split()[-1])
+        assert main(["check", "--test-event-code", "TEST7"]) == 0
+        accepted = json.loads(fake.stdout.readline())
+        monkeypatch.setenv("PIXELMIRROR_ACCESS_TOKEN", "EAA-not-known-there")
+        assert main(["check"]) == 1
+    finally:
+        fake.send_signal(signal.SIGINT)
+        fake.communicate(timeout=30)
+    assert fake.returncode == 0
+    assert accepted["pixel_id"] == PIXEL
+    assert accepted["test_event_code"] == "TEST7"
+    assert accepted["event"]["event_name"] == "PixelMirrorCheck"
+
+
+def test_check_tests_meta_even_when_the_outbox_cannot_be_opened(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PIXELMIRROR_OUTBOX", f"sqlite:///{tmp_path / 'missing' / 'outbox.db'}")
+    fake = FakeGraphAPI(access_tokens={TOKEN})
+    with fake.serve() as url:
+        monkeypatch.setenv("PIXELMIRROR_GRAPH_URL", url)
+        assert main(["check"]) == 0
+    assert json.loads(capsys.readouterr().out)["events_received"] == 1

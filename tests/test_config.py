@@ -316,3 +316,17 @@ def test_a_registrable_cookie_domain_is_kept_in_canonical_form(given: str, kept:
 def test_a_malformed_cookie_domain_is_refused_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="PIXELMIRROR_COOKIE_DOMAIN must be a domain name"):
         Config(cookie_domain="example.com; Secure")
+
+
+@pytest.mark.parametrize(("given", "kept"), [("GB", "gb"), (" us ", "us"), ("de", "de")])
+def test_the_default_country_is_kept_as_a_lowercase_alpha2_code(given: str, kept: str) -> None:
+    assert Config.from_env({"PIXELMIRROR_DEFAULT_COUNTRY": given}).default_country == kept
+    assert Config.from_env({}, default_country=given).default_country == kept
+
+
+@pytest.mark.parametrize("given", ["xx", "gbr", "United Kingdom"])
+def test_a_default_country_that_is_no_alpha2_code_is_refused_naming_the_variable(
+    given: str,
+) -> None:
+    with pytest.raises(ConfigError, match="PIXELMIRROR_DEFAULT_COUNTRY must be an ISO 3166-1"):
+        Config.from_env({"PIXELMIRROR_DEFAULT_COUNTRY": given})

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import random
 from types import MappingProxyType
 
 import pytest
@@ -675,10 +676,165 @@ _USER_DATA = st.fixed_dictionaries(
 
 
 @settings(max_examples=500, deadline=None)
-@given(_USER_DATA)
+@given(_USER_DATA, st.sampled_from([None, "gb", "us", "de"]))
 def test_the_fast_path_and_its_kept_hashes_match_the_general_path(
-    user_data: dict[str, str],
+    user_data: dict[str, str], default_country: str | None
 ) -> None:
-    general = normalize_user_data({key: _Text(value) for key, value in user_data.items()})
-    assert normalize_user_data(user_data) == general
-    assert normalize_user_data(user_data) == general  # now from the kept hashes
+    general = normalize_user_data(
+        {key: _Text(value) for key, value in user_data.items()}, default_country=default_country
+    )
+    assert normalize_user_data(user_data, default_country=default_country) == general
+    # Again, now from the kept hashes:
+    assert normalize_user_data(user_data, default_country=default_country) == general
+
+
+# --------------------------------------------------------------------------------------------
+# Phone numbers written the national way: completed with the country's calling code
+
+NATIONAL_PHONES = [
+    pytest.param("(650) 555-1212", "us", "16505551212", id="us"),
+    pytest.param("1-650-555-1212", "us", "16505551212", id="us-trunk-1"),
+    pytest.param("(416) 555-0199", "ca", "14165550199", id="ca"),
+    pytest.param("020 7946 0000", "gb", "442079460000", id="gb-landline"),
+    pytest.param("07911 123456", "gb", "447911123456", id="gb-mobile"),
+    pytest.param("447911123456", "gb", "447911123456", id="gb-code-without-plus"),
+    pytest.param("44 (0)20 7946 0000", "gb", "442079460000", id="gb-code-and-bracketed-trunk"),
+    pytest.param("7911 123456", "gb", "447911123456", id="gb-without-trunk"),
+    pytest.param("030 1234567", "de", "49301234567", id="de-berlin"),
+    pytest.param("0151 23456789", "de", "4915123456789", id="de-mobile"),
+    pytest.param("4930 1234567", "de", "49301234567", id="de-code-without-plus"),
+    pytest.param("01 23 45 67 89", "fr", "33123456789", id="fr"),
+    pytest.param("06 12 34 56 78", "fr", "33612345678", id="fr-mobile"),
+    pytest.param("06 1234 5678", "it", "390612345678", id="it-keeps-its-zero"),
+    pytest.param("02 1234 5678", "it", "390212345678", id="it-milan-keeps-its-zero"),
+    pytest.param("312 345 6789", "it", "393123456789", id="it-mobile"),
+    pytest.param("393 123 4567", "it", "393931234567", id="it-mobile-starting-39"),
+    pytest.param("612 345 678", "es", "34612345678", id="es"),
+    pytest.param("34 612 345 678", "es", "34612345678", id="es-code-without-plus"),
+    pytest.param("(11) 91234-5678", "br", "5511912345678", id="br-mobile"),
+    pytest.param("0 11 3456-7890", "br", "551134567890", id="br-trunk"),
+    pytest.param("98765 43210", "in", "919876543210", id="in"),
+    pytest.param("098765 43210", "in", "919876543210", id="in-trunk"),
+    pytest.param("02 9876 5432", "au", "61298765432", id="au"),
+    pytest.param("0412 345 678", "au", "61412345678", id="au-mobile"),
+    pytest.param("03-1234-5678", "jp", "81312345678", id="jp"),
+    pytest.param("090-1234-5678", "jp", "819012345678", id="jp-mobile"),
+    pytest.param("55 1234 5678", "mx", "525512345678", id="mx"),
+    pytest.param("8 (916) 123-45-67", "ru", "79161234567", id="ru-trunk-8"),
+    pytest.param("020 7946 0000", "GBR", "442079460000", id="alpha3-country"),
+    pytest.param("020 7946 0000", "United Kingdom", "442079460000", id="country-name"),
+    pytest.param("011 4123 4567", "ar", "1141234567", id="outside-the-table-as-given"),
+]
+
+
+@pytest.mark.parametrize(("phone", "country", "digits"), NATIONAL_PHONES)
+def test_a_national_phone_gets_the_calling_code_of_the_country_given(
+    phone: str, country: str, digits: str
+) -> None:
+    assert one("phone", phone, country=country) == h(digits)
+    # The general path (a list of values) completes them the same way.
+    assert normalize_user_data({"phone": [phone], "country": country})["ph"] == [h(digits)]
+
+
+@pytest.mark.parametrize(("phone", "country", "digits"), NATIONAL_PHONES)
+def test_a_national_phone_gets_the_calling_code_of_the_default_country(
+    phone: str, country: str, digits: str
+) -> None:
+    assert normalize_user_data({"phone": phone}, default_country=country)["ph"] == h(digits)
+
+
+def test_the_country_given_wins_over_the_default_country() -> None:
+    wire = normalize_user_data({"phone": "020 7946 0000", "country": "gb"}, default_country="us")
+    assert wire["ph"] == h("442079460000")
+
+
+def test_a_country_given_already_hashed_still_completes_a_phone() -> None:
+    wire = normalize_user_data({"phone": "020 7946 0000", "country": h("gb")})
+    assert wire["ph"] == h("442079460000")
+
+
+def test_with_several_countries_a_national_phone_is_hashed_as_given() -> None:
+    wire = normalize_user_data(
+        {"phone": "020 7946 0000", "country": ["gb", "fr"]}, default_country="gb"
+    )
+    assert wire["ph"] == h("2079460000")
+
+
+@pytest.mark.parametrize("phone", ["(650) 555-1212", "020 7946 0000", "06 1234 5678"])
+def test_without_any_country_a_national_phone_is_hashed_as_before(phone: str) -> None:
+    assert one("phone", phone) == h("".join(c for c in phone if c.isdigit()).lstrip("0"))
+
+
+def test_an_unknown_default_country_is_refused() -> None:
+    with pytest.raises(ValueError, match="default_country"):
+        normalize_user_data({"phone": "650 555 1212"}, default_country="Atlantis")
+
+
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "(650) 555-1212 ext. 123",
+        "(650) 555-1212 Ext 9",
+        "650-555-1212 x12",
+        "650.555.1212X7",
+        "650 555 1212 #9",
+        "650 555 1212 extension 4410",
+        "+1 650 555 1212 ext. 123",
+    ],
+)
+def test_an_extension_is_dropped(phone: str) -> None:
+    assert one("phone", phone, country="us") == h("16505551212")
+
+
+def _random_international(rng: random.Random) -> str:
+    """A number of 7 to 15 digits after a ``+`` or ``00``, formatted the many ways people do."""
+    digits = str(rng.randint(1, 9)) + "".join(
+        str(rng.randint(0, 9)) for _ in range(rng.randint(6, 14))
+    )
+    parts, rest = [], digits
+    while rest:
+        cut = rng.randint(1, 4)
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    separator = rng.choice([" ", "-", ".", "", " - "])
+    body = separator.join(parts)
+    if len(parts) > 2 and rng.random() < 0.3 and parts[1].strip("0"):  # "(0)": a trunk zero
+        body = f"{parts[0]} ({parts[1]}) {separator.join(parts[2:])}"
+    return rng.choice(["+", "+ ", "00", "00 ", "tel: +"]) + body
+
+
+INTERNATIONAL = [_random_international(random.Random(seed)) for seed in range(300)]
+TABLE_COUNTRIES = [row[0] for row in _geo.PHONE_NUMBERING]
+
+
+@pytest.mark.parametrize(("index", "phone"), list(enumerate(INTERNATIONAL)))
+def test_a_number_given_with_plus_or_00_keeps_its_hash_whatever_the_country(
+    index: int, phone: str
+) -> None:
+    as_before = h("".join(c for c in phone if c.isdigit()).lstrip("0"))
+    assert one("phone", phone) == as_before
+    country = TABLE_COUNTRIES[index % len(TABLE_COUNTRIES)]
+    assert one("phone", phone, country=country) == as_before
+    assert normalize_user_data({"phone": phone}, default_country=country)["ph"] == as_before
+
+
+@pytest.mark.parametrize("country", TABLE_COUNTRIES)
+def test_every_international_number_of_the_table_keeps_its_hash_in_every_country(
+    country: str,
+) -> None:
+    for phone in INTERNATIONAL[:50]:
+        as_before = h("".join(c for c in phone if c.isdigit()).lstrip("0"))
+        assert one("phone", phone, country=country) == as_before, phone
+
+
+def test_the_numbering_table_is_well_formed() -> None:
+    codes = {row[0] for row in _geo.COUNTRIES}
+    seen = set()
+    for alpha2, code, trunk, shortest, longest in _geo.PHONE_NUMBERING:
+        assert alpha2 in codes
+        assert alpha2 not in seen
+        seen.add(alpha2)
+        assert code.isdigit()
+        assert trunk == "" or trunk.isdigit()
+        assert 4 <= shortest <= longest <= 13
+        assert len(code) + longest <= 15  # E.164's limit

@@ -42,4 +42,6 @@ __all__ = [
     "track",
 ]
 
-__version__ = "0.1.0"
+#: The one place the version is written: pyproject.toml reads it, `pixelmirror --version`
+#: prints it.
+__version__ = "0.2.0.dev0"

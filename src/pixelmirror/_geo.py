@@ -420,3 +420,43 @@ US_STATE_ALIASES: tuple[tuple[str, str], ...] = (
     ("US Virgin Islands", "vi"),
     ("U.S. Virgin Islands", "vi"),
 )
+
+
+#: Telephone numbering of the main countries, for completing a phone number written the
+#: national way: (alpha-2, country calling code, national trunk prefix or "" for none,
+#: shortest and longest national significant number, i.e. without trunk prefix and calling
+#: code). Italy, Spain, Portugal, Mexico and others dial no trunk prefix: a leading 0 there
+#: is part of the number. Numbers of countries not listed are hashed as given.
+PHONE_NUMBERING: tuple[tuple[str, str, str, int, int], ...] = (
+    ("ae", "971", "0", 8, 9),
+    ("au", "61", "0", 9, 9),
+    ("be", "32", "0", 8, 9),
+    ("br", "55", "0", 10, 11),
+    ("ca", "1", "1", 10, 10),
+    ("ch", "41", "0", 9, 9),
+    ("cn", "86", "0", 9, 11),
+    ("de", "49", "0", 6, 13),
+    ("dk", "45", "", 8, 8),
+    ("es", "34", "", 9, 9),
+    ("fr", "33", "0", 9, 9),
+    ("gb", "44", "0", 9, 10),
+    ("hk", "852", "", 8, 8),
+    ("ie", "353", "0", 7, 9),
+    ("il", "972", "0", 8, 9),
+    ("in", "91", "0", 10, 10),
+    ("it", "39", "", 6, 11),
+    ("jp", "81", "0", 9, 10),
+    ("kr", "82", "0", 8, 10),
+    ("mx", "52", "", 10, 10),
+    ("nl", "31", "0", 9, 9),
+    ("no", "47", "", 8, 8),
+    ("nz", "64", "0", 8, 10),
+    ("pl", "48", "", 9, 9),
+    ("pt", "351", "", 9, 9),
+    ("ru", "7", "8", 10, 10),
+    ("se", "46", "0", 7, 9),
+    ("sg", "65", "", 8, 8),
+    ("tr", "90", "0", 10, 10),
+    ("us", "1", "1", 10, 10),
+    ("za", "27", "0", 9, 9),
+)

@@ -1,29 +1,39 @@
-"""The ``pixelmirror`` command: ``check``, ``worker``, ``outbox stats|replay-dead``.
+"""The ``pixelmirror`` command: ``check``, ``worker``, ``outbox stats|replay-dead``,
+``fake-graph``.
 
 Settings come from the same ``PIXELMIRROR_*`` variables as the app, so the command sees the
-outbox and the credentials the app uses.
+outbox and the credentials the app uses. What a person can fix (a bad setting, an outbox that
+cannot be opened or reached) ends the command with one line on stderr and exit code 2, never
+a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from types import FrameType
 from typing import cast
+from urllib.parse import unquote, urlsplit
 
-from pixelmirror.config import Config, ConfigError
+from pixelmirror import __version__
+from pixelmirror.config import Config, ConfigError, masked_url
 from pixelmirror.delivery import open_sinks
 from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.graph import TokenSource
 from pixelmirror.mirror import PixelMirror
-from pixelmirror.outbox import open_outbox
+from pixelmirror.outbox import Outbox, open_outbox
+from pixelmirror.testing import cli as fake_cli
 
 logger = logging.getLogger("pixelmirror")
 
@@ -39,10 +49,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, Unavailable) as exc:
         print(f"pixelmirror: {exc}", file=sys.stderr)
         return 2
     return code
+
+
+class Unavailable(Exception):
+    """The outbox cannot be opened or reached: the message names it (password masked) and
+    the cause, for one line on stderr."""
+
+
+def _outbox_errors() -> tuple[type[Exception], ...]:
+    """What opening or using an outbox raises when the store, not our code, is at fault."""
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    try:  # redis is optional: its errors only exist where it is installed
+        import redis
+    except ImportError:
+        return errors
+    return (*errors, redis.RedisError)
+
+
+@contextlib.contextmanager
+def _opened(config: Config, *, existing: bool = False) -> Iterator[Outbox]:
+    """The configured outbox, closed on exit; its open and I/O errors become
+    :class:`Unavailable`. ``existing``: a SQLite file must exist already (an inspection must
+    not create an empty outbox where a path was mistyped)."""
+    url, shown = config.outbox, masked_url(config.outbox)
+    if existing and url.startswith("sqlite:"):
+        path = unquote(urlsplit(url).path[1:])
+        if not os.path.exists(path):
+            raise Unavailable(f"outbox {shown}: no such file {path!r}")
+    errors = _outbox_errors()
+    refusals: tuple[type[Exception], ...] = (ImportError, ValueError, *errors)  # bad URL too
+    try:
+        outbox = open_outbox(url, max_events=config.queue_size)
+    except refusals as exc:
+        raise Unavailable(f"outbox {shown} cannot be opened: {_cause(exc)}") from exc
+    try:
+        yield outbox
+    except errors as exc:
+        raise Unavailable(f"outbox {shown} is unavailable: {_cause(exc)}") from exc
+    finally:
+        with contextlib.suppress(*errors):
+            outbox.close()
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the driver put in it
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,10 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="pixelmirror", description="Meta Pixel + Conversions API mirror."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"pixelmirror {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = commands.add_parser(
-        "check", help="send one test event to Meta now and print the answer (exit 0 if accepted)"
+        "check",
+        help="send one test event to Meta now and print the answer (exit 0 if accepted, "
+        f"1 if refused, {DRY_RUN_EXIT} in a dry run: no token, nothing reached Meta)",
     )
     check.add_argument("--pixel-id", help="default: PIXELMIRROR_PIXEL_ID")
     check.add_argument("--test-event-code", help="default: PIXELMIRROR_TEST_EVENT_CODE")
@@ -76,8 +134,25 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--dead", type=int, default=0, metavar="N", help="also list N dead letters")
     stats.set_defaults(run=_outbox_stats)
     replay = outbox_commands.add_parser("replay-dead", help="move dead letters back to pending")
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how many dead letters would be replayed, by pixel and reason; replay none",
+    )
     replay.set_defaults(run=_outbox_replay)
+
+    fake = commands.add_parser(
+        "fake-graph",
+        help="serve a fake of Meta's /events endpoint on loopback for other processes; "
+        "print each accepted event as a JSON line",
+    )
+    fake_cli.add_arguments(fake)
+    fake.set_defaults(run=fake_cli.serve)
     return parser
+
+
+#: ``pixelmirror check``'s exit code when no token is set: the event was built, not sent.
+DRY_RUN_EXIT = 3
 
 
 _TOKENS_HELP = (
@@ -103,8 +178,15 @@ def _load_tokens(spec: str | None) -> TokenSource | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    # The check talks to Meta directly: no dispatcher needed.
-    config = Config.from_env(dispatch="external")
+    # The check talks to Meta directly: no dispatcher, and no outbox to open (a broken one
+    # must not stop a test of the connection to Meta).
+    config = Config.from_env(dispatch="external", outbox="memory://")
+    if not (args.pixel_id or config.pixel_id):  # said in the command line's own words
+        print(
+            "pixelmirror check: no pixel to check: pass --pixel-id ID or set PIXELMIRROR_PIXEL_ID",
+            file=sys.stderr,
+        )
+        return 2
     mirror = PixelMirror(config, tokens=_load_tokens(args.tokens))
     try:
         result = mirror.check(args.pixel_id, test_event_code=args.test_event_code)
@@ -114,6 +196,13 @@ def _check(args: argparse.Namespace) -> int:
     finally:
         mirror.close(timeout=0)
     print(json.dumps(asdict(result), indent=2))
+    if result.dry_run:
+        print(
+            "pixelmirror check: dry run, nothing reached Meta: set PIXELMIRROR_ACCESS_TOKEN "
+            "(or pass --tokens) to test the connection",
+            file=sys.stderr,
+        )
+        return DRY_RUN_EXIT
     return 0 if result.ok else 1
 
 
@@ -130,15 +219,21 @@ def _worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("pixelmirror worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
-    outbox = open_outbox(config.outbox, max_events=config.queue_size)
-    if not outbox.durable:
-        outbox.close()
-        print(
-            "pixelmirror worker: PIXELMIRROR_OUTBOX must be shared with the web processes "
-            "(sqlite:///path.db or redis://...), not memory://",
-            file=sys.stderr,
-        )
-        return 2
+    with _opened(config) as outbox:
+        if not outbox.durable:
+            print(
+                "pixelmirror worker: PIXELMIRROR_OUTBOX must be shared with the web processes "
+                "(sqlite:///path.db or redis://...), not memory://",
+                file=sys.stderr,
+            )
+            return 2
+        outbox.counts()  # unreachable at start: say so now rather than retry in silence
+        return _work(config, outbox, tokens, args)
+
+
+def _work(
+    config: Config, outbox: Outbox, tokens: TokenSource | None, args: argparse.Namespace
+) -> int:
     sinks = open_sinks(config, tokens=tokens)
     dispatcher = Dispatcher.from_config(config, outbox, sinks, threads=args.concurrency)
     stop = threading.Event()
@@ -161,52 +256,73 @@ def _worker(args: argparse.Namespace) -> int:
     _log_status(dispatcher)
     for sink in sinks.values():
         sink.close()
-    outbox.close()
     return 0
 
 
 def _log_status(dispatcher: Dispatcher) -> None:
-    counts, outbox = dispatcher.counts, dispatcher.outbox.counts()
+    counts = dispatcher.counts
+    try:
+        stored = dispatcher.outbox.counts()
+    except _outbox_errors() as exc:  # an outage mid-run: the senders back off and retry
+        outbox = f"outbox unavailable ({_cause(exc)})"
+    else:
+        outbox = (
+            f"outbox pending {stored.pending}, in flight {stored.in_flight}, dead {stored.dead}"
+        )
     logger.info(
-        "pixelmirror worker: sent %d, retried %d, dead %d | outbox pending %d, in flight %d, "
-        "dead %d | paused pixels: %s",
+        "pixelmirror worker: sent %d, retried %d, dead %d | %s | paused pixels: %s",
         counts.sent,
         counts.retried,
         counts.dead,
-        outbox.pending,
-        outbox.in_flight,
-        outbox.dead,
+        outbox,
         ", ".join(dispatcher.paused_pixels) or "none",
     )
 
 
 def _outbox_stats(args: argparse.Namespace) -> int:
-    config = Config.from_env()
-    outbox = open_outbox(config.outbox, max_events=config.queue_size)
-    report: dict[str, object] = {"outbox": outbox.url, **asdict(outbox.counts())}
-    report["unfinished_by_pixel"] = outbox.unfinished_by_pixel()
-    if args.dead:
-        report["dead_letters"] = [
-            {
-                "event_id": letter.event.event_id,
-                "event_name": letter.event.event_name,
-                "pixel_id": letter.event.pixel_id,
-                "reason": letter.reason,
-                "died_at": letter.died_at,
-            }
-            for letter in outbox.dead_letters(args.dead)
-        ]
-    outbox.close()
+    with _opened(Config.from_env(), existing=True) as outbox:
+        report: dict[str, object] = {"outbox": outbox.url, **asdict(outbox.counts())}
+        report["unfinished_by_pixel"] = outbox.unfinished_by_pixel()
+        if args.dead:
+            report["dead_letters"] = [
+                {
+                    "event_id": letter.event.event_id,
+                    "event_name": letter.event.event_name,
+                    "pixel_id": letter.event.pixel_id,
+                    "reason": letter.reason,
+                    "died_at": letter.died_at,
+                }
+                for letter in outbox.dead_letters(args.dead)
+            ]
     print(json.dumps(report, indent=2))
     return 0
 
 
+#: Dead letters a ``replay-dead --dry-run`` reads to break the count down: the newest ones,
+#: so a huge pile is summarised from a bounded sample rather than loaded whole.
+DRY_RUN_SAMPLE = 10_000
+
+
 def _outbox_replay(args: argparse.Namespace) -> int:
-    config = Config.from_env()
-    outbox = open_outbox(config.outbox, max_events=config.queue_size)
-    replayed = outbox.replay_dead()
-    outbox.close()
-    print(json.dumps({"outbox": outbox.url, "replayed": replayed}))
+    with _opened(Config.from_env(), existing=True) as outbox:
+        if not args.dry_run:
+            replayed = outbox.replay_dead()
+            print(json.dumps({"outbox": outbox.url, "replayed": replayed}))
+            return 0
+        dead = outbox.counts().dead
+        letters = outbox.dead_letters(min(dead, DRY_RUN_SAMPLE))
+        groups = Counter((letter.event.pixel_id, letter.reason) for letter in letters)
+    report = {
+        "outbox": outbox.url,
+        "dry_run": True,
+        "would_replay": dead,
+        "sampled": len(letters),  # the newest letters, which the breakdown counts
+        "by_pixel_and_reason": [
+            {"pixel_id": pixel, "reason": reason, "count": count}
+            for (pixel, reason), count in groups.most_common()
+        ],
+    }
+    print(json.dumps(report, indent=2))
     return 0
 
 

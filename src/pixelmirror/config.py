@@ -15,6 +15,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal
 
 from pixelmirror._domains import HOSTNAME, is_public_suffix
+from pixelmirror._geo import COUNTRIES
 from pixelmirror.accounts import check_partner_agent
 from pixelmirror.meta import MAX_EVENTS_PER_REQUEST
 
@@ -103,6 +104,7 @@ def masked_url(url: str) -> str:
 _DIGITS = re.compile(r"[0-9]+")
 _API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_\-.]+")
+_ALPHA2 = frozenset(row[0] for row in COUNTRIES)
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,9 @@ class Config:
     )
     #: Beacon events per minute per visitor (an IP gets five times as many).
     beacon_rate: int = _setting(60, _int)
+    #: ISO 3166-1 alpha-2 code of the country whose calling code completes a phone number
+    #: written without one, when the event's user data names no country.
+    default_country: str | None = _setting(None, _text)
 
     def __post_init__(self) -> None:
         for name in ("secret_key", "beacon_events"):  # keyword overrides given as "a,b"
@@ -209,6 +214,8 @@ class Config:
             self, "trusted_proxies", _networks("trusted_proxies", self.trusted_proxies)
         )
         object.__setattr__(self, "graph_url", self.graph_url.rstrip("/"))
+        if self.default_country is not None:
+            object.__setattr__(self, "default_country", self.default_country.strip().lower())
         if self.cookie_domain is not None:  # ".Example.com" means example.com to a browser
             object.__setattr__(self, "cookie_domain", self.cookie_domain.strip(".").lower())
         self._validate()
@@ -317,6 +324,13 @@ class Config:
                 "cookie_domain",
                 "a registrable domain like example.com, not a public suffix",
                 self.cookie_domain,
+            )
+        if self.default_country is not None:
+            need(
+                self.default_country in _ALPHA2,
+                "default_country",
+                "an ISO 3166-1 alpha-2 country code like us or gb",
+                self.default_country,
             )
         if self.consent_cookie is not None:
             name = self.consent_cookie.partition("=")[0]

@@ -21,6 +21,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import date
+from typing import NamedTuple, cast
 
 from . import _geo
 from .meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
@@ -127,6 +128,12 @@ def _build_states() -> dict[str, str]:
 _COUNTRIES = _build_countries()
 _US_STATES = _build_states()
 _US_HASH = sha256_hex("us")
+# A country given already hashed is still known, by its hash.
+_COUNTRY_OF_HASH = {sha256_hex(alpha2): alpha2 for alpha2, *_ in _geo.COUNTRIES}
+_NUMBERING: dict[str, tuple[str, str, int, int]] = {
+    alpha2: (code, trunk, shortest, longest)
+    for alpha2, code, trunk, shortest, longest in _geo.PHONE_NUMBERING
+}
 
 _GENDERS = {
     "f": "f",
@@ -140,17 +147,27 @@ _GENDERS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Rules for hashed keys. Each takes the trimmed, non-empty text and whether the user is in the
-# US (True), elsewhere (False) or unknown (None: no country given), and returns the normalised
-# text to hash or raises _Drop.
+# Rules for hashed keys. Each takes the trimmed, non-empty text and the user's _Place, and
+# returns the normalised text to hash or raises _Drop.
 
-_Rule = Callable[[str, bool | None], str]
+
+class _Place(NamedTuple):
+    """Where the user is, as far as the rules need to know."""
+
+    #: In the US (True), elsewhere (False) or unknown (None: no country given).
+    us: bool | None
+    #: The alpha-2 code that completes a phone number written the national way: the one
+    #: country given, else the default country; None when unknown or ambiguous.
+    phone_country: str | None
+
+
+_Rule = Callable[[str, _Place], str]
 
 # Meta only asks for "trim, lowercase"; this is a sanity check, not RFC 5322.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 
 
-def _email(text: str, us: bool | None) -> str:
+def _email(text: str, place: _Place) -> str:
     text = text.lower()
     if not _EMAIL.fullmatch(text):
         raise _Drop("not an email address (expected name@domain.tld)")
@@ -160,17 +177,25 @@ def _email(text: str, us: bool | None) -> str:
 # "+44 (0)20 7946 0000": the bracketed national trunk zero after an international prefix is
 # not dialled from abroad and not part of the E.164 number.
 _TRUNK_ZERO = re.compile(r"(\+\s*\d{1,3}\s*)\(\s*0\s*\)")
+# An extension at the end ("ext. 123", "x123", "#123") reaches a desk, not a subscriber.
+_EXTENSION = re.compile(r"\s*(?:(?:ext|extn|extension)\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
 
 
-def _phone(text: str, us: bool | None) -> str:
+def _phone(text: str, place: _Place) -> str:
     if "(" in text:
         text = _TRUNK_ZERO.sub(r"\1", text)
+    if _EXTENSION.search(text):
+        text = _EXTENSION.sub("", text)
     digits = _NON_DIGITS.sub("", text)
     if not digits.isascii():  # other scripts' digits, e.g. Arabic-Indic
         digits = "".join(str(unicodedata.decimal(ch)) for ch in digits)
-    # Leading zeros go, which also removes a "00" international prefix. We cannot add a
-    # missing country code, so a national number is hashed as given and will not match.
-    digits = digits.lstrip("0")
+    numbering = _NUMBERING.get(place.phone_country) if place.phone_country else None
+    if numbering is None or "+" in text or digits.startswith("00"):
+        # Leading zeros go, which also removes a "00" international prefix. Without a known
+        # country, a national number is hashed as given and will not match.
+        digits = digits.lstrip("0")
+    else:
+        digits = _international(digits, *numbering)
     if not 7 <= len(digits) <= 15:
         raise _Drop(
             f"phone number has {len(digits)} digits; expected 7 to 15 including the country code"
@@ -178,7 +203,32 @@ def _phone(text: str, us: bool | None) -> str:
     return digits
 
 
-def _name(text: str, us: bool | None) -> str:
+def _international(digits: str, code: str, trunk: str, shortest: int, longest: int) -> str:
+    """A number written without ``+`` or ``00``, in a known country, with its calling code.
+
+    The national form wins where it fits: with the trunk prefix (``020 7946 0000`` in GB),
+    or in a country that dials none (Italy's ``06 ...``: its 0 stays), a number of national
+    length. Then a number that already starts with the calling code (``447911123456``), also
+    with the bracketed trunk prefix written after it (``44 (0)20 ...``); then a national
+    number written without its trunk prefix. Anything else is hashed as given.
+    """
+    national = len(digits)
+    if trunk and digits.startswith(trunk) and shortest <= national - len(trunk) <= longest:
+        return code + digits[len(trunk) :]
+    if not trunk and shortest <= national <= longest:
+        return code + digits
+    if digits.startswith(code):
+        rest = digits[len(code) :]
+        if trunk and rest.startswith(trunk) and shortest <= len(rest) - len(trunk) <= longest:
+            return code + rest[len(trunk) :]
+        if shortest <= len(rest) <= longest:
+            return digits
+    if trunk and shortest <= national <= longest:
+        return code + digits
+    return digits.lstrip("0")
+
+
+def _name(text: str, place: _Place) -> str:
     # Meta's docs: "lowercase only with no punctuation", UTF-8 for non-Roman letters; they say
     # nothing about inner spaces (for ct they say "no spaces" explicitly). The Meta pixel hashes
     # "a b" with its space (hash c8687a08... reported in facebookincubator/ConversionsAPI-Tag-
@@ -189,7 +239,7 @@ def _name(text: str, us: bool | None) -> str:
     return name
 
 
-def _gender(text: str, us: bool | None) -> str:
+def _gender(text: str, place: _Place) -> str:
     code = _GENDERS.get(_fold(text))
     if code is None:
         raise _Drop("gender must be f or m (female/male)")
@@ -206,7 +256,7 @@ _DB_YEAR_LAST = re.compile(r"(\d{1,2})([-/.])(\d{1,2})\2(\d{4})", re.ASCII)
 _MIN_BIRTH_YEAR = 1900
 
 
-def _birth_date(text: str, us: bool | None) -> str:
+def _birth_date(text: str, place: _Place) -> str:
     if match := _DB_COMPACT.fullmatch(text):
         year, month, day = (int(part) for part in match.groups())
     elif match := _DB_YEAR_FIRST.fullmatch(text):
@@ -228,17 +278,17 @@ def _birth_date(text: str, us: bool | None) -> str:
     return f"{year:04d}{month:02d}{day:02d}"
 
 
-def _city(text: str, us: bool | None) -> str:
+def _city(text: str, place: _Place) -> str:
     city = _letters(text, spaces=False)
     if not city:
         raise _Drop("no letters left after removing punctuation")
     return city
 
 
-def _state(text: str, us: bool | None) -> str:
+def _state(text: str, place: _Place) -> str:
     # US state names map to their code unless a country other than the US was given
     # ("Georgia" with country "ge" stays "georgia").
-    if us is not False and (code := _US_STATES.get(_fold(text))):
+    if place.us is not False and (code := _US_STATES.get(_fold(text))):
         return code
     state = _letters(text, spaces=False)
     if not state:
@@ -250,18 +300,18 @@ _ZIP_JUNK = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
 _US_ZIP = re.compile(r"\d{5}(?:\d{4})?", re.ASCII)
 
 
-def _zip(text: str, us: bool | None) -> str:
+def _zip(text: str, place: _Place) -> str:
     code = _ZIP_JUNK.sub("", text.lower())
     if not code:
         raise _Drop("nothing left after removing spaces and dashes")
     # US ZIP (5 digits) or ZIP+4: Meta wants the first 5 digits. Unless the country says
     # otherwise, a 5- or 9-digit code is taken for a US one.
-    if us is not False and _US_ZIP.fullmatch(code):
+    if place.us is not False and _US_ZIP.fullmatch(code):
         return code[:5]
     return code
 
 
-def _country(text: str, us: bool | None) -> str:
+def _country(text: str, place: _Place) -> str:
     key = _fold(text)
     code = _COUNTRIES.get(key)
     if code is None and key.startswith("the"):  # "The Netherlands", "the Bahamas"
@@ -271,7 +321,7 @@ def _country(text: str, us: bool | None) -> str:
     return code
 
 
-def _external_id(text: str, us: bool | None) -> str:
+def _external_id(text: str, place: _Place) -> str:
     # Trim and lowercase like Meta's Parameter Builder. The pixel must get the same hash.
     return text.lower()
 
@@ -291,7 +341,7 @@ _RULES: dict[str, _Rule] = {
 }
 
 
-def _hashed(wire: str, value: object, us: bool | None) -> str | None:
+def _hashed(wire: str, value: object, place: _Place) -> str | None:
     if isinstance(value, date):  # datetime is a date too; only db accepts these
         text = f"{value.year:04d}{value.month:02d}{value.day:02d}"
     else:
@@ -300,7 +350,7 @@ def _hashed(wire: str, value: object, us: bool | None) -> str | None:
             return None
         if len(text) == 64 and _SHA256_HEX.fullmatch(text):  # already hashed by the caller
             return text.lower()
-    return sha256_hex(_RULES[wire](text, us))
+    return sha256_hex(_RULES[wire](text, place))
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +391,9 @@ def _check_type(key: str, wire: str, value: object, where: str = "") -> None:
         raise ValueError(f"user_data[{key!r}]{where} must be {allowed}; got {type(value).__name__}")
 
 
-def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
+def normalize_user_data(
+    user_data: Mapping[str, object], *, default_country: str | None = None
+) -> dict[str, object]:
     """Meta's wire ``user_data`` for this Python API ``user_data``.
 
     Keys may be Meta SDK long names or wire keys (see :data:`pixelmirror.meta.USER_DATA_KEYS`);
@@ -355,8 +407,15 @@ def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
     warning on the ``pixelmirror`` logger naming the key and the reason (never the value); a
     key whose every value is dropped is left out.
 
-    Raises :class:`ValueError` for an unknown key or a value of the wrong type.
+    A phone number written without ``+`` or ``00`` gets its country calling code (a national
+    trunk prefix and an extension removed) when the country is known: the ``country`` given,
+    else ``default_country`` (an ISO 3166-1 code or name), for the countries of
+    :data:`pixelmirror._geo.PHONE_NUMBERING`; other numbers are hashed as given.
+
+    Raises :class:`ValueError` for an unknown key, a value of the wrong type or an unknown
+    ``default_country``.
     """
+    default = _default_country(default_country)
     # The usual call (every value one plain string, every key once) takes a shorter road to
     # the same result; anything else (lists, ints, dates, a key under two names) the general
     # one below.
@@ -373,7 +432,7 @@ def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
             break
         single[wire] = (key, value)
     else:
-        return _normalize_single(single)
+        return _normalize_single(single, default)
 
     collected: dict[str, list[tuple[str, int, object]]] = {}
     multi: set[str] = set()
@@ -398,51 +457,74 @@ def normalize_user_data(user_data: Mapping[str, object]) -> dict[str, object]:
             _check_type(key, wire, value)
             slot.append((key, -1, value))
 
-    # Country goes first: the state and zip rules depend on whether the user is in the US.
-    countries = _normalized("country", collected.get("country"), None)
-    us = (_US_HASH in countries) if countries else None
+    # Country goes first: the state and zip rules depend on whether the user is in the US,
+    # phone numbers on the country.
+    countries = _normalized("country", collected.get("country"), _NOWHERE)
+    place = _place(cast("list[str]", countries), default)
 
     wire_data: dict[str, object] = {}
     for wire in WIRE_KEYS:
         items = collected.get(wire)
         if not items:
             continue
-        values = countries if wire == "country" else _normalized(wire, items, us)
+        values = countries if wire == "country" else _normalized(wire, items, place)
         if values:
             wire_data[wire] = values if wire in multi else values[0]
     return wire_data
 
 
-def _normalize_single(single: dict[str, tuple[str, str]]) -> dict[str, object]:
+def _default_country(name: str | None) -> str | None:
+    if name is None:
+        return None
+    code = _COUNTRIES.get(_fold(name))
+    if code is None:
+        raise ValueError(f"default_country must be an ISO 3166-1 country code; got {name!r}")
+    return code
+
+
+# No country given: nothing known. A given country is hashed by the rules first, as this.
+_NOWHERE = _Place(None, None)
+
+
+def _place(country_hashes: list[str], default: str | None) -> _Place:
+    """The user's place, from the hashes of the countries given (distinct) and the default."""
+    if not country_hashes:
+        return _Place(None, default)
+    # Several countries: the US rules apply if one is the US; a phone's is ambiguous.
+    alone = _COUNTRY_OF_HASH.get(country_hashes[0]) if len(country_hashes) == 1 else None
+    return _Place(_US_HASH in country_hashes, alone)
+
+
+def _normalize_single(single: dict[str, tuple[str, str]], default: str | None) -> dict[str, object]:
     """:func:`normalize_user_data` for one string value per wire key (wire -> key, value)."""
     country = single.get("country")
-    country_hash = _one("country", *country, None) if country is not None else None
-    us = None if country_hash is None else country_hash == _US_HASH
+    country_hash = _one("country", *country, _NOWHERE) if country is not None else None
+    place = _place([country_hash] if isinstance(country_hash, str) else [], default)
     wire_data: dict[str, object] = {}
     for wire in WIRE_KEYS:
         item = single.get(wire)
         if item is None:
             continue
-        result = country_hash if wire == "country" else _one(wire, item[0], item[1], us)
+        result = country_hash if wire == "country" else _one(wire, item[0], item[1], place)
         if result is not None:
             wire_data[wire] = result
     return wire_data
 
 
-def _one(wire: str, key: str, value: str, us: bool | None) -> object | None:
+def _one(wire: str, key: str, value: str, place: _Place) -> object | None:
     try:
         if wire not in HASHED_KEYS:
             return _plain(wire, value)
         if len(value) <= _CACHED_LENGTH:
-            return _hashed_text(wire, value, us)
-        return _hashed(wire, value, us)
+            return _hashed_text(wire, value, place)
+        return _hashed(wire, value, place)
     except _Drop as drop:
         _log.warning("user_data[%r]%s dropped: %s", key, "", drop.reason)
         return None
 
 
 # A visitor's events repeat their user data (PageView, AddToCart, Purchase): the hashes of the
-# last few thousand values are kept, by (wire key, raw text, in the US?). The rules are pure,
+# last few thousand values are kept, by (wire key, raw text, the user's _Place). The rules are pure,
 # so a hit is what the rules would give; a dropped value raises and is not kept (its warning
 # is logged each time). Long texts are not kept, so the cache stays small (~1 MB at most).
 _CACHED_LENGTH = 128
@@ -450,14 +532,14 @@ _hashed_text = functools.lru_cache(maxsize=4096)(_hashed)
 
 
 def _normalized(
-    wire: str, items: list[tuple[str, int, object]] | None, us: bool | None
+    wire: str, items: list[tuple[str, int, object]] | None, place: _Place
 ) -> list[object]:
     if not items:
         return []
     values: list[object] = []
     for key, index, value in items:
         try:
-            result = _hashed(wire, value, us) if wire in HASHED_KEYS else _plain(wire, value)
+            result = _hashed(wire, value, place) if wire in HASHED_KEYS else _plain(wire, value)
         except _Drop as drop:
             where = "" if index < 0 else f"[{index}]"
             _log.warning("user_data[%r]%s dropped: %s", key, where, drop.reason)

@@ -1,4 +1,5 @@
-"""``python -m pixelmirror.testing``: a standalone :class:`FakeGraphAPI` on loopback.
+"""``python -m pixelmirror.testing`` (and ``pixelmirror fake-graph``): a standalone
+:class:`FakeGraphAPI` on loopback.
 
 It prints ``FakeGraphAPI listening on <base url>`` on stderr, then each accepted event as
 one JSON line on stdout (``pixel_id``, ``test_event_code``, ``partner_agent``, ``event``),
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pixelmirror.testing.fake import FakeGraphAPI
 from pixelmirror.testing.records import ReceivedEvent
 
-__all__ = ["main"]
+__all__ = ["add_arguments", "main", "serve"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pixelmirror.testing",
         description="Serve a FakeGraphAPI; print each accepted event as a JSON line.",
     )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fake server's options, for this module's command and ``pixelmirror fake-graph``."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument(
@@ -33,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-api-version", default="v20.0")
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int)
-    args = parser.parse_args(argv)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the fake :func:`add_arguments` describes until interrupted."""
     fake = FakeGraphAPI(
         access_tokens=args.tokens,
         app_secret=args.app_secret,
