@@ -1,4 +1,4 @@
-"""5. Delivery throughput: events/s from ``send()`` to acknowledged by a loopback FakeGraphAPI.
+"""5. Delivery throughput: events/s from ``send()`` to acknowledged by a loopback Graph stub.
 
 pixelmirror: ``mirror.send()`` the typical Purchase N times from the main thread while the
 dispatcher thread sends batches of up to 1000 to the fake; the clock stops when ``flush()``
@@ -11,7 +11,8 @@ documented way: 1000 events per request (its batch path), and one event per requ
 usual call from a view). The SDK is pointed at the fake through its own session: a
 ``FacebookSession`` whose ``GRAPH`` is the fake's URL, installed as the default API.
 
-The fake runs in a process of its own (pinned to CPU 1); this process is pinned to CPU 0.
+Both send to ``count_stub.py``, a count-only server in a process of its own (pinned to CPU
+1); this process is pinned to CPU 0, so its wall time is its CPU time, every thread included.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def pixelmirror_rate(graph_url: str, outbox: str, count: int) -> float:
             dispatch="thread",
             flush_interval=0.05,
             queue_size=max(100_000, 2 * count),
+            handoff_size=max(100_000, 2 * count),  # sends outrun the writer: hold them all
         )
         try:
             for _ in range(50):  # warm up: connection, code paths
@@ -171,7 +173,7 @@ def run(quick: bool = False) -> list[Row]:
     redis_url, redis_note = redis_outbox_url()
     rows: list[Row] = []
     with (
-        FakeGraphProcess(forget=True, cpu=1) as fake,
+        FakeGraphProcess(stub=True, cpu=1) as fake,
         pinned(0),
         tempfile.TemporaryDirectory() as tmp,
     ):
@@ -207,7 +209,7 @@ def run(quick: bool = False) -> list[Row]:
                 _drop_redis(url)
     rates = {name: median(values) for name, values in results.items()}
     batch = rates["SDK batch (1000/request)"]
-    targets = {"memory": 10.0, "sqlite": 3.0, "redis": None}
+    targets = {"memory": 6.0, "sqlite": 3.0, "redis": 3.0}
     for name, rate in rates.items():
         row = Row("Delivery", name, rate, "events/s", extra={"runs": results[name]})
         if name.startswith("pixelmirror"):

@@ -86,10 +86,11 @@ def median(values: Sequence[float]) -> float:
 
 
 def cpu_ns() -> int:
-    """CPU time of the calling thread. In-process figures use it rather than the wall clock:
-    time this thread spends descheduled (a neighbour's test suite on a shared machine) does
-    not count, while everything it runs, garbage collection included, does."""
-    return time.thread_time_ns()
+    """CPU time of the whole process, every thread included (work moved to a background
+    thread is still paid for). In-process figures use it rather than the wall clock: time
+    spent descheduled (a neighbour's test suite on a shared machine) does not count, while
+    everything the process runs, garbage collection included, does."""
+    return time.process_time_ns()
 
 
 def per_call_us(fn: Callable[[], object], number: int) -> float:
@@ -197,10 +198,14 @@ def git_revision() -> str:
 
 
 class FakeGraphProcess:
-    """``bench/fake_graph.py`` as a child process; ``url`` once it listens."""
+    """``bench/fake_graph.py`` (or, with ``stub``, ``bench/count_stub.py``) as a child
+    process; ``url`` once it listens."""
 
-    def __init__(self, *, forget: bool = False, cpu: int | None = None) -> None:
-        command = [sys.executable, str(BENCH_DIR / "fake_graph.py"), "--token", ACCESS_TOKEN]
+    def __init__(self, *, forget: bool = False, cpu: int | None = None, stub: bool = False) -> None:
+        if stub:
+            command = [sys.executable, str(BENCH_DIR / "count_stub.py")]
+        else:
+            command = [sys.executable, str(BENCH_DIR / "fake_graph.py"), "--token", ACCESS_TOKEN]
         if forget:
             command.append("--forget")
         if cpu is not None and (os.cpu_count() or 1) > cpu:
@@ -212,7 +217,7 @@ class FakeGraphProcess:
         line = self.process.stdout.readline()
         if not line.startswith("URL "):
             self.close()
-            raise RuntimeError(f"fake_graph.py did not start: {line!r}")
+            raise RuntimeError(f"{command[-1]} did not start: {line!r}")
         self.url = line.split()[1]
 
     def close(self) -> None:

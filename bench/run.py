@@ -26,7 +26,7 @@ from harness import BENCH_DIR, Row, git_revision, machine, settle, versions
 
 PACKAGES = [
     "pixelmirror", "starlette", "flask", "werkzeug", "uvicorn", "gunicorn",
-    "facebook_business", "requests", "httpx", "itsdangerous", "redis",
+    "facebook_business", "requests", "httpx", "itsdangerous", "redis", "hiredis",
 ]  # fmt: skip
 
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {

@@ -1,5 +1,6 @@
-"""The apps the real servers load (benchmark 3): ``BENCH_VARIANT`` is ``bare`` or
-``pixelmirror``.
+"""The apps the real servers load (benchmark 3): ``BENCH_VARIANT`` is ``bare``,
+``pixelmirror`` or (Starlette only) ``session``; ``BENCH_PAGE=burn`` makes the Starlette page
+burn 2 ms of CPU before it answers, as a template page does.
 
 uvicorn: ``uvicorn --factory server_apps:starlette_app``; gunicorn: ``'server_apps:flask_app()'``.
 The wrapped variants enqueue into a memory outbox with ``dispatch="external"`` (the request
@@ -10,9 +11,12 @@ a dispatcher thread in the server process sends the events there as they come.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from asgi_overhead import build_apps, make_mirror
+from asgi_overhead import PAGE, build_apps, make_mirror
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
 from wsgi_overhead import make_flask
 
 from pixelmirror import PixelMirror
@@ -25,11 +29,46 @@ def _mirror() -> PixelMirror:
     return make_mirror()
 
 
+#: CPU a "template" page spends rendering.
+BURN_SECONDS = 0.002
+
+
+def _work(rounds: int) -> int:
+    total = 0
+    for n in range(rounds):
+        total += n * n
+    return total
+
+
+def _rounds_for(seconds: float) -> int:
+    """How many rounds of :func:`_work` take ``seconds`` of CPU here (the fastest of 5)."""
+    probe = 20_000
+    best = min(_timed(probe) for _ in range(5))
+    return max(1, int(probe * seconds / best))
+
+
+def _timed(rounds: int) -> float:
+    start = time.thread_time()
+    _work(rounds)
+    return time.thread_time() - start
+
+
+# A fixed amount of work per page, not a clock to watch: the work is the same in every
+# variant, whatever else the process does.
+BURN_ROUNDS = _rounds_for(BURN_SECONDS)
+
+
+async def burning_page(request: Request) -> HTMLResponse:
+    _work(BURN_ROUNDS)
+    return HTMLResponse(PAGE)
+
+
 def starlette_app() -> Any:
     variant = os.environ.get("BENCH_VARIANT", "bare")
-    if variant == "bare":
-        return build_apps(make_mirror())["bare"]  # the mirror is unused: nothing wraps
-    return build_apps(_mirror())[variant]
+    endpoint = burning_page if os.environ.get("BENCH_PAGE") == "burn" else None
+    # The mirror is unused by the bare and session apps: nothing of pixelmirror wraps them.
+    mirror = _mirror() if variant == "pixelmirror" else make_mirror()
+    return build_apps(mirror, endpoint)[variant]
 
 
 def flask_app() -> Any:

@@ -666,3 +666,38 @@ def test_a_pause_asks_the_sink_that_refused_for_a_new_credential(
     assert dispatcher.deliver_next()
     assert dispatcher.pauses == {}
     assert audit.batches == [(event.batch_key, [event.payload])]
+
+
+def lingering_dispatcher(outbox: RecordingOutbox, fake: FakeGraphAPI, **options: Any) -> Dispatcher:
+    # An hour-long linger: only a full batch, a flush or a stop can end it within the test.
+    client = GraphClient(TOKEN, transport=fake.transport)
+    return Dispatcher(outbox, client, linger=3600.0, flush_interval=3600.0, **options)
+
+
+def test_after_a_short_batch_the_sender_lingers_so_the_next_batch_fills(
+    outbox: RecordingOutbox, fake: FakeGraphAPI
+) -> None:
+    dispatcher = lingering_dispatcher(outbox, fake)
+    outbox.put([lead() for _ in range(3)])
+    dispatcher.start()
+    try:
+        wait_until(lambda: len(fake.requests) == 1)  # the first events go out at once
+        for _ in range(4):  # events trickle in while the sender lingers
+            outbox.put([lead() for _ in range(2)])
+        assert dispatcher.flush(timeout=10)  # a flush cuts the linger short
+    finally:
+        assert dispatcher.stop(timeout=10)
+    assert [r.event_count for r in fake.requests] == [3, 8]
+
+
+def test_a_full_batch_is_followed_at_once_by_the_next(
+    outbox: RecordingOutbox, fake: FakeGraphAPI
+) -> None:
+    dispatcher = lingering_dispatcher(outbox, fake, batch_size=3)
+    outbox.put([lead() for _ in range(7)])
+    dispatcher.start()
+    try:
+        wait_until(lambda: len(fake.requests) == 3)  # no flush: only full batches skip the linger
+    finally:
+        assert dispatcher.stop(timeout=10)  # a stop ends the linger after the short third batch
+    assert [r.event_count for r in fake.requests] == [3, 3, 1]

@@ -3,13 +3,15 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
+import uuid
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from pixelmirror.events import EventOptions, ServerEvent
+from pixelmirror.events import EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.snippet import safe_json
@@ -219,3 +221,32 @@ def test_event_options_are_the_optional_keywords_of_create() -> None:
         "wait",
         "options",
     }
+
+
+def test_event_ids_are_uuid4_hex_and_unique_across_many_mints() -> None:
+    ids = [new_event_id() for _ in range(2000)]  # several refills of the pool
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(hex=event_id)
+        assert parsed.hex == event_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
+    new_event_id()  # the parent holds a partly used pool when it forks
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave at once
+        try:
+            os.write(writer, " ".join(new_event_id() for _ in range(300)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {new_event_id() for _ in range(300)}
+    assert len(child) == 300
+    assert not child & parent

@@ -87,6 +87,17 @@ def test_a_big_backlog_is_written_in_groups(
     handoff.close(timeout=1)
 
 
+def test_a_full_group_is_written_without_lingering(
+    outbox: SQLiteOutbox, writes: list[int | str], make_event: MakeEvent
+) -> None:
+    handoff = Handoff(outbox, linger=3600)  # a short group would wait an hour
+    events = [make_event() for _ in range(2 * GROUP_SIZE)]
+    assert handoff.put(events) == len(events)
+    wait_until(lambda: writes == [GROUP_SIZE, GROUP_SIZE])  # no flush: nobody hurries it
+    assert stored(outbox) == [e.event_id for e in events]
+    handoff.close(timeout=1)
+
+
 def test_a_failing_outbox_is_retried_and_the_outage_logged_once(
     outbox: SQLiteOutbox,
     writes: list[int | str],

@@ -10,6 +10,8 @@ import random
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
@@ -636,6 +638,54 @@ def test_input_mapping_not_modified_and_any_mapping_accepted() -> None:
     wire = normalize_user_data(MappingProxyType(user_data))
     assert wire == {"em": [h("a@example.com")], "country": h("us")}
     assert user_data == {"email": ["A@example.com"], "country": "US"}
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path (one plain string per key, hashes kept for repeated values) against the
+# general path
+
+
+class _Text(str):
+    """A str subclass: normalize_user_data takes its general path for it."""
+
+
+_ANY_KEY = ["", "   ", "x" * 200, "A" * 64, "0" * 64, "Zoë"]
+_LIKELY_BY_KEY = {
+    "em": [" Ann.Lee@Example.com ", "ann@example", "a@b.c"],
+    "ph": ["+1 (650) 555-1212", "+44 (0)20 7946 0000", "0044 20 7946 0000", "555-1212"],
+    "fn": ["Ann", "Mary-Ann", "José"], "ln": ["Lee", "O'Brien"],
+    "ct": ["Menlo Park", "São Paulo"],
+    "st": ["CA", "California", "ny", "Georgia", "Bavaria"],
+    "zp": ["94025", "94025-1234", "SW1A 1AA", "10115"],
+    "country_code": ["US", "United States", "gb", "DEU", "ge", "nowhere"],
+    "db": ["1990-02-14", "19900214", "14/02/1990"], "ge": ["f", "Male", "x"],
+    "external_id": ["cust-1001", "Cust-1001"],
+    "client_ip_address": ["203.0.113.7", "::ffff:203.0.113.7", "2001:db8::1", "not an ip"],
+    "fbp": ["fb.1.1700000000000.1234567890"],
+}  # fmt: skip
+_WIRE_NAMES = sorted({wire: key for key, wire in USER_DATA_KEYS.items()}.values())
+_USER_DATA = st.fixed_dictionaries(
+    {},
+    optional={
+        key: st.one_of(
+            st.sampled_from(_LIKELY_BY_KEY.get(key, []) + _ANY_KEY), st.text(max_size=40)
+        )
+        for key in _WIRE_NAMES
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_USER_DATA, st.sampled_from([None, "gb", "us", "de"]))
+def test_the_fast_path_and_its_kept_hashes_match_the_general_path(
+    user_data: dict[str, str], default_country: str | None
+) -> None:
+    general = normalize_user_data(
+        {key: _Text(value) for key, value in user_data.items()}, default_country=default_country
+    )
+    assert normalize_user_data(user_data, default_country=default_country) == general
+    # Again, now from the kept hashes:
+    assert normalize_user_data(user_data, default_country=default_country) == general
 
 
 # --------------------------------------------------------------------------------------------

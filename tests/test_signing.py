@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from itsdangerous.encoding import base64_encode
 
 from pixelmirror.signing import Seal
 
@@ -78,3 +81,35 @@ def test_what_itsdangerous_refuses_we_refuse(token: str) -> None:
     assert Seal([KEY], SALT).open(token) is None
     with pytest.raises((BadSignature, SignatureExpired, UnicodeEncodeError)):
         TimestampSigner(KEY, salt=SALT).unsign(token)
+
+
+_keys = st.text(min_size=1, max_size=40)
+_values = st.binary(max_size=60).map(lambda raw: base64_encode(raw))
+_times = st.integers(min_value=0, max_value=2**40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=_keys, value=_values, at=_times)
+def test_tokens_and_verdicts_match_itsdangerous_for_any_key_value_and_time(
+    key: str, value: bytes, at: int
+) -> None:
+    ours = Seal([key], SALT)
+    token = ours.seal(value, at)
+    assert token == _SignerAt(key, at).sign(value).decode()
+    try:
+        unsigned, signed_at = TimestampSigner(key, salt=SALT).unsign(token, return_timestamp=True)
+    except (BadSignature, ValueError):  # ValueError: a stamp past the year 9999
+        assert ours.open(token) is None
+    else:
+        assert ours.open(token) == (unsigned, signed_at.timestamp(), True)
+
+
+@pytest.mark.parametrize("at", [253_402_300_799, 253_402_300_800, 2**48])
+def test_a_stamp_past_the_year_9999_is_refused_as_itsdangerous_does(at: int) -> None:
+    token = _SignerAt(KEY, at).sign(b"v").decode()
+    try:
+        TimestampSigner(KEY, salt=SALT).unsign(token, return_timestamp=True)
+    except (BadSignature, ValueError):
+        assert Seal([KEY], SALT).open(token) is None
+    else:
+        assert Seal([KEY], SALT).open(token) == (b"v", at, True)

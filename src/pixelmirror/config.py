@@ -133,7 +133,7 @@ class Config:
     #: Redis) while its writer thread stores them; overflow is dropped, counted and logged.
     handoff_size: int = _setting(10_000, _int)
     #: Seconds the writer waits for more events to share one outbox write.
-    handoff_linger: float = _setting(0.005, _float)
+    handoff_linger: float = _setting(0.02, _float)
     #: Seconds for one request to Meta (connect, read, write).
     request_timeout: float = _setting(10.0, _float)
     #: Seconds a sender's claim stays its own unrenewed. A live sender renews it every third

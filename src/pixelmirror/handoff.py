@@ -3,8 +3,10 @@
 A request (or ``send``) appends its events to a bounded in-process queue and returns; no
 outbox I/O happens on its thread. One writer thread per process moves them into the outbox
 in groups, one :meth:`~pixelmirror.outbox.base.Outbox.write` each (one SQLite transaction,
-one Redis pipeline), after lingering a few milliseconds so that the events of concurrent
-requests share a group. Like the batch workers of telemetry clients:
+one Redis script call), after lingering 20 ms so that the events of concurrent
+requests share a group (each write and each wake-up has a fixed cost: at 3000 pages/s the
+writer's CPU per event measured 23 µs for SQLite and 31 µs for Redis with 5 ms, 18 and 19
+with 20 ms, and little less with 50 ms). Like the batch workers of telemetry clients:
 
 * **Bounded.** At most ``max_events`` are held (queued, or in the group being written).
   Past that, new events are dropped, counted with the outbox's :class:`Drops` and logged
@@ -64,7 +66,7 @@ class _Waiter:
 class Handoff:
     """A bounded queue in front of ``outbox``, drained by one writer thread of this process."""
 
-    def __init__(self, outbox: Outbox, *, max_events: int = 10_000, linger: float = 0.005) -> None:
+    def __init__(self, outbox: Outbox, *, max_events: int = 10_000, linger: float = 0.02) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be positive; got {max_events}")
         if linger < 0:
@@ -249,8 +251,11 @@ class Handoff:
                 self._idle = False
                 if not self._queue or self._abandoned:
                     return
-                if self.linger and not (self._hurry or self._stopping):
-                    # Let concurrent requests join this group; their puts wake nobody.
+                if self.linger and not (
+                    self._hurry or self._stopping or len(self._queue) >= GROUP_SIZE
+                ):
+                    # Let concurrent requests join this group; their puts wake nobody. A
+                    # full group is written at once: lingering then only caps throughput.
                     self._work.wait(self.linger)
                 group = [self._queue.popleft() for _ in range(min(GROUP_SIZE, len(self._queue)))]
             if not self._write(group):

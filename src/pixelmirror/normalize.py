@@ -13,6 +13,7 @@ it is personal data.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -512,10 +513,22 @@ def _normalize_single(single: dict[str, tuple[str, str]], default: str | None) -
 
 def _one(wire: str, key: str, value: str, place: _Place) -> object | None:
     try:
-        return _hashed(wire, value, place) if wire in HASHED_KEYS else _plain(wire, value)
+        if wire not in HASHED_KEYS:
+            return _plain(wire, value)
+        if len(value) <= _CACHED_LENGTH:
+            return _hashed_text(wire, value, place)
+        return _hashed(wire, value, place)
     except _Drop as drop:
         _log.warning("user_data[%r]%s dropped: %s", key, "", drop.reason)
         return None
+
+
+# A visitor's events repeat their user data (PageView, AddToCart, Purchase): the hashes of the
+# last few thousand values are kept, by (wire key, raw text, the user's _Place). The rules are pure,
+# so a hit is what the rules would give; a dropped value raises and is not kept (its warning
+# is logged each time). Long texts are not kept, so the cache stays small (~1 MB at most).
+_CACHED_LENGTH = 128
+_hashed_text = functools.lru_cache(maxsize=4096)(_hashed)
 
 
 def _normalized(

@@ -2,9 +2,9 @@
 
 Why a signer of our own: every request with a cookie opens one. itsdangerous derives the key
 again for each signature and computes the HMAC through ``hmac.new`` with a Python digest
-wrapper; :class:`Seal` derives each key once and computes the HMAC in one C call
-(``hmac.digest``). Opening a visitor cookie measured 1.2 to 2.6 times faster (more for a
-token of a retired key), on the request path of every returning visitor. The tokens are
+wrapper; :class:`Seal` keys one HMAC object per key once and copies it per token, and reads
+the timestamp as an integer (no ``datetime``). Opening a visitor cookie measured about 13 to
+6 µs, sealing one 8 to 5 µs, on the request path of every returning visitor. The tokens are
 itsdangerous' byte for byte (same key derivation, salt, digest and encoding), so either side
 verifies the other's, and the verdicts are those of ``TimestampSigner.unsign``.
 """
@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
 from itsdangerous import TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import HMACAlgorithm
 
 __all__ = ["Seal"]
+
+# The last second a datetime can hold (9999-12-31 23:59:59 UTC): itsdangerous refuses a
+# token stamped later, because it cannot turn the stamp into a datetime.
+_LAST_STAMP = 253_402_300_799
 
 
 class Seal:
@@ -31,22 +34,25 @@ class Seal:
     matched, so a token of a retired key can be re-signed.
     """
 
-    __slots__ = ("_digests", "_keys", "_signers")
+    __slots__ = ("_keyed", "_keys", "_signers")
 
     def __init__(self, keys: Sequence[str], salt: str) -> None:
         self._signers = tuple(TimestampSigner(key, salt=salt) for key in keys)
-        # Each signer's derived key, made once, and its HMAC computed in one C call
-        # (hmac.digest) rather than through itsdangerous' hmac.new() with a Python digest
-        # wrapper: the same bytes as Signer.get_signature(), on every request with a cookie.
         self._keys = tuple(signer.derive_key() for signer in self._signers)
-        self._digests = tuple(_hmac_digest_name(signer) for signer in self._signers)
+        # Each derived key in an HMAC object keyed once; a copy per token skips re-keying
+        # (two hash blocks) and stays in C: the same bytes as Signer.get_signature().
+        self._keyed = tuple(
+            _keyed_hmac(signer, key) for signer, key in zip(self._signers, self._keys, strict=True)
+        )
 
     def _signature(self, index: int, value: bytes) -> bytes:
-        name = self._digests[index]
-        if name is None:
+        keyed = self._keyed[index]
+        if keyed is None:
             signer = self._signers[index]
             return signer.algorithm.get_signature(self._keys[index], value)
-        return hmac.digest(self._keys[index], value, name)
+        mac = keyed.copy()
+        mac.update(value)
+        return mac.digest()
 
     def seal(self, value: bytes, now: float) -> str:
         stamp = max(0, int(now))
@@ -54,7 +60,7 @@ class Seal:
         signature = base64_encode(self._signature(0, stamped))
         return (stamped + b"." + signature).decode("ascii")
 
-    def open(self, token: str) -> tuple[bytes, float, bool] | None:
+    def open(self, token: str) -> tuple[bytes, int, bool] | None:
         """``(value, signed at, by the newest key)``, or None for anything not ours.
 
         The same verdicts as ``signer.unsign(token, return_timestamp=True)`` tried with each
@@ -73,7 +79,7 @@ class Seal:
         except Exception:
             return None
         newest: bool | None = None
-        for index in range(len(self._keys)):
+        for index in range(len(self._keyed)):
             if hmac.compare_digest(signature, self._signature(index, stamped)):
                 newest = index == 0
                 break
@@ -86,17 +92,17 @@ class Seal:
             seconds = int.from_bytes(base64_decode(stamp), "big")
         except Exception:
             return None
-        try:
-            signed_at = datetime.fromtimestamp(seconds, tz=timezone.utc).timestamp()
-        except (ValueError, OverflowError, OSError):
+        if seconds > _LAST_STAMP:
             return None  # a timestamp no clock can hold
-        return value, signed_at, newest
+        return value, seconds, newest
 
 
-def _hmac_digest_name(signer: TimestampSigner) -> str | None:
-    """The hashlib name of a signer's HMAC digest, when ``hmac.digest`` can compute it."""
+def _keyed_hmac(signer: TimestampSigner, key: bytes) -> hmac.HMAC | None:
+    """An HMAC object keyed with ``key`` by the signer's digest, when hashlib names it."""
     algorithm = signer.algorithm
     if type(algorithm) is not HMACAlgorithm:
         return None
     name = getattr(algorithm.digest_method(b""), "name", None)
-    return name if name in ("sha1", "sha256", "sha512") else None
+    if name not in ("sha1", "sha256", "sha512"):
+        return None
+    return hmac.new(key, digestmod=name)

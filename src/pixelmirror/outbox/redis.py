@@ -31,10 +31,11 @@ from pixelmirror.outbox.redis_scripts import (
     RENEW,
     REPLAY,
     RETIRE,
+    WRITE,
     entry_event,
-    entry_fields,
     receipt_args,
     text,
+    write_args,
 )
 from pixelmirror.urls import masked_url
 
@@ -69,7 +70,7 @@ class RedisOutbox:
 
     *Overflow.* With ``maxlen`` every ``XADD`` trims the stream to about that many
     entries (``MAXLEN ~``), the oldest first, whether waiting or in flight. A put counts
-    what it trimmed (``XLEN`` before and after, in the same ``MULTI``) as dropped and
+    what it trimmed (``XLEN`` before and after, in the same script) as dropped and
     logs it. The stream holds only unfinished events, as acked ones are deleted.
 
     *Unreachable Redis.* :meth:`write` (the web process's writer thread) raises after
@@ -134,6 +135,7 @@ class RedisOutbox:
         self._put_redis: redis.Redis | None = None
         self._work_redis: redis.Redis | None = None
         self._scripts: dict[str, Script] = {}
+        self._write_script: Script | None = None
         self._group_ready = False
         self._reclaim = self._named is not None  # only a stable name has a previous life
         self._reclaim_lock = threading.Lock()
@@ -252,24 +254,23 @@ class RedisOutbox:
             return 0
 
     def write(self, events: Sequence[ServerEvent]) -> int:
-        """One pipeline (``MULTI``/``EXEC``) for the whole group, waiting ``timeout`` at most.
+        """One script call (atomic, like ``MULTI``/``EXEC``) for the whole group, waiting
+        ``timeout`` at most.
 
-        A reply lost to the timeout after Redis ran the pipeline leaves the events stored; a
+        A reply lost to the timeout after Redis ran the script leaves the events stored; a
         caller that tries again stores them twice, with the same ``event_id`` (Meta
         deduplicates).
         """
         if not events:
             return 0
-        with self._client(quick=True).pipeline(transaction=True) as pipe:
-            if self.maxlen is not None:
-                pipe.xlen(self.stream)
-            for event in events:
-                pipe.xadd(self.stream, entry_fields(event), maxlen=self.maxlen, approximate=True)
-            if self.maxlen is not None:
-                pipe.xlen(self.stream)
-            results = pipe.execute()
+        client = self._client(quick=True)
+        if self._write_script is None:
+            self._write_script = client.register_script(WRITE)
+        before, after = self._write_script(
+            keys=[self.stream], args=write_args(self.maxlen, events), client=client
+        )
         if self.maxlen is not None:
-            trimmed = int(results[0]) + len(events) - int(results[-1])
+            trimmed = int(before) + len(events) - int(after)
             if trimmed > 0:
                 self._drops.add(
                     trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed"
