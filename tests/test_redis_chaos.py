@@ -90,11 +90,17 @@ def test_a_worker_fleet_loses_nothing_when_workers_die(
                     stderr=stack.enter_context(log.open("wb")),
                 )
 
-            # SIGKILL w1 while it holds claims: mid-batch, nothing answered.
+            # SIGKILL w1 while it holds claims: mid-batch, nothing answered. Wait until w2
+            # holds one too, so that its SIGTERM below still finds work in flight however
+            # fast the others drain the rest.
             wait_until(
-                lambda: len(fake.event_ids()) >= EVENTS // 5 and held_by(server, stream, "w1"),
+                lambda: (
+                    len(fake.event_ids()) >= EVENTS // 5
+                    and held_by(server, stream, "w1")
+                    and held_by(server, stream, "w2")
+                ),
                 timeout=60,
-                what="w1 to hold a batch",
+                what="w1 and w2 to hold a batch each",
             )
             workers["w1"].kill()
             assert workers["w1"].wait(timeout=30) == -signal.SIGKILL
@@ -107,7 +113,6 @@ def test_a_worker_fleet_loses_nothing_when_workers_die(
             }
 
             # SIGTERM w2 mid-batch: it finishes or releases what it holds, and leaves.
-            wait_until(lambda: held_by(server, stream, "w2"), timeout=60, what="w2 to hold a batch")
             workers["w2"].send_signal(signal.SIGTERM)
             assert workers["w2"].wait(timeout=30) == 0
             assert held_by(server, stream, "w2") == []
