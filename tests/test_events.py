@@ -215,8 +215,16 @@ def test_event_options_are_the_optional_keywords_of_create() -> None:
     create = inspect.signature(ServerEvent.create).parameters
     send = inspect.signature(PixelMirror.send).parameters
     optional = {name for name, p in create.items() if p.default is not inspect.Parameter.empty}
-    assert set(EventOptions.__annotations__) == optional - {"test_event_code", "now"}
-    assert set(create) - {"now"} == {"event_name", *EventOptions.__annotations__, *send} - {
+    assert set(EventOptions.__annotations__) == optional - {
+        "test_event_code",
+        "default_country",
+        "now",
+    }
+    assert set(create) - {"now", "default_country"} == {
+        "event_name",
+        *EventOptions.__annotations__,
+        *send,
+    } - {
         "self",
         "wait",
         "options",

@@ -339,3 +339,13 @@ def test_the_exit_hook_closes_every_mirror_even_when_one_fails(
     lifecycle.close_all()
     assert [one._closed for one in mirrors] == [True, True, True]
     assert all(one.dispatcher is not None and not one.dispatcher.running for one in mirrors)
+
+
+def test_send_completes_a_national_phone_with_the_default_country(
+    make_mirror: MakeMirror, fake: FakeGraphAPI
+) -> None:
+    mirror = make_mirror(default_country="gb")
+    mirror.send("Lead", action_source="system_generated", user_data={"phone": "020 7946 0000"})
+    assert mirror.flush(timeout=10)
+    (event,) = fake.events
+    assert event.user_data["ph"] == hashlib.sha256(b"442079460000").hexdigest()

@@ -532,3 +532,11 @@ def test_identify_is_not_asked_for_a_response_that_mirrors_nothing() -> None:
     site.serve(facts("/api"), headers=JSON, body=b"{}")
     assert asked == []
     assert site.mirrored == []
+
+
+def test_a_national_phone_gets_the_default_countrys_calling_code() -> None:
+    site = Site(identify=lambda request: {"phone": "(650) 555-1212"}, default_country="us")
+    site.serve(facts())
+    (pageview,) = site.mirrored
+    expected = hashlib.sha256(b"16505551212").hexdigest()
+    assert json.loads(pageview.payload)["user_data"]["ph"] == expected

@@ -138,6 +138,7 @@ class ServerEvent:
         data_processing_options_country: int | None = None,
         data_processing_options_state: int | None = None,
         test_event_code: str | None = None,
+        default_country: str | None = None,
         now: float | None = None,
     ) -> ServerEvent:
         """Validate the arguments and build the event.
@@ -145,7 +146,8 @@ class ServerEvent:
         Raises :class:`ValueError` with a message naming the argument for anything Meta would
         reject. A ``user_data`` value that cannot be normalised is dropped with a logged
         warning (see :func:`pixelmirror.normalize.normalize_user_data`); only if nothing
-        identifying is left does this raise.
+        identifying is left does this raise. ``default_country`` completes phone numbers
+        written without a country code when ``user_data`` names no country.
         """
         check_event_name(event_name)
         if action_source not in ACTION_SOURCES:
@@ -162,7 +164,7 @@ class ServerEvent:
                 f"event_id must be a non-empty string of at most 256 characters; got {event_id!r}"
             )
 
-        wire_user_data = normalize_user_data(user_data)
+        wire_user_data = normalize_user_data(user_data, default_country=default_country)
         if action_source == "website":
             if not event_source_url:
                 raise ValueError("event_source_url is required when action_source is 'website'")

@@ -188,6 +188,7 @@ class PixelMirror:
             action_source=action_source,
             user_data=user_data,
             test_event_code=test_event_code or self.config.test_event_code,
+            default_country=self.config.default_country,
             **options,
         )
         if not wait or self.dry_run:

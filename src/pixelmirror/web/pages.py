@@ -337,6 +337,7 @@ class Pages:
             "referrer_url": referrer if referrer.startswith(("http://", "https://")) else None,
             "data_processing_options": ["LDU"] if self._ldu(account) else None,
             "test_event_code": account.test_event_code or self.config.test_event_code,
+            "default_country": self.config.default_country,
         }
 
     def _copies(
