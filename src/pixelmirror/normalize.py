@@ -25,6 +25,7 @@ from typing import NamedTuple, cast
 
 from . import _geo
 from .meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
+from .phones import Unusable, phone_digits
 from .proxies import IPAddress, canonical_ip
 
 __all__ = [
@@ -59,7 +60,6 @@ _TYPE_NAMES: dict[str, str] = {
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _ASCII_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 _ASCII_NOT_ALNUM_SPACE = re.compile(r"[^a-z0-9\s]+")
-_NON_DIGITS = re.compile(r"\D+")
 
 
 def sha256_hex(value: str) -> str:
@@ -130,10 +130,6 @@ _US_STATES = _build_states()
 _US_HASH = sha256_hex("us")
 # A country given already hashed is still known, by its hash.
 _COUNTRY_OF_HASH = {sha256_hex(alpha2): alpha2 for alpha2, *_ in _geo.COUNTRIES}
-_NUMBERING: dict[str, tuple[str, str, int, int]] = {
-    alpha2: (code, trunk, shortest, longest)
-    for alpha2, code, trunk, shortest, longest in _geo.PHONE_NUMBERING
-}
 
 _GENDERS = {
     "f": "f",
@@ -174,58 +170,11 @@ def _email(text: str, place: _Place) -> str:
     return text
 
 
-# "+44 (0)20 7946 0000": the bracketed national trunk zero after an international prefix is
-# not dialled from abroad and not part of the E.164 number.
-_TRUNK_ZERO = re.compile(r"(\+\s*\d{1,3}\s*)\(\s*0\s*\)")
-# An extension at the end ("ext. 123", "x123", "#123") reaches a desk, not a subscriber.
-_EXTENSION = re.compile(r"\s*(?:(?:ext|extn|extension)\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
-
-
 def _phone(text: str, place: _Place) -> str:
-    if "(" in text:
-        text = _TRUNK_ZERO.sub(r"\1", text)
-    if _EXTENSION.search(text):
-        text = _EXTENSION.sub("", text)
-    digits = _NON_DIGITS.sub("", text)
-    if not digits.isascii():  # other scripts' digits, e.g. Arabic-Indic
-        digits = "".join(str(unicodedata.decimal(ch)) for ch in digits)
-    numbering = _NUMBERING.get(place.phone_country) if place.phone_country else None
-    if numbering is None or "+" in text or digits.startswith("00"):
-        # Leading zeros go, which also removes a "00" international prefix. Without a known
-        # country, a national number is hashed as given and will not match.
-        digits = digits.lstrip("0")
-    else:
-        digits = _international(digits, *numbering)
-    if not 7 <= len(digits) <= 15:
-        raise _Drop(
-            f"phone number has {len(digits)} digits; expected 7 to 15 including the country code"
-        )
-    return digits
-
-
-def _international(digits: str, code: str, trunk: str, shortest: int, longest: int) -> str:
-    """A number written without ``+`` or ``00``, in a known country, with its calling code.
-
-    The national form wins where it fits: with the trunk prefix (``020 7946 0000`` in GB),
-    or in a country that dials none (Italy's ``06 ...``: its 0 stays), a number of national
-    length. Then a number that already starts with the calling code (``447911123456``), also
-    with the bracketed trunk prefix written after it (``44 (0)20 ...``); then a national
-    number written without its trunk prefix. Anything else is hashed as given.
-    """
-    national = len(digits)
-    if trunk and digits.startswith(trunk) and shortest <= national - len(trunk) <= longest:
-        return code + digits[len(trunk) :]
-    if not trunk and shortest <= national <= longest:
-        return code + digits
-    if digits.startswith(code):
-        rest = digits[len(code) :]
-        if trunk and rest.startswith(trunk) and shortest <= len(rest) - len(trunk) <= longest:
-            return code + rest[len(trunk) :]
-        if shortest <= len(rest) <= longest:
-            return digits
-    if trunk and shortest <= national <= longest:
-        return code + digits
-    return digits.lstrip("0")
+    try:
+        return phone_digits(text, place.phone_country)
+    except Unusable as unusable:
+        raise _Drop(str(unusable)) from None
 
 
 def _name(text: str, place: _Place) -> str:
