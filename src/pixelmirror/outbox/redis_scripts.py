@@ -51,6 +51,24 @@ local function held(id, count)
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
   return p ~= nil and p[4] == tonumber(count)
 end
+-- act(id, count) for each (id, count) pair from ARGV[first] on still held under that count;
+-- returns how many.
+local function each_held(first, act)
+  local done = 0
+  for i = first, #ARGV, 2 do
+    if held(ARGV[i], ARGV[i + 1]) then
+      act(ARGV[i], tonumber(ARGV[i + 1]))
+      done = done + 1
+    end
+  end
+  return done
+end
+-- Answered for good: out of the pending list, the stream and the tries (KEYS[2]).
+local function forget(id)
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+  redis.call('XDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
 local function xclaim(consumer, ids, idle)
   local args = {'XCLAIM', KEYS[1], ARGV[1], consumer, 0}
   for _, id in ipairs(ids) do args[#args + 1] = id end
@@ -134,38 +152,17 @@ return out
 )
 
 # KEYS: stream, tries. ARGV: group, then id, count pairs.
-ACK = (
-    _HELD
-    + """
-local done = 0
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    done = done + 1
-  end
-end
-return done
-"""
-)
+ACK = _HELD + "return each_held(2, forget)\n"
 
 # KEYS: stream, tries. ARGV: group, parked, idle, failed, then id, count pairs.
 RELEASE = (
     _HELD
     + """
-local done = 0
-for i = 5, #ARGV, 2 do
-  local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3],
-               'RETRYCOUNT', tonumber(ARGV[i + 1]) + 1, 'JUSTID')
-    if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], id, 1) end
-    done = done + 1
-  end
-end
-return done
+return each_held(5, function(id, count)
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3],
+             'RETRYCOUNT', count + 1, 'JUSTID')
+  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], id, 1) end
+end)
 """
 )
 
@@ -190,27 +187,19 @@ return renewed
 BURY = (
     _HELD
     + """
-local done = 0
-for i = 4, #ARGV, 2 do
-  local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
-    if entry then
-      local args = {'XADD', KEYS[3], '*'}
-      for _, v in ipairs(entry[2]) do args[#args + 1] = v end
-      local attempts = redis.call('HGET', KEYS[2], id) or '0'
-      for _, v in ipairs({'reason', ARGV[2], 'died_at', ARGV[3], 'attempts', attempts}) do
-        args[#args + 1] = v
-      end
-      redis.call(unpack(args))
+return each_held(4, function(id)
+  local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if entry then
+    local args = {'XADD', KEYS[3], '*'}
+    for _, v in ipairs(entry[2]) do args[#args + 1] = v end
+    local attempts = redis.call('HGET', KEYS[2], id) or '0'
+    for _, v in ipairs({'reason', ARGV[2], 'died_at', ARGV[3], 'attempts', attempts}) do
+      args[#args + 1] = v
     end
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    done = done + 1
+    redis.call(unpack(args))
   end
-end
-return done
+  forget(id)
+end)
 """
 )
 
