@@ -116,6 +116,7 @@ OUTBOX_METHODS = (
     "counts",
     "unfinished_by_pixel",
     "dead_letters",
+    "dead_count",
     "replay_dead",
 )
 

@@ -18,11 +18,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import redisutil
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, MemoryOutbox, Outbox, OutboxCounts, open_outbox
+from pixelmirror.outbox import redis as redis_outbox
 from pixelmirror.outbox import sqlite as sqlite_outbox
+from pixelmirror.outbox.base import DeadLetter, dead_letter_matches
 from pixelmirror.outbox.sqlite import SQLiteOutbox
 
 MakeEvent = Callable[..., ServerEvent]
@@ -347,6 +351,157 @@ def test_bury_keeps_dead_letters_and_replay_brings_them_back(
 def test_replay_with_no_dead_letters(outbox: Outbox) -> None:
     assert outbox.dead_letters() == []
     assert outbox.replay_dead() == 0
+
+
+def bury_letters(outbox: Outbox, letters: Iterable[tuple[ServerEvent, str]]) -> None:
+    """Bury each event with its reason, in order."""
+    for event, reason in letters:
+        outbox.put([event])
+        (claim,) = outbox.claim(1, lease=HOUR)
+        outbox.bury([claim], reason)
+
+
+def test_replay_by_pixel_moves_only_that_pixels_letters(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    bury_letters(
+        outbox,
+        [
+            (make_event(pixel_id=pixel, event_id=f"{pixel}-{n}"), "rejected")
+            for n in range(2)
+            for pixel in ("1", "2")
+        ],
+    )
+
+    assert outbox.dead_count(pixel_id="2") == 2
+    assert outbox.replay_dead(pixel_id="2") == 2
+
+    assert ids(outbox.claim(10, lease=HOUR)) == ["2-0", "2-1"]
+    assert sorted(ids(letter.event for letter in outbox.dead_letters())) == ["1-0", "1-1"]
+    assert outbox.dead_count(pixel_id="2") == 0
+    assert outbox.dead_count(pixel_id="9") == 0
+    assert outbox.replay_dead(pixel_id="9") == 0
+    assert outbox.dead_count() == 2
+
+
+REASONS = [
+    "Invalid parameter: value must be 100% positive",
+    "invalid PARAMETER: currency_code",
+    "rejected: bad value",
+    "Rejected: 50% off_season",
+    "token expired",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "chosen"),
+    [
+        ("invalid parameter", [0, 1]),  # any case
+        ("REJECTED", [2, 3]),
+        ("100%", [0]),  # % is a literal percent sign, not a wildcard
+        ("%", [0, 3]),
+        ("_", [1, 3]),  # _ is a literal underscore, not any one character
+        ("d: 5", [3]),
+        ("0% o", [3]),
+        ("y_c", [1]),
+        ("e_o", []),  # would match "e o"-like text were _ a wildcard
+        ("\\", []),  # the escape character is literal too
+        ("", [0, 1, 2, 3, 4]),
+        ("nowhere", []),
+    ],
+)
+def test_replay_by_reason_substring_is_case_insensitive_and_literal(
+    outbox: Outbox, make_event: MakeEvent, text: str, chosen: list[int]
+) -> None:
+    bury_letters(outbox, [(make_event(event_id=f"r{n}"), why) for n, why in enumerate(REASONS)])
+    expected = [f"r{n}" for n in chosen]
+    assert [REASONS[n] for n in chosen] == [
+        why
+        for why in REASONS
+        if dead_letter_matches(DeadLetter(make_event(), why, 0.0), reason=text)
+    ]
+
+    assert outbox.dead_count(reason=text) == len(expected)
+    assert outbox.replay_dead(reason=text) == len(expected)
+
+    assert ids(outbox.claim(10, lease=HOUR)) == expected
+    assert outbox.dead_count() == len(REASONS) - len(expected)
+
+
+def test_every_outbox_picks_the_letters_the_reason_match_defines(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    # Wildcards, the escape character and letters ASCII or not, in both cases.
+    reasons = ["a%b", "A_b", "ab", "a\\b", "%", "_", "\\", "É%", "é_a", "x y", "AB_%"]
+    bury_letters(outbox, [(make_event(), why) for why in reasons])
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.text(alphabet="aAbB%_\\ éÉ", max_size=3))
+    def same_count(text: str) -> None:
+        expected = sum(
+            dead_letter_matches(DeadLetter(make_event(), why, 0.0), reason=text) for why in reasons
+        )
+        assert outbox.dead_count(reason=text) == expected
+
+    same_count()
+
+
+def test_replay_by_pixel_and_reason_moves_letters_matching_both(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    bury_letters(
+        outbox,
+        [
+            (make_event(pixel_id="1", event_id="1-bad"), "bad value"),
+            (make_event(pixel_id="1", event_id="1-ok"), "token expired"),
+            (make_event(pixel_id="2", event_id="2-bad"), "Bad Value"),
+        ],
+    )
+
+    assert outbox.dead_count(pixel_id="1", reason="BAD") == 1
+    assert outbox.replay_dead(pixel_id="1", reason="BAD") == 1
+
+    assert ids(outbox.claim(10, lease=HOUR)) == ["1-bad"]
+    assert sorted(ids(letter.event for letter in outbox.dead_letters())) == ["1-ok", "2-bad"]
+
+
+def test_replay_reports_progress_rising_to_the_total(
+    outbox: Outbox, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of two, so the durable outboxes report more than once.
+    monkeypatch.setattr(sqlite_outbox, "REPLAY_CHUNK", 2)
+    monkeypatch.setattr(redis_outbox, "_REPLAY_CHUNK", 2)
+    bury_letters(
+        outbox, [(make_event(pixel_id=str(n % 2), event_id=f"e{n}"), "rejected") for n in range(7)]
+    )
+    seen: list[int] = []
+
+    assert outbox.replay_dead(pixel_id="0", progress=seen.append) == 4
+
+    assert seen == sorted(set(seen))
+    assert seen[-1] == 4
+    if outbox.durable:
+        assert len(seen) > 1
+    assert outbox.dead_count() == 3
+    assert outbox.replay_dead(pixel_id="0", progress=seen.append) == 0
+    assert seen[-1] == 4  # nothing moved, nothing reported
+
+
+def test_unfiltered_replay_moves_every_letter_in_order(
+    outbox: Outbox, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_outbox, "REPLAY_CHUNK", 2)
+    monkeypatch.setattr(redis_outbox, "_REPLAY_CHUNK", 2)
+    events = [make_event(pixel_id=str(n % 3), event_id=f"e{n}") for n in range(5)]
+    bury_letters(outbox, [(event, f"reason {n}") for n, event in enumerate(events)])
+
+    assert outbox.dead_count() == 5
+    assert outbox.replay_dead() == 5
+
+    assert outbox.dead_count() == 0
+    assert outbox.counts() == counts(pending=5)
+    claimed = [claim.event for pixel in "012" for claim in outbox.claim(10, lease=HOUR)]
+    assert sorted(claimed, key=lambda event: event.event_id) == events
 
 
 def test_counts_at_each_step(outbox: Outbox, make_event: MakeEvent) -> None:
@@ -816,8 +971,8 @@ def test_replay_dead_commits_in_chunks_and_lets_others_write_between_them(
     assert outbox.replay_dead() == 4500
     outbox._conn.set_trace_callback(None)
     other.close()
-    assert between == ["wrote"] * 6  # five chunks (4 of 1000, 1 of 500), then one finding none
-    assert outbox.counts() == counts(pending=4506)
+    assert between == ["wrote"] * 5  # five chunks: 4 of 1000, 1 of 500
+    assert outbox.counts() == counts(pending=4505)
     moved = outbox.claim(1000, lease=HOUR, skip_pixels=["9"])
     assert ids(moved) == [e.event_id for e in letters[:1000]]  # oldest first
     outbox.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +36,17 @@ class DeadLetter:
     event: ServerEvent
     reason: str
     died_at: float
+
+
+def dead_letter_matches(
+    letter: DeadLetter, *, pixel_id: str | None = None, reason: str | None = None
+) -> bool:
+    """Whether ``letter`` passes a replay's filters: its pixel is ``pixel_id`` and ``reason``
+    is part of its reason, ASCII letters matched case-insensitively (as SQLite's LIKE and
+    Lua's ``string.lower`` do, so every outbox picks the same letters)."""
+    if pixel_id is not None and letter.event.pixel_id != pixel_id:
+        return False
+    return reason is None or reason.encode().lower() in letter.reason.encode().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +155,22 @@ class Outbox(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
-    def replay_dead(self) -> int:
-        """Move every dead letter back to pending; returns how many."""
+    def dead_count(self, *, pixel_id: str | None = None, reason: str | None = None) -> int:
+        """How many dead letters :meth:`replay_dead` with these filters would move now,
+        counted in the store (never loading them)."""
+
+    def replay_dead(
+        self,
+        *,
+        pixel_id: str | None = None,
+        reason: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Move the dead letters of pixel ``pixel_id`` whose reason contains ``reason`` (see
+        :func:`dead_letter_matches`; None: any) back to pending, oldest first; returns how
+        many. Letters buried after the replay began stay dead. ``progress`` is called with
+        the number moved so far after each chunk that moved some.
+        """
 
     def after_fork(self) -> None:
         """Reset what a forked child must not share with its parent (connections, locks)."""

@@ -8,10 +8,16 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from pixelmirror.events import BatchKey, ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
+from pixelmirror.outbox.base import (
+    Claimed,
+    DeadLetter,
+    Drops,
+    OutboxCounts,
+    dead_letter_matches,
+)
 
 logger = logging.getLogger("pixelmirror")
 
@@ -161,12 +167,37 @@ class MemoryOutbox:
         with self._lock:
             return list(itertools.islice(reversed(self._dead), limit))
 
-    def replay_dead(self) -> int:
+    def dead_count(self, *, pixel_id: str | None = None, reason: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                dead_letter_matches(letter, pixel_id=pixel_id, reason=reason)
+                for letter in self._dead
+            )
+
+    def replay_dead(
+        self,
+        *,
+        pixel_id: str | None = None,
+        reason: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         with self._lock:
             # Only as many as fit: the rest stay dead rather than being dropped.
-            room = min(len(self._dead), self.max_events - self._size)
-            replayed = [self._dead.popleft().event for _ in range(room)]
-        return self.put(replayed)
+            room = self.max_events - self._size
+            replayed: list[ServerEvent] = []
+            kept: deque[DeadLetter] = deque(maxlen=self._max_dead)
+            for letter in self._dead:
+                if len(replayed) < room and dead_letter_matches(
+                    letter, pixel_id=pixel_id, reason=reason
+                ):
+                    replayed.append(letter.event)
+                else:
+                    kept.append(letter)
+            self._dead = kept
+        moved = self.put(replayed)
+        if progress is not None and moved:
+            progress(moved)
+        return moved
 
     def after_fork(self) -> None:
         # The parent still owns (and will send) what it had queued: start empty.

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -402,13 +402,52 @@ class RedisOutbox:
             )
         return result
 
-    def replay_dead(self) -> int:
-        # In chunks, each one atomic: a big replay never blocks Redis for long.
+    def dead_count(self, *, pixel_id: str | None = None, reason: str | None = None) -> int:
         client = self._client(quick=False)
-        replayed = 0
-        while moved := int(client.eval(REPLAY, 2, self.stream, self._dead, _REPLAY_CHUNK)):
-            replayed += moved
-        return replayed
+        if pixel_id is None and reason is None:
+            return int(client.xlen(self._dead))
+        return self._scan_dead(client, False, pixel_id, reason, None)
+
+    def replay_dead(
+        self,
+        *,
+        pixel_id: str | None = None,
+        reason: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        return self._scan_dead(self._client(quick=False), True, pixel_id, reason, progress)
+
+    def _scan_dead(
+        self,
+        client: redis.Redis,
+        move: bool,
+        pixel_id: str | None,
+        reason: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> int:
+        """Count (or move back) the matching dead letters there are now, oldest first.
+
+        In chunks, each one atomic: a big replay never blocks Redis for long. The filters
+        run in Redis, so no letter crosses the network to be counted.
+        """
+        newest = client.xrevrange(self._dead, count=1)
+        if not newest or newest[0][0] is None:
+            return 0
+        last = text(newest[0][0])  # letters buried from now on are left alone
+        folded = (reason or "").encode().lower()  # Lua's string.lower folds ASCII only too
+        filters = ("1" if pixel_id is not None else "0", pixel_id or "", folded)
+        matched, after = 0, "-"
+        while True:
+            count, looked_at = client.eval(
+                REPLAY, 2, self.stream, self._dead, _REPLAY_CHUNK, after, last, int(move), *filters
+            )
+            if count:
+                matched += int(count)
+                if progress is not None:
+                    progress(matched)
+            if looked_at is None or text(looked_at) == last:
+                return matched
+            after = text(looked_at)
 
     # -- lifecycle --------------------------------------------------------------------------
 

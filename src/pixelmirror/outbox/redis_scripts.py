@@ -203,23 +203,39 @@ end)
 """
 )
 
-# KEYS: stream, dead. ARGV: chunk size. Oldest dead letters first, so replay keeps order.
+# KEYS: stream, dead. ARGV: chunk size, the letter to start after ('-': from the first), the
+# last letter, '1' to move the matching letters back (else only count them), '1' to keep only
+# pixel ARGV[6], and the text the reason must contain (ASCII letters folded; '': any).
+# Oldest letters first, so a replay keeps their order. Answers how many matched, and the id
+# of the last letter looked at (none: nothing left to look at).
 REPLAY = """
-local letters = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[1])
+local start = ARGV[2] == '-' and '-' or '(' .. ARGV[2]
+local letters = redis.call('XRANGE', KEYS[2], start, ARGV[3], 'COUNT', ARGV[1])
 local drop = {reason = true, died_at = true, attempts = true}
+local matched = 0
 for _, letter in ipairs(letters) do
-  local args = {'XADD', KEYS[1], '*'}
-  local fields = letter[2]
+  local fields, kept = letter[2], {}
+  local pixel, reason = '', ''
   for i = 1, #fields, 2 do
-    if not drop[fields[i]] then
-      args[#args + 1] = fields[i]
-      args[#args + 1] = fields[i + 1]
+    local name = fields[i]
+    if name == 'pixel_id' then pixel = fields[i + 1] end
+    if name == 'reason' then reason = fields[i + 1] end
+    if not drop[name] then
+      kept[#kept + 1] = name
+      kept[#kept + 1] = fields[i + 1]
     end
   end
-  redis.call(unpack(args))
-  redis.call('XDEL', KEYS[2], letter[1])
+  if (ARGV[5] ~= '1' or pixel == ARGV[6])
+      and string.find(string.lower(reason), ARGV[7], 1, true) then
+    matched = matched + 1
+    if ARGV[4] == '1' then
+      redis.call('XADD', KEYS[1], '*', unpack(kept))
+      redis.call('XDEL', KEYS[2], letter[1])
+    end
+  end
 end
-return #letters
+local last = letters[#letters]
+return {matched, last and last[1] or false}
 """
 
 # KEYS: stream, dead. ARGV: group, parked, horizon. One snapshot of all three numbers.

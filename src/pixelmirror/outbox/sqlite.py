@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -371,26 +371,50 @@ class SQLiteOutbox:
             ).fetchall()
         return [DeadLetter(event_from_row(row[:-2]), row[-2], row[-1]) for row in rows]
 
-    def replay_dead(self) -> int:
-        """Move the dead letters back to pending, oldest first, ``REPLAY_CHUNK`` per
-        transaction: the write lock is held for milliseconds at a time, so other processes'
-        writes and claims go on between chunks however many letters there are."""
+    def dead_count(self, *, pixel_id: str | None = None, reason: str | None = None) -> int:
+        where, params = _dead_filter(pixel_id, reason)
+        with self._locked() as conn:  # a read: WAL lets writers go on meanwhile
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM dead WHERE 1{where}", params).fetchone()
+        return int(count)
+
+    def replay_dead(
+        self,
+        *,
+        pixel_id: str | None = None,
+        reason: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Move the matching dead letters back to pending, oldest first, looking at
+        ``REPLAY_CHUNK`` letters per transaction (matching or not): the write lock is held
+        for milliseconds at a time, so other processes' writes and claims go on between
+        chunks however many letters there are and however few match."""
+        where, params = _dead_filter(pixel_id, reason)
+        with self._locked() as conn:
+            (last,) = conn.execute("SELECT MAX(id) FROM dead").fetchone()
         moved = 0
-        while True:
+        done = 0  # letters up to this id are replayed or left dead
+        while last is not None and done < last:
             with self._transaction() as conn:
-                row = conn.execute(
-                    "SELECT MAX(id) FROM (SELECT id FROM dead ORDER BY id LIMIT ?)",
-                    (REPLAY_CHUNK,),
+                (upto,) = conn.execute(
+                    "SELECT MAX(id) FROM"
+                    " (SELECT id FROM dead WHERE id > ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (done, last, REPLAY_CHUNK),
                 ).fetchone()
-                if row[0] is None:
-                    return moved
-                chunk = conn.execute(
+                if upto is None:
+                    break
+                chunk = f"id > ? AND id <= ?{where}"
+                count = conn.execute(
                     f"INSERT INTO events ({EVENT_COLUMNS}, due)"
-                    f" SELECT {EVENT_COLUMNS}, ? FROM dead WHERE id <= ? ORDER BY id",
-                    (time.time(), row[0]),
+                    f" SELECT {EVENT_COLUMNS}, ? FROM dead WHERE {chunk} ORDER BY id",
+                    (time.time(), done, upto, *params),
                 ).rowcount
-                conn.execute("DELETE FROM dead WHERE id <= ?", (row[0],))
-            moved += chunk
+                conn.execute(f"DELETE FROM dead WHERE {chunk}", (done, upto, *params))
+            done = upto
+            if count:
+                moved += count
+                if progress is not None:
+                    progress(moved)
+        return moved
 
     def after_fork(self) -> None:
         """Give a forked child its own connection; the parent's is left untouched.
@@ -422,6 +446,21 @@ class SQLiteOutbox:
         _open_outboxes.discard(self)
         if conn is not None:
             conn.close()
+
+
+def _dead_filter(pixel_id: str | None, reason: str | None) -> tuple[str, list[str]]:
+    """SQL conditions (each starting with `` AND``) and their parameters for a replay's
+    filters; LIKE folds ASCII letters only, as :func:`dead_letter_matches` does."""
+    where, params = "", []
+    if pixel_id is not None:
+        where += " AND pixel_id = ?"
+        params.append(pixel_id)
+    if reason is not None:
+        # The user's text is taken literally: its wildcards and the escape itself escaped.
+        literal = reason.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where += " AND reason LIKE ? ESCAPE '\\'"
+        params.append(f"%{literal}%")
+    return where, params
 
 
 def _receipts(claims: Sequence[Claimed]) -> list[tuple[int, int]]:
