@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -379,6 +381,110 @@ def test_replay_dead_dry_run_counts_by_pixel_and_reason_and_replays_nothing(
     assert main(["outbox", "stats"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["pending"], stats["dead"]) == (0, 4)
+
+
+def _bury_mixed_letters(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, store: str
+) -> None:
+    """Dead letters: pixel 111 twice "Invalid parameter" and once "token_expired", pixel
+    222 once "invalid parameter"."""
+    if store == "redis":
+        stream = request.getfixturevalue("stream")  # the real server, a fresh key prefix
+        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
+    mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+    letters = [
+        ("111", "Invalid parameter"),
+        ("111", "token_expired"),
+        ("111", "Invalid parameter"),
+        ("222", "invalid parameter"),
+    ]
+    for pixel, _ in letters:
+        mirror.send(
+            "Lead",
+            pixel_id=pixel,
+            action_source="system_generated",
+            user_data={"external_id": "a"},
+            wait=5,
+        )
+    for _, reason in letters:
+        mirror.outbox.bury(mirror.outbox.claim(1, lease=60), reason)
+    mirror.close(timeout=0)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_replay_dead_filters_by_pixel_and_reason_in_the_dry_run_and_the_replay(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+) -> None:
+    _bury_mixed_letters(monkeypatch, request, store)
+    chosen = ["--pixel", "111", "--reason", "INVALID PARAM"]
+    filters = {"pixel_id": "111", "reason": "INVALID PARAM"}
+
+    assert main(["outbox", "replay-dead", "--dry-run", *chosen]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["filters"], report["would_replay"], report["sampled"]) == (filters, 2, 2)
+    assert report["by_pixel_and_reason"] == [
+        {"pixel_id": "111", "reason": "Invalid parameter", "count": 2}
+    ]
+
+    assert main(["outbox", "replay-dead", "--reason", "_"]) == 0  # "_" taken literally
+    out, err = capsys.readouterr()
+    assert json.loads(out)["replayed"] == 1
+    assert err == ""  # not a terminal: no progress line
+
+    assert main(["outbox", "replay-dead", *chosen]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["filters"], result["replayed"]) == (filters, 2)
+    assert main(["outbox", "stats", "--dead", "5"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["pending"], stats["dead"]) == (3, 1)
+    assert [(d["pixel_id"], d["reason"]) for d in stats["dead_letters"]] == [
+        ("222", "invalid parameter")
+    ]
+
+
+def test_replay_dead_on_a_terminal_shows_one_updating_progress_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    PixelMirror(dispatch="external").close(timeout=0)  # creates the outbox file
+    with sqlite3.connect(tmp_path / "outbox.db") as conn:
+        conn.executemany(
+            "INSERT INTO dead (pixel_id, event_id, event_name, event_time, action_source,"
+            " payload, attempts, reason, died_at) VALUES (?, ?, 'Lead', 0, 'website', x'', 1,"
+            " 'rejected', 0)",
+            [("7" if n % 3 else "8", f"e{n}") for n in range(6000)],
+        )
+    # stderr on a pseudo-terminal, stdout a pipe: the progress goes to the one watched.
+    terminal, child_side = os.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pixelmirror.cli", "outbox", "replay-dead", "--pixel", "7"],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=child_side,
+            text=True,
+            timeout=60,
+        )
+        os.close(child_side)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the child side is closed, all read
+            while chunk := os.read(terminal, 4096):
+                shown += chunk
+    finally:
+        os.close(terminal)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["replayed"] == 4000
+    # An update per chunk of 2000 letters looked at, 2 in 3 of them pixel 7's; one newline.
+    updates = shown.decode().replace("\r\n", "\n").split("\r")
+    assert updates[0] == ""
+    assert updates[1:] == [
+        "replayed 1333 of 4000",
+        "replayed 2666 of 4000",
+        "replayed 4000 of 4000\n",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

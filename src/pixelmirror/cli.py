@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from types import FrameType
-from typing import cast
+from typing import TextIO, cast
 from urllib.parse import unquote, urlsplit
 
 from pixelmirror import __version__
@@ -33,6 +33,7 @@ from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.graph import TokenSource
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.outbox import Outbox, open_outbox
+from pixelmirror.outbox.base import dead_letter_matches
 from pixelmirror.testing import cli as fake_cli
 from pixelmirror.urls import masked_url
 
@@ -139,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="print how many dead letters would be replayed, by pixel and reason; replay none",
+    )
+    replay.add_argument("--pixel", metavar="ID", help="only the dead letters of this pixel")
+    replay.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="only the dead letters whose reason contains TEXT (any case, taken literally)",
     )
     replay.set_defaults(run=_outbox_replay)
 
@@ -305,19 +312,34 @@ DRY_RUN_SAMPLE = 10_000
 
 
 def _outbox_replay(args: argparse.Namespace) -> int:
+    filters = {"pixel_id": args.pixel, "reason": args.reason}
     with _opened(Config.from_env(), existing=True) as outbox:
         if not args.dry_run:
-            replayed = outbox.replay_dead()
-            print(json.dumps({"outbox": outbox.url, "replayed": replayed}))
+            # On a terminal only: scripts read clean output, and the total costs a count.
+            line = None
+            if sys.stderr.isatty():
+                line = _ProgressLine(sys.stderr, outbox.dead_count(**filters))
+            try:
+                replayed = outbox.replay_dead(**filters, progress=line)
+            finally:
+                if line is not None:
+                    line.end()
+            print(json.dumps({"outbox": outbox.url, "filters": filters, "replayed": replayed}))
             return 0
-        dead = outbox.counts().dead
-        letters = outbox.dead_letters(min(dead, DRY_RUN_SAMPLE))
+        dead = outbox.dead_count(**filters)
+        # The newest letters, those matching the filters broken down by pixel and reason.
+        letters = [
+            letter
+            for letter in (outbox.dead_letters(DRY_RUN_SAMPLE) if dead else [])
+            if dead_letter_matches(letter, **filters)
+        ]
         groups = Counter((letter.event.pixel_id, letter.reason) for letter in letters)
     report = {
         "outbox": outbox.url,
         "dry_run": True,
+        "filters": filters,
         "would_replay": dead,
-        "sampled": len(letters),  # the newest letters, which the breakdown counts
+        "sampled": len(letters),  # matching letters among the newest: the breakdown's
         "by_pixel_and_reason": [
             {"pixel_id": pixel, "reason": reason, "count": count}
             for (pixel, reason), count in groups.most_common()
@@ -325,6 +347,26 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+class _ProgressLine:
+    """``replayed N of M``, one line on a terminal rewritten in place as N grows."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream = stream
+        self.total = total
+        self.shown = False
+
+    def __call__(self, done: int) -> None:
+        # Letters buried between the count and the replay's start may push N past M.
+        self.stream.write(f"\rreplayed {done} of {max(done, self.total)}")
+        self.stream.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 if __name__ == "__main__":
