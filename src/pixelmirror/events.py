@@ -237,14 +237,12 @@ def page_views(
     """
     # The checks create makes before it normalises come first, so errors come in its order.
     usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    wire = normalize_user_data(user_data, default_country=default_country) if usual else {}
+    user_json = _page_user_data(user_data, default_country) if usual else None
     if (
-        not usual
+        user_json is None
         or not _is_url(event_source_url)
         or not (referrer_url is None or _is_url(referrer_url))
         or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
-        or "client_user_agent" not in wire
-        or not identifies_user(wire)
     ):
         return [
             ServerEvent.create(
@@ -266,7 +264,7 @@ def page_views(
     when = int(time.time() if now is None else now)
     parts = [
         f'{{"event_name":"PageView","event_time":{when},"event_id":{_string(event_id)},'
-        f'"action_source":"website","user_data":{_user_data_json(wire)},'
+        f'"action_source":"website","user_data":{user_json},'
         f'"event_source_url":{_string(event_source_url)}'
     ]
     if referrer_url is not None:
@@ -280,6 +278,39 @@ def page_views(
         ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code)
         for pixel_id in pixel_ids
     ]
+
+
+def _page_user_data(user_data: Mapping[str, object], default_country: str | None) -> str | None:
+    """The wire user data's JSON for a website event, or None when Meta would refuse it (no
+    user agent, too little to identify the user).
+
+    A visitor's pages repeat their user data (the same ids, address and browser): the text
+    of the last few hundred plain ones is kept. Only data none of whose values was dropped
+    is kept, so each drop's warning is still logged every time.
+    """
+    key = None
+    if type(user_data) is dict:
+        items = tuple(user_data.items())
+        if all(
+            type(name) is str and (value is None or type(value) is str) for name, value in items
+        ):
+            key = (default_country, items)
+            kept = _PAGE_USER_DATA.get(key)
+            if kept is not None:
+                return kept
+    wire = normalize_user_data(user_data, default_country=default_country)
+    if "client_user_agent" not in wire or not identifies_user(wire):
+        return None
+    text = _user_data_json(wire)
+    if key is not None and len(wire) == sum(value is not None for _, value in key[1]):
+        if len(_PAGE_USER_DATA) >= _PAGE_USER_DATA_KEPT:
+            _PAGE_USER_DATA.clear()  # simpler than an LRU, and a miss costs only the rules
+        _PAGE_USER_DATA[key] = text
+    return text
+
+
+_PAGE_USER_DATA_KEPT = 512
+_PAGE_USER_DATA: dict[tuple[str | None, tuple[tuple[str, object], ...]], str] = {}
 
 
 def _user_data_json(wire: Mapping[str, object]) -> str:
