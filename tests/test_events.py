@@ -4,6 +4,7 @@ import inspect
 import json
 import math
 import os
+import random
 import uuid
 from decimal import Decimal
 from types import MappingProxyType
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pixelmirror.events import EventOptions, ServerEvent, new_event_id
+from pixelmirror.events import EventOptions, ServerEvent, new_event_id, page_views
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.snippet import safe_json
@@ -258,3 +259,85 @@ def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
     parent = {new_event_id() for _ in range(300)}
     assert len(child) == 300
     assert not child & parent
+
+
+def _random_page_view_inputs(rng: random.Random) -> dict[str, Any]:
+    """Page view arguments as pages make them, with now and then one that create refuses."""
+    text = "abcXYZ 09\"\\é€\u2028\n<>&'/"
+
+    def some(chars: str, low: int, high: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(low, high)))
+
+    user_data: dict[str, object] = {}
+    if rng.random() < 0.9:
+        user_data["external_id"] = rng.choice(
+            [uuid.uuid4().hex, [uuid.uuid4().hex, some(text, 0, 8)], some(text, 1, 20)]
+        )
+    if rng.random() < 0.9:
+        user_data["client_ip_address"] = rng.choice(
+            ["127.0.0.1", "2001:db8::1", "10.0.0.300", some(text, 1, 10)]
+        )
+    if rng.random() < 0.9:
+        user_data["client_user_agent"] = rng.choice(["Mozilla/5.0", some(text, 0, 30)])
+    user_data["fbp"] = rng.choice([None, "fb.1.1700000000000.123456789", some(text, 1, 12)])
+    user_data["fbc"] = rng.choice([None, "fb.1.1700000000000.AbCd", some(text, 1, 12)])
+    if rng.random() < 0.3:
+        user_data[rng.choice(["email", "em", "phone", "ct", "country"])] = some(text, 0, 16)
+    if rng.random() < 0.2:
+        key = rng.choice(["fb_login_id", "lead_id", "subscription_id"])
+        user_data[key] = rng.choice([rng.randint(1, 10**12), some(text, 1, 12)])
+    if rng.random() < 0.05:
+        user_data["nonsense"] = "x"
+
+    def url() -> object:
+        if rng.random() < 0.8:
+            return rng.choice(["https://shop.example/p?q=", "http://127.0.0.1:8000/"]) + some(
+                text, 0, 10
+            )
+        return rng.choice(["", "ftp://x/", None, some(text, 1, 10)])
+
+    pixels = [str(rng.randint(1, 10**15)) for _ in range(rng.randint(0, 3))]
+    return {
+        "pixel_ids": pixels,
+        "event_id": rng.choice(
+            [uuid.uuid4().hex, uuid.uuid4().hex, some(text, 1, 40), "", "x" * 257]
+        ),
+        "user_data": user_data,
+        "event_source_url": url(),
+        "referrer_url": rng.choice([None, url()]),
+        "data_processing_options": rng.choice([None, None, [], ["LDU"], ("LDU",), ["X"], "LDU"]),
+        "test_event_code": rng.choice([None, "", "TEST123"]),
+        "default_country": rng.choice([None, "us", "DE", "gb"]),
+        "now": rng.uniform(1.7e9, 1.8e9),
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_page_views_are_what_create_builds_byte_for_byte(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        args = _random_page_view_inputs(rng)
+        pixels = args.pop("pixel_ids")
+        try:
+            expected: object = [
+                ServerEvent.create("PageView", pixel_id=pixel, action_source="website", **args)
+                for pixel in pixels
+            ]
+        except ValueError as exc:
+            expected = ("ValueError", str(exc))
+        for _ in range(2):  # the second time the visitor's user data may be a kept one
+            try:
+                got: object = page_views(pixels, **args)
+            except ValueError as exc:
+                got = ("ValueError", str(exc))
+            assert got == expected, args
+
+
+def test_a_page_views_dropped_value_is_logged_on_every_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user_data = {"external_id": "v1", "client_ip_address": "not-an-ip", "client_user_agent": "UA"}
+    for _ in range(3):
+        page_views(["1"], event_id="e1", user_data=user_data, event_source_url="https://a.example/")
+    dropped = [r for r in caplog.records if "client_ip_address" in r.getMessage()]
+    assert len(dropped) == 3

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import re
 import socket
 from typing import Any
@@ -227,3 +228,18 @@ def test_fb_cookies_follow_the_forwarded_host_behind_a_trusted_proxy() -> None:
     assert issued is not None
     assert issued[1]["domain"] == "example.co.uk"
     assert "secure" in issued[1]
+
+
+def test_one_identity_gives_each_host_its_own_site_page_after_page() -> None:
+    # Hosts seen before get the verdict kept for them; in any order, each keeps its own.
+    identity = make()
+    rng = random.Random(7)
+    sites = [*FB_SITES] * 3
+    rng.shuffle(sites)
+    for host, domain, index in sites:
+        visitor = resolve(identity, host=host)
+        issued = cookie(visitor, "_fbp")
+        assert issued is not None
+        assert issued[1].get("domain") == domain, host
+        assert visitor.fbp is not None
+        assert visitor.fbp.startswith(f"fb.{index}."), host

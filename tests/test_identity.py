@@ -26,6 +26,7 @@ from identitykit import (
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import (
+    CLOCK_SKEW,
     VISITOR_SALT,
     is_crawler,
 )
@@ -94,6 +95,23 @@ def test_visitor_cookie_validity(token: str | None, kept: bool, set_cookie: bool
         again = resolve(only_new_key, cookies={"_pm_vid": issued[0], "_fbp": FBP})
         assert again.visitor_id == visitor.visitor_id
         assert again.set_cookies == ()
+
+
+@pytest.mark.parametrize("token", [signed(), signed(key=OLD_KEY), signed(at=NOW - MAX_AGE // 2)])
+def test_a_token_seen_before_gets_the_verdict_of_a_first_sight_at_every_age(token: str) -> None:
+    # One identity sees the token again and again as it ages (its verdict kept after the first
+    # page); each answer is what an identity seeing it for the first time gives.
+    seen = make()
+    for later in (0, 60, MAX_AGE // 2, MAX_AGE, MAX_AGE + 1, -CLOCK_SKEW - 1):
+        facts = request(cookies={"_pm_vid": token})
+        again = seen.resolve(facts, now=NOW + later)
+        first = make().resolve(request(cookies={"_pm_vid": token}), now=NOW + later)
+        assert again is not None
+        assert first is not None
+        assert (again.visitor_id == VID) is (first.visitor_id == VID)
+        assert [c.split("=", 1)[0] for c in again.set_cookies] == [
+            c.split("=", 1)[0] for c in first.set_cookies
+        ]
 
 
 VID2 = "ZyXwVuTsRqPoNmLkJiHgFe"

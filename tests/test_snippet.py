@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
@@ -14,8 +16,10 @@ from xml.etree import ElementTree
 
 import pytest
 
+from pixelmirror import snippet
 from pixelmirror.events import BrowserEvent
 from pixelmirror.snippet import (
+    DEFAULT_BEACON_PATH,
     MARKER,
     render_beacon_snippet,
     render_pending_snippet,
@@ -553,3 +557,66 @@ def test_a_beacon_page_loads_the_pixel_at_once_only_when_the_site_asks_no_consen
     assert len(lines) == (1 if gated else 2)  # the stub runs first only on an open site
     assert lines[-1].count("fbevents.js") == (1 if gated else 0)
     assert ("<noscript>" in html) is not gated
+
+
+def _random_snippet_inputs(rng: random.Random) -> dict[str, Any]:
+    """render_snippet's arguments: random option sets, ids, nonces and events, now and then
+    holding markup, ``%``, non-ASCII text or the template's own stand-ins."""
+    odd = "aZ09-_.~%<>&\"' /é€\u2028"
+
+    def some(chars: str, low: int, high: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(low, high)))
+
+    def ident() -> str:
+        return rng.choice(
+            [
+                uuid.uuid4().hex,
+                str(rng.randint(1, 10**15)),
+                some(odd, 0, 12),
+                "PMxEIDxSLOT",
+                "PMxEXTxSLOT",
+            ]
+        )
+
+    pixel_ids = [
+        rng.choice([str(rng.randint(1, 10**15)), ident()]) for _ in range(rng.randint(0, 3))
+    ]
+    if rng.random() < 0.7:
+        events = [BrowserEvent("PageView", ident())]
+    else:
+        events = [
+            BrowserEvent(
+                rng.choice(["PageView", "Purchase", "Custom%"]),
+                ident(),
+                rng.choice([{}, {"value": 1.5, "currency": "EUR"}, {"k": some(odd, 0, 6)}]),
+                rng.choice([None, None, str(rng.randint(1, 99))]),
+            )
+            for _ in range(rng.randint(0, 3))
+        ]
+    return {
+        "pixel_ids": pixel_ids,
+        "external_id": rng.choice([None, uuid.uuid4().hex * 2, some(odd, 0, 12), "PMxEXTxSLOT"]),
+        "events": events,
+        "nonce": rng.choice([None, None, some(odd, 0, 16), "PMxNONCExSLOT"]),
+        "agent": rng.choice([None, "plpixelmirror", some(odd, 1, 8)]),
+        "ldu": rng.random() < 0.3,
+        "auto_config": rng.random() < 0.7,
+        "noscript": rng.random() < 0.8,
+        "beacon_path": rng.choice([DEFAULT_BEACON_PATH, "/%s/" + some(odd, 0, 6)]),
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_lone_pageview_renders_byte_for_byte_as_the_general_path(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        args = _random_snippet_inputs(rng)
+        try:
+            expected: object = snippet._render(**args)
+        except ValueError as exc:
+            expected = ("ValueError", str(exc))
+        try:
+            got: object = render_snippet(**args)
+        except ValueError as exc:
+            got = ("ValueError", str(exc))
+        assert got == expected, args

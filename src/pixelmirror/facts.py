@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,17 +36,17 @@ class RequestFacts:
     def cookies(self) -> Mapping[str, str]:
         """Cookies of the request; the first of two same-named cookies wins, as browsers send
         the most specific first. Malformed pairs are skipped."""
-        jar: dict[str, str] = {}
-        for name, value in self._cookie_pairs():
-            jar.setdefault(name, value)
-        return jar
+        return {name: values[0] for name, values in self._cookie_jar.items()}
 
     def cookie_values(self, name: str) -> list[str]:
         """Every value sent for cookie ``name``, in order: a sibling subdomain's cookie of
         the same name comes along with ours, and it may come first."""
-        return [value for found, value in self._cookie_pairs() if found == name]
+        return list(self._cookie_jar.get(name, ()))
 
-    def _cookie_pairs(self) -> Iterator[tuple[str, str]]:
+    @cached_property
+    def _cookie_jar(self) -> dict[str, list[str]]:
+        """Each cookie name's values in order: the header parsed once per request."""
+        jar: dict[str, list[str]] = {}
         for pair in self.headers.get("cookie", "").split(";"):
             name, sep, value = pair.partition("=")
             name = name.strip()
@@ -54,4 +54,9 @@ class RequestFacts:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
-                yield name, value
+                values = jar.get(name)
+                if values is None:
+                    jar[name] = [value]
+                else:
+                    values.append(value)
+        return jar

@@ -34,17 +34,21 @@ _FBCLID_ONLY = re.compile(_FBCLID)
 _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9_-]{{1,16}})?")
 
 _FB_SUFFIX = f"; Path=/; Max-Age={FB_MAX_AGE}"
+_SITES_KEPT = 256
 
 
 class FbCookies:
     """``_fbp`` / ``_fbc`` of a request, by the settings ``fb_cookies`` and ``cookie_domain``."""
 
-    __slots__ = ("_domain", "_enabled", "_proxies")
+    __slots__ = ("_domain", "_enabled", "_proxies", "_sites")
 
     def __init__(self, config: Config, proxies: Proxies) -> None:
         self._domain = config.cookie_domain
         self._enabled = config.fb_cookies
         self._proxies = proxies
+        # A site answers to a few hosts: each one's verdict is kept (bounded: the Host
+        # header is the client's to choose).
+        self._sites: dict[str, tuple[str | None, int]] = {}
 
     def read(
         self, facts: RequestFacts, trusted: bool, now: float, set_cookies: list[str]
@@ -92,6 +96,15 @@ class FbCookies:
 
     def _site(self, host: str) -> tuple[str | None, int]:
         """``(Domain for the fb cookies or None for host-only, subdomain index)``."""
+        site = self._sites.get(host)
+        if site is None:
+            site = self._site_of(host)
+            if len(self._sites) >= _SITES_KEPT:
+                self._sites.clear()
+            self._sites[host] = site
+        return site
+
+    def _site_of(self, host: str) -> tuple[str | None, int]:
         name = hostname(host)
         if name is None or "." not in name or name.endswith(".localhost") or is_ip(name):
             return None, 0  # IP, localhost, a single-label intranet name, or nonsense

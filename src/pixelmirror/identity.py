@@ -38,6 +38,8 @@ VISITOR_SALT = "pixelmirror.visitor"
 _MAX_VISITOR_COOKIE = 256
 # A signature from a little in the future is clock skew between our own servers.
 CLOCK_SKEW = 300.0
+# Visitor tokens whose verdict is kept (~0.5 MB at most).
+_OPENED_KEPT = 2048
 # secrets.token_urlsafe(16): 22 characters of the URL-safe base64 alphabet.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
@@ -122,6 +124,7 @@ class Identity:
             f"; Path=/; Max-Age={config.cookie_max_age}{cookie_attributes(config)}"
         )
         self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
+        self._opened: dict[str, tuple[bytes, int, bool]] = {}
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -162,9 +165,17 @@ class Identity:
         for token in tokens:
             if not token or len(token) > _MAX_VISITOR_COOKIE:
                 continue
-            opened = self._visitor_seal.open(token)
+            opened = self._opened.get(token)
             if opened is None:
-                continue
+                opened = self._visitor_seal.open(token)
+                if opened is None:
+                    continue
+                # A returning visitor sends the same token on every page: keep what it says
+                # (only tokens that verified, so forged ones cannot fill it; ages are checked
+                # each time below).
+                if len(self._opened) >= _OPENED_KEPT:
+                    self._opened.clear()
+                self._opened[token] = opened
             value, signed_at, newest_key = opened
             age = now - signed_at
             visitor_id = value.decode("ascii", "replace")

@@ -154,9 +154,7 @@ def safe_json(value: object) -> str:
     else:
         text = _json_text(value)
     # Most values hold none of these: skip the per-character translation then.
-    if "<" in text or ">" in text or "&" in text or not text.isascii():
-        text = text.translate(_SCRIPT_SAFE)
-    return text
+    return _script_safe(text)
 
 
 def _json_text(value: object) -> str:
@@ -205,6 +203,53 @@ def render_snippet(
 
     :raises ValueError: no pixel id, or data that JSON cannot carry (see :func:`safe_json`).
     """
+    if len(events) == 1:
+        event = events[0]
+        if (
+            event.name == "PageView"
+            and event.pixel_id is None
+            and not event.custom_data
+            and type(event.event_id) is str
+            and _URL_PLAIN.fullmatch(event.event_id)
+            and (external_id is None or type(external_id) is str)
+            and (nonce is None or type(nonce) is str)
+        ):
+            template = _page_view_template(
+                tuple(pixel_ids),
+                external_id is not None,
+                nonce is not None,
+                agent,
+                ldu,
+                auto_config,
+                noscript,
+                beacon_path,
+            )
+            if template is not None:
+                # Most pages fire their PageView alone: the same text but for the ids.
+                filled = template % {
+                    "nonce": "" if nonce is None else _attribute(nonce),
+                    "ext": "" if external_id is None else _script_safe(_str(external_id)),
+                    "eid_json": _str(event.event_id),
+                    "eid": event.event_id,
+                }
+                return filled.encode("ascii")
+    return _render(
+        pixel_ids, external_id, events, nonce, agent, ldu, auto_config, noscript, beacon_path
+    )
+
+
+def _render(
+    pixel_ids: Sequence[str],
+    external_id: str | None,
+    events: Sequence[BrowserEvent],
+    nonce: str | None,
+    agent: str | None,
+    ldu: bool,
+    auto_config: bool,
+    noscript: bool,
+    beacon_path: str,
+) -> bytes:
+    """:func:`render_snippet`, the general way: every call from its parts."""
     _need_pixels(pixel_ids)
     lines = [_STUB, _runtime(pixel_ids, beacon_path, agent, ldu, auto_config, kind="inline")]
     if ldu:
@@ -237,6 +282,58 @@ def render_snippet(
         for pixel_id in ((event.pixel_id,) if event.pixel_id is not None else pixel_ids)
     ]
     return _script(lines, nonce, images if noscript else [])
+
+
+# Stand-ins rendered where the page's own values go: letters only, so no escaping changes them.
+_NONCE, _EXT, _EID = "PMxNONCExSLOT", "PMxEXTxSLOT", "PMxEIDxSLOT"
+
+
+@functools.lru_cache(maxsize=64)
+def _page_view_template(
+    pixel_ids: tuple[str, ...],
+    with_external_id: bool,
+    with_nonce: bool,
+    agent: str | None,
+    ldu: bool,
+    auto_config: bool,
+    noscript: bool,
+    beacon_path: str,
+) -> str | None:
+    """:func:`render_snippet` of a lone PageView for these settings, as a ``%`` template
+    (``nonce``, ``ext``, ``eid_json``, ``eid``); None when the settings themselves hold a
+    stand-in (the general path then renders every such page)."""
+    rendered = _render(
+        pixel_ids,
+        _EXT if with_external_id else None,
+        [BrowserEvent("PageView", _EID)],
+        _NONCE if with_nonce else None,
+        agent,
+        ldu,
+        auto_config,
+        noscript,
+        beacon_path,
+    ).decode("ascii")
+    images = len(pixel_ids) if noscript else 0
+    expected = (
+        (_NONCE, int(with_nonce)),
+        (_EXT, len(pixel_ids) if with_external_id else 0),
+        (_EID, 1 + images),
+    )
+    if any(rendered.count(slot) != count for slot, count in expected):
+        return None
+    template = rendered.replace("%", "%%")
+    template = template.replace(f'nonce="{_NONCE}"', 'nonce="%(nonce)s"')
+    template = template.replace(f'"{_EXT}"', "%(ext)s")
+    template = template.replace(f'"{_EID}"', "%(eid_json)s")
+    template = template.replace(f"eid={_EID}", "eid=%(eid)s")
+    return None if any(slot in template for slot, _ in expected) else template
+
+
+def _script_safe(text: str) -> str:
+    """JSON text made safe inside a ``<script>``, as :func:`safe_json` makes it."""
+    if "<" in text or ">" in text or "&" in text or not text.isascii():
+        return text.translate(_SCRIPT_SAFE)
+    return text
 
 
 def render_beacon_snippet(

@@ -27,7 +27,7 @@ from pixelmirror.beacon import (
     parse_request,
 )
 from pixelmirror.config import Config
-from pixelmirror.events import BrowserEvent, ServerEvent, json_default
+from pixelmirror.events import BrowserEvent, ServerEvent, json_default, page_views
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.snippet import render_beacon_snippet, render_pending_snippet, render_snippet
@@ -285,7 +285,7 @@ class Pages:
         pixels = visit.account.pixel_ids
         events: list[ServerEvent] = []
         if pageview:
-            events += self._copies(fields, pixels, "PageView", visit.page_event_id, user_data, {})
+            events += self._page_views(fields, pixels, visit.page_event_id, user_data)
         for event in tracked:
             events += self._copies(
                 fields,
@@ -339,6 +339,31 @@ class Pages:
             "test_event_code": account.test_event_code or self.config.test_event_code,
             "default_country": self.config.default_country,
         }
+
+    def _page_views(
+        self,
+        page_fields: Mapping[str, Any],
+        pixel_ids: Sequence[str],
+        event_id: str,
+        user_data: Mapping[str, object],
+    ) -> list[ServerEvent]:
+        """The page's PageView, one per pixel (what :meth:`_copies` makes, on a shorter road)."""
+        try:
+            return page_views(
+                pixel_ids,
+                event_id=event_id,
+                user_data=user_data,
+                event_source_url=page_fields["event_source_url"],
+                referrer_url=page_fields["referrer_url"],
+                data_processing_options=page_fields["data_processing_options"],
+                test_event_code=page_fields["test_event_code"],
+                default_country=page_fields["default_country"],
+            )
+        except ValueError as exc:
+            logger.error("pixelmirror: PageView %s not mirrored: %s", event_id, exc)
+            with self._lock:
+                self.invalid += len(pixel_ids)
+            return []
 
     def _copies(
         self,

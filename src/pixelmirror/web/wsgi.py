@@ -7,6 +7,7 @@ as the app made it, and the app's iterable is always closed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -40,6 +41,7 @@ class EnvironHeaders(Mapping[str, str]):
         self._environ = environ
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)  # the same few names on every request
     def _key(name: str) -> str:
         key = name.upper().replace("-", "_")
         return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"

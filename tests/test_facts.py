@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pixelmirror.facts import RequestFacts
+
+
+def _facts(cookie: str | None) -> RequestFacts:
+    headers = {} if cookie is None else {"cookie": cookie}
+    return RequestFacts("GET", "https", "shop.example", "/", "", headers)
+
+
+def _pairs(header: str) -> list[tuple[str, str]]:
+    """The cookie pairs as the rules read them: ``name=value`` split on ``;``, both sides
+    trimmed, one pair of double quotes removed, pairs without ``=`` or a name skipped."""
+    pairs = []
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        if sep and name.strip():
+            value = value.strip()
+            if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+                value = value[1:-1]
+            pairs.append((name.strip(), value))
+    return pairs
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cookies_and_cookie_values_read_random_headers_as_the_rules_say(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = ["a", "b", "_pm_vid", "=", " ", ";", '"', "x1", "=v", "é"]
+    for _ in range(500):
+        header = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        facts = _facts(header)
+        pairs = _pairs(header)
+        first: dict[str, str] = {}
+        for name, value in pairs:
+            first.setdefault(name, value)
+        assert facts.cookies == first, header
+        for name in {"a", "b", "_pm_vid", "x1", "missing", *first}:
+            assert facts.cookie_values(name) == [v for n, v in pairs if n == name], header
+
+
+def test_a_request_without_cookies_has_none() -> None:
+    facts = _facts(None)
+    assert facts.cookies == {}
+    assert facts.cookie_values("_pm_vid") == []
+
+
+def test_cookie_values_hands_out_a_copy() -> None:
+    facts = _facts("a=1; a=2")
+    facts.cookie_values("a").append("3")
+    assert facts.cookie_values("a") == ["1", "2"]
