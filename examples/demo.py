@@ -46,6 +46,25 @@ def demo_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
+#: A browser's User-Agent, for curl: pixelmirror leaves pages for crawlers and HTTP libraries
+#: (curl's own User-Agent among them) untouched, without a pixel or a server event.
+BROWSER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0 Safari/537.36"
+)
+
+
+def start_up_note(url: str) -> str:
+    """What an example shop says at start: where to see the pixel, and why curl does not."""
+    return (
+        f"pixelmirror demo: open {url} in a browser to see the pixel and its server twins.\n"
+        "pixelmirror demo: curl gets the page untouched: its User-Agent looks like a "
+        "crawler's, which gets no pixel and no server event.\n"
+        f"pixelmirror demo: to see the pixel with curl, say it is a browser: "
+        f"curl -A '{BROWSER_AGENT}' {url}"
+    )
+
+
 def print_server_copy(event: ReceivedEvent) -> None:
     """Print one line for an event Meta would receive, to read beside the browser's."""
     user = event.user_data

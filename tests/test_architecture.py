@@ -155,3 +155,24 @@ def later():
         "pixelmirror.mirror",
         "pixelmirror.outbox.redis",
     }
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def test_no_log_message_repeats_the_logger_name_as_a_prefix() -> None:
+    """Every logger is ``pixelmirror.<concern>``: a message that starts with "pixelmirror"
+    would print it twice (``pixelmirror.delivery: pixelmirror: ...``)."""
+    doubled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_METHODS
+                and node.args
+            ):
+                first = node.args[1] if node.func.attr == "log" else node.args[0]
+                if isinstance(first, ast.Constant) and str(first.value).startswith("pixelmirror"):
+                    doubled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert doubled == []

@@ -348,3 +348,31 @@ def test_a_failing_is_bot_falls_back_to_the_built_in_check(
         assert identity.resolve(request(ua="curl/8.5.0"), now=NOW) is None
         assert identity.resolve(request(ua=CHROME), now=NOW) is not None
     assert "is_bot callable failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("ua", "shown"),
+    [
+        pytest.param("curl/8.5.0", "(curl/8.5.0)", id="curl"),
+        pytest.param("python-requests/2.32.3", "(python-requests/2.32.3)", id="requests"),
+        pytest.param(None, "(no User-Agent)", id="none"),
+    ],
+)
+def test_a_request_skipped_as_a_crawler_says_why_at_debug(
+    caplog: pytest.LogCaptureFixture, ua: str | None, shown: str
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="pixelmirror"):
+        assert make().resolve(request(ua=ua), now=NOW) is None
+        assert make().resolve(request(ua=CHROME), now=NOW) is not None
+    (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert record.levelno == logging.DEBUG
+    assert record.name == "pixelmirror.identity"
+    assert "the User-Agent looks like a crawler" in record.getMessage()
+    assert shown in record.getMessage()
+
+
+def test_a_request_the_is_bot_hook_skips_names_the_hook(caplog: pytest.LogCaptureFixture) -> None:
+    identity = make(is_bot=_monitor_is_bot)
+    with caplog.at_level(logging.DEBUG, logger="pixelmirror"):
+        assert identity.resolve(request(ua=f"{CHROME} AcmeMonitor/1.0"), now=NOW) is None
+    assert "the is_bot hook calls it a crawler" in caplog.text

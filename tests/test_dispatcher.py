@@ -553,6 +553,8 @@ def test_a_failed_renewal_is_logged_and_the_next_beat_renews(
     client.close()
 
     assert "could not renew the lease of 1 event(s) in flight" in caplog.text
+    (record,) = [r for r in caplog.records if "could not renew" in r.getMessage()]
+    assert (record.__dict__["pixel"], record.__dict__["destination"]) == ("111", "meta")
     assert outbox.counts().unfinished == 0
     assert dispatcher.counts.sent == 1
 
@@ -701,3 +703,48 @@ def test_a_full_batch_is_followed_at_once_by_the_next(
     finally:
         assert dispatcher.stop(timeout=10)  # a stop ends the linger after the short third batch
     assert [r.event_count for r in fake.requests] == [3, 3, 1]
+
+
+#: The fields every delivery log line carries for a log pipeline (``extra=``).
+DELIVERY_FIELDS = ("pixel", "destination", "events", "event_name", "event_id", "error_code")
+
+
+def test_every_delivery_log_line_carries_its_fields_and_no_doubled_prefix(
+    dispatcher: Dispatcher,
+    fake: FakeGraphAPI,
+    outbox: RecordingOutbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    retried, paused, poisoned = lead("111"), lead("222"), with_raw_email(lead("333"))
+    expired = lead("444", event_time=time.time() - 7 * DAY + EXPIRY_MARGIN / 2)
+    with caplog.at_level(logging.DEBUG, logger="pixelmirror"):
+        outbox.put([retried])
+        fake.fail_next(500)
+        drain(dispatcher)
+        outbox.put([paused])
+        fake.fail_next(400, error=FakeGraphAPI.graph_error(190, "Error validating access token"))
+        drain(dispatcher)
+        dispatcher.resume("222")
+        outbox.put([poisoned, expired])
+        drain(dispatcher)
+    records = {
+        kind: [r for r in caplog.records if kind in r.getMessage()]
+        for kind in ("will be retried", "PAUSED", "resumed", "dead-lettered event", "too old")
+    }
+    assert all(len(found) == 1 for found in records.values()), records
+    for (record,) in records.values():
+        assert record.name == "pixelmirror.delivery"
+        assert {name: hasattr(record, name) for name in DELIVERY_FIELDS} == dict.fromkeys(
+            DELIVERY_FIELDS, True
+        )
+        assert record.__dict__["destination"] == "meta"
+    fields = {kind: found[0].__dict__ for kind, found in records.items()}
+    assert fields["will be retried"]["pixel"] == "111"
+    assert fields["will be retried"]["event_id"] == retried.event_id
+    assert fields["will be retried"]["event_name"] == "Lead"
+    assert fields["PAUSED"]["error_code"] == 190
+    assert fields["resumed"]["pixel"] == "222"
+    assert fields["dead-lettered event"]["event_id"] == poisoned.event_id
+    assert fields["dead-lettered event"]["error_code"] is not None
+    assert fields["too old"]["pixel"] == "444"
+    assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixelmirror")]

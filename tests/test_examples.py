@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import httpx
@@ -122,3 +123,25 @@ def test_demo_settings_leave_configured_values_to_the_environment(demo: ModuleTy
         "PIXELMIRROR_COOKIE_SECURE": "true",
     }
     assert demo.demo_settings(environ) == {}
+
+
+@pytest.mark.parametrize("name", ["flask_app", "starlette_app"])
+def test_example_start_up_note_is_true_curl_gets_the_page_untouched_a_browser_agent_the_pixel(
+    demo: ModuleType, name: str
+) -> None:
+    module = load_example(name)
+    assert "demo.start_up_note(" in Path(module.__file__ or "").read_text()
+    serve = serve_wsgi if name == "flask_app" else serve_asgi
+    try:
+        with serve(module.app) as base_url:
+            note = demo.start_up_note(f"{base_url}/")
+            curl = httpx.get(f"{base_url}/", headers={"User-Agent": "curl/8.5.0"})
+            as_browser = httpx.get(f"{base_url}/", headers={"User-Agent": demo.BROWSER_AGENT})
+    finally:
+        module.mirror.close(timeout=1)
+    assert "curl gets the page untouched" in note
+    assert f"curl -A '{demo.BROWSER_AGENT}' {base_url}/" in note
+    assert f"open {base_url}/ in a browser" in note
+    assert browser_events(curl.content) == []
+    assert "set-cookie" not in curl.headers
+    assert [n for n, _ in browser_events(as_browser.content)] == ["PageView"]

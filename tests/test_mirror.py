@@ -22,6 +22,7 @@ from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror, lifecycle
 from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import NotStored
+from pixelmirror.mirror import DRY_RUN_LOUD
 from pixelmirror.testing import FakeGraphAPI
 from waiting import wait_until
 
@@ -78,6 +79,41 @@ def test_dry_run_builds_logs_and_counts_without_sending(
     assert "ann@example.com" not in caplog.text
     with pytest.raises(ValueError, match="action_source"):
         approval(mirror, action_source="web")
+
+
+def test_the_first_dry_run_events_are_warnings_then_info(
+    make_mirror: MakeMirror, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = make_mirror(access_token=None)
+    with caplog.at_level(logging.INFO, logger="pixelmirror"):
+        ids = [approval(mirror, n) for n in range(DRY_RUN_LOUD + 2)]
+    levels = {
+        event_id: record.levelno
+        for record in caplog.records
+        for event_id in ids
+        if event_id in record.getMessage()
+    }
+    assert [levels[event_id] for event_id in ids] == [logging.WARNING] * DRY_RUN_LOUD + [
+        logging.INFO
+    ] * 2
+    assert not [r for r in caplog.records if r.getMessage().startswith("pixelmirror")]
+
+
+def test_a_dry_run_shows_its_events_on_stderr_without_any_logging_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [name for name in os.environ if name.startswith("PIXELMIRROR_")]:
+        monkeypatch.delenv(name)
+    script = (
+        "from pixelmirror import PixelMirror\n"
+        "m = PixelMirror(pixel_id='1234567890')\n"
+        "m.send('Approval', action_source='system_generated', user_data={'external_id': 'c1'})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "dry run: Approval" in done.stderr
+    assert '"external_id"' in done.stderr
 
 
 def test_memory_outbox_overflow_is_counted_and_logged(

@@ -465,7 +465,7 @@ def test_unusable_value_is_dropped_with_warning(
     assert wire == {"fbp": "fb.1.1554763741205.1098115397"}
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     record = caplog.records[0]
-    assert record.name == "pixelmirror"
+    assert record.name == "pixelmirror.normalize"
     message = record.getMessage()
     assert f"user_data[{key!r}]" in message
     assert reason in message

@@ -200,3 +200,19 @@ def test_command_line_failure_rate_fails_every_request_at_one() -> None:
     out, _ = proc.communicate(timeout=10)
     assert set(statuses) <= {500, 503, 429}
     assert out == ""  # nothing was accepted, so nothing was printed
+
+
+def test_a_server_left_open_does_not_keep_the_interpreter_from_exiting() -> None:
+    # A demo keeps its fake served for the life of the process; the interpreter's exit closes
+    # it after the server thread is gone, and must not wait for that thread forever.
+    script = (
+        "import contextlib\n"
+        "from pixelmirror.testing import FakeGraphAPI\n"
+        "servers = contextlib.ExitStack()\n"
+        "print(servers.enter_context(FakeGraphAPI().serve()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("http://127.0.0.1:")

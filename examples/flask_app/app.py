@@ -68,4 +68,5 @@ def thanks() -> str:
 
 
 if __name__ == "__main__":
+    print(demo.start_up_note("http://127.0.0.1:8000/"), flush=True)
     app.run(host="127.0.0.1", port=8000)

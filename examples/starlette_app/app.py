@@ -79,4 +79,5 @@ app = Starlette(
 if __name__ == "__main__":
     import uvicorn
 
+    print(demo.start_up_note("http://127.0.0.1:8001/"), flush=True)
     uvicorn.run(app, host="127.0.0.1", port=8001)

@@ -13,7 +13,7 @@ from pixelmirror.facts import RequestFacts
 
 __all__ = ["CrawlerFilter", "is_crawler"]
 
-_log = logging.getLogger("pixelmirror")
+_log = logging.getLogger("pixelmirror.identity")
 
 # Crawlers, link-preview fetchers and HTTP libraries run no JavaScript: a server PageView for
 # them is one the pixel never matches. One pattern, run on the lower-cased User-Agent (much
@@ -81,13 +81,24 @@ class CrawlerFilter:
         """True when the request must be left alone as a crawler's."""
         if not self._enabled:
             return False
+        why = "the User-Agent looks like a crawler"
         if self._is_bot is None:
-            return is_crawler(user_agent)
-        try:
-            return bool(self._is_bot(facts))
-        except Exception:
-            _log.warning(
-                "pixelmirror: the is_bot callable failed; using the built-in crawler check",
-                exc_info=True,
+            verdict = is_crawler(user_agent)
+        else:
+            try:
+                verdict = bool(self._is_bot(facts))
+                why = "the is_bot hook calls it a crawler"
+            except Exception:
+                _log.warning(
+                    "the is_bot callable failed; using the built-in crawler check",
+                    exc_info=True,
+                )
+                verdict = is_crawler(user_agent)
+        if verdict:  # the first thing a curl of the Quick start meets: say why
+            _log.debug(
+                "skipped %s: %s (%s); the page goes out untouched, no server event",
+                facts.path,
+                why,
+                "no User-Agent" if not user_agent else user_agent[:200],
             )
-            return is_crawler(user_agent)
+        return verdict

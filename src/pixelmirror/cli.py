@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from types import FrameType
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 from urllib.parse import unquote, urlsplit
 
 from pixelmirror import __version__
@@ -37,7 +37,10 @@ from pixelmirror.outbox.base import dead_letter_matches
 from pixelmirror.testing import cli as fake_cli
 from pixelmirror.urls import masked_url
 
-logger = logging.getLogger("pixelmirror")
+if TYPE_CHECKING:
+    from pixelmirror.metrics import MetricsServer
+
+logger = logging.getLogger("pixelmirror.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
         "--status-interval", type=float, default=60.0, help="seconds between status lines"
     )
     worker.add_argument("--tokens", metavar="MODULE:FUNCTION", help=_TOKENS_HELP)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics and /healthz on port N (needs pixelmirror[prometheus])",
+    )
+    worker.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address to serve them on (default 0.0.0.0)"
+    )
+    worker.add_argument(
+        "--metrics-fold-pixels",
+        action="store_true",
+        help="no pixel label on the metrics (platforms with thousands of pixels)",
+    )
     worker.set_defaults(run=_worker)
 
     outbox = commands.add_parser("outbox", help="inspect or repair the configured outbox")
@@ -244,27 +261,66 @@ def _work(
 ) -> int:
     sinks = open_sinks(config, tokens=tokens)
     dispatcher = Dispatcher.from_config(config, outbox, sinks, threads=args.concurrency)
+    try:
+        metrics = None if args.metrics_port is None else _serve_metrics(outbox, dispatcher, args)
+    except ConfigError:
+        for sink in sinks.values():
+            sink.close()
+        raise
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info(
-            "pixelmirror worker: %s, finishing the batches in flight", signal.strsignal(signum)
-        )
+        logger.info("worker: %s, finishing the batches in flight", signal.strsignal(signum))
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     dispatcher.start()
-    logger.info(
-        "pixelmirror worker: sending from %s with %d thread(s)", outbox.url, args.concurrency
-    )
+    logger.info("worker: sending from %s with %d thread(s)", outbox.url, args.concurrency)
     while not stop.wait(args.status_interval):
         _log_status(dispatcher)
     dispatcher.stop(config.shutdown_timeout)
     _log_status(dispatcher)
+    if metrics is not None:
+        metrics.close()
     for sink in sinks.values():
         sink.close()
     return 0
+
+
+def _serve_metrics(
+    outbox: Outbox, dispatcher: Dispatcher, args: argparse.Namespace
+) -> MetricsServer:
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from pixelmirror.metrics import MetricsServer, PixelMirrorCollector, health
+    except ImportError as exc:
+        raise ConfigError(
+            f"--metrics-port needs the prometheus extra: pip install 'pixelmirror[prometheus]' "
+            f"({exc})"
+        ) from None
+    registry = CollectorRegistry()
+    registry.register(
+        PixelMirrorCollector(outbox, lambda: dispatcher, per_pixel=not args.metrics_fold_pixels)
+    )
+    try:
+        server = MetricsServer(
+            registry,
+            lambda: health(outbox, dispatcher),
+            host=args.metrics_host,
+            port=args.metrics_port,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}: {exc}"
+        ) from None
+    logger.info(
+        "worker: metrics on http://%s:%d/metrics, health on /healthz",
+        args.metrics_host,
+        server.port,
+    )
+    return server
 
 
 def _log_status(dispatcher: Dispatcher) -> None:
@@ -278,7 +334,7 @@ def _log_status(dispatcher: Dispatcher) -> None:
             f"outbox pending {stored.pending}, in flight {stored.in_flight}, dead {stored.dead}"
         )
     logger.info(
-        "pixelmirror worker: sent %d, retried %d, dead %d | %s | paused pixels: %s",
+        "worker: sent %d, retried %d, dead %d | %s | paused pixels: %s",
         counts.sent,
         counts.retried,
         counts.dead,

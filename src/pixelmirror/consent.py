@@ -10,7 +10,7 @@ from pixelmirror.facts import RequestFacts
 
 __all__ = ["Consent"]
 
-_log = logging.getLogger("pixelmirror")
+_log = logging.getLogger("pixelmirror.identity")
 
 # Values of a "name"-only consent cookie that mean no.
 _REFUSALS = frozenset({"0", "false", "no", "deny", "denied"})
@@ -42,8 +42,7 @@ class Consent:
                 return bool(self._callable(facts))
             except Exception:
                 _log.warning(
-                    "pixelmirror: the consent callable failed; treating the request as "
-                    "without consent",
+                    "the consent callable failed; treating the request as without consent",
                     exc_info=True,
                 )
                 return False

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Drops, Outbox
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.outbox")
 
 #: Most events in one outbox write (one transaction, one pipeline).
 GROUP_SIZE = 1000
@@ -283,7 +283,7 @@ class Handoff:
                 continue
             if failures:
                 logger.warning(
-                    "pixelmirror outbox %s answers again after %.1fs and %d failed write(s); "
+                    "outbox %s answers again after %.1fs and %d failed write(s); "
                     "storing the %d held event(s)",
                     self.outbox.url,
                     time.monotonic() - down_since,
@@ -300,8 +300,7 @@ class Handoff:
             held = self._held
         if not known:  # once per outage: the next successful write ends it
             logger.error(
-                "pixelmirror outbox %s fails (%s); holding %d event(s) (at most %d) and "
-                "retrying with backoff",
+                "outbox %s fails (%s); holding %d event(s) (at most %d) and retrying with backoff",
                 self.outbox.url,
                 self.error,
                 held,
@@ -323,8 +322,7 @@ class Handoff:
             self._progress.notify_all()
         if dropped_while_full > 1:
             logger.error(
-                "pixelmirror: the handoff to %s has room again; %d event(s) were dropped while "
-                "it was full",
+                "the handoff to %s has room again; %d event(s) were dropped while it was full",
                 self.outbox.url,
                 dropped_while_full,
             )

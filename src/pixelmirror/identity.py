@@ -31,7 +31,7 @@ from pixelmirror.signing import Seal
 # is_crawler: documented here since 0.1 for sites composing their own is_bot.
 __all__ = ["Identity", "Visitor", "is_crawler"]
 
-_log = logging.getLogger("pixelmirror")
+_log = logging.getLogger("pixelmirror.identity")
 
 VISITOR_SALT = "pixelmirror.visitor"
 # A signed visitor cookie is about 60 characters; anything far longer is not ours.
@@ -198,7 +198,7 @@ class Identity:
                 return
             self._warned_http = True
         _log.warning(
-            "pixelmirror: PIXELMIRROR_COOKIE_SECURE is on, but %s came over plain http: "
+            "PIXELMIRROR_COOKIE_SECURE is on, but %s came over plain http: "
             "browsers drop Secure cookies there, so every page gets a new visitor id. Serve "
             "https (behind a proxy: list it in PIXELMIRROR_TRUSTED_PROXIES so its "
             "X-Forwarded-Proto counts), or set PIXELMIRROR_COOKIE_SECURE=false for local http",

@@ -37,7 +37,7 @@ def close_all() -> None:
         try:
             mirror.close()
         except Exception:
-            logger.exception("pixelmirror: closing %r at exit failed", mirror)
+            logger.exception("closing %r at exit failed", mirror)
 
 
 def _after_fork_in_child() -> None:

@@ -39,10 +39,15 @@ from pixelmirror.web.wsgi import PixelMirrorWSGI, flask_settings, init_flask
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+    from prometheus_client import CollectorRegistry
     from typing_extensions import Unpack
+
+    from pixelmirror.metrics import PixelMirrorCollector
 
 logger = logging.getLogger("pixelmirror")
 
+#: Dry-run events logged at WARNING (seen without any logging set up); the rest at INFO.
+DRY_RUN_LOUD = 10
 #: Seconds ``close()`` gives the handoff to store its events, whatever its ``timeout``.
 CLOSE_STORE_MIN = 1.0
 
@@ -134,7 +139,7 @@ class PixelMirror:
         self.dry_run = self.config.dry_run and tokens is None
         if self.dry_run:
             logger.warning(
-                "pixelmirror: no PIXELMIRROR_ACCESS_TOKEN, running dry: events are validated "
+                "no PIXELMIRROR_ACCESS_TOKEN, running dry: events are validated "
                 "and logged, not sent"
             )
         else:
@@ -213,16 +218,20 @@ class PixelMirror:
         thread: no outbox I/O happens on the caller's thread.
         """
         if self.dry_run:
-            for event in events:
-                logger.info(
-                    "pixelmirror dry run: %s %s for pixel %s: %s",
+            with self._counts_lock:
+                before = self._dry_run
+                self._dry_run += len(events)
+            for n, event in enumerate(events, before + 1):
+                # The first ones are loud: a Quick start shows them without logging set up.
+                logger.log(
+                    logging.WARNING if n <= DRY_RUN_LOUD else logging.INFO,
+                    "dry run: %s %s for pixel %s: %s%s",
                     event.event_name,
                     event.event_id,
                     event.pixel_id,
                     event.payload.decode(),
+                    " (the next dry-run events are logged at INFO)" if n == DRY_RUN_LOUD else "",
                 )
-            with self._counts_lock:
-                self._dry_run += len(events)
             return
         taken = (self.handoff or self.outbox).put(events)
         with self._counts_lock:
@@ -335,8 +344,8 @@ class PixelMirror:
         dispatcher = self.dispatcher
         delivered = dispatcher.counts if dispatcher else DeliveryCounts()
         by_pixel = dict(dispatcher.pixel_counts) if dispatcher else {}
+        queued = self.queued_by_pixel()
         with self._counts_lock:
-            queued = dict(self._queued)
             dry_run = self._dry_run
         pixels = {
             pixel_id: {
@@ -351,7 +360,7 @@ class PixelMirror:
         return Stats(
             queued=sum(queued.values()),
             dry_run=dry_run,
-            dropped=self.outbox.dropped + (handoff.drops.total if handoff else 0),
+            dropped=self.dropped,
             invalid=self._pages.invalid if self._pages is not None else 0,
             sent=delivered.sent,
             retried=delivered.retried,
@@ -362,20 +371,40 @@ class PixelMirror:
             pixels=pixels,
             handoff=handoff.held if handoff else 0,
             outbox_error=self._outbox_error or (handoff.error if handoff else None),
+            match_quality=dispatcher.quality.shares() if dispatcher else {},
         )
+
+    def queued_by_pixel(self) -> dict[str, int]:
+        """Events this process handed to the outbox, by pixel id."""
+        with self._counts_lock:
+            return dict(self._queued)
+
+    @property
+    def dropped(self) -> int:
+        """Events this process could not enqueue (handoff or outbox full, not stored)."""
+        handoff = self.handoff
+        return self.outbox.dropped + (handoff.drops.total if handoff else 0)
+
+    def metrics(
+        self, registry: CollectorRegistry | None = None, *, per_pixel: bool = True
+    ) -> PixelMirrorCollector:
+        """Register this mirror's Prometheus collector on ``registry`` (default: the
+        ``prometheus_client`` global one) and return it; needs ``pixelmirror[prometheus]``.
+        ``per_pixel=False`` folds the pixel label away (platforms with thousands of pixels)."""
+        from pixelmirror.metrics import register_metrics
+
+        return register_metrics(self, registry, per_pixel=per_pixel)
 
     def _outbox_failed(self, doing: str, exc: Exception) -> None:
         """Note an unavailable outbox; logged when the reason changes, not on every call."""
         error = f"{type(exc).__name__}: {exc}"
         if error != self._outbox_error:
-            logger.warning(
-                "pixelmirror outbox %s unavailable (%s): %s", self.outbox.url, doing, error
-            )
+            logger.warning("outbox %s unavailable (%s): %s", self.outbox.url, doing, error)
         self._outbox_error = error
 
     def _outbox_answered(self) -> None:
         if self._outbox_error is not None:
-            logger.warning("pixelmirror outbox %s answers again", self.outbox.url)
+            logger.warning("outbox %s answers again", self.outbox.url)
             self._outbox_error = None
 
     def check(
@@ -454,12 +483,12 @@ class PixelMirror:
         try:
             counts = self.outbox.counts()
         except Exception as exc:  # an unreachable Redis: nothing to count, nothing to lose here
-            logger.warning("pixelmirror closing; could not count unsent events: %s", exc)
+            logger.warning("closing; could not count unsent events: %s", exc)
             counts = OutboxCounts(0, 0, 0, 0)
         if counts.unfinished:
             durable = self.outbox.durable
             (logger.warning if durable else logger.error)(
-                "pixelmirror closing with %d event(s) unsent: %s",
+                "closing with %d event(s) unsent: %s",
                 counts.unfinished,
                 "they stay in the outbox for the next sender"
                 if durable
@@ -470,7 +499,7 @@ class PixelMirror:
         try:
             self.outbox.close()
         except Exception:
-            logger.exception("pixelmirror: closing the outbox %s failed", self.outbox.url)
+            logger.exception("closing the outbox %s failed", self.outbox.url)
 
     def _after_fork(self) -> None:
         """In a forked child: fresh outbox connections, an empty handoff with its own writer,
@@ -478,7 +507,7 @@ class PixelMirror:
         try:
             self.outbox.after_fork()
         except Exception:  # the child's own handoff and dispatcher must still be set up
-            logger.exception("pixelmirror: the outbox could not reopen in a forked child")
+            logger.exception("the outbox could not reopen in a forked child")
         if self.handoff is not None:
             self.handoff.after_fork()
         self._counts_lock = threading.Lock()

@@ -33,7 +33,7 @@ __all__ = [
     "sha256_hex",
 ]
 
-_log = logging.getLogger("pixelmirror")
+_log = logging.getLogger("pixelmirror.normalize")
 
 _ACCEPTED_KEYS = ", ".join(USER_DATA_KEYS)
 _WIRE_OF: dict[str, str] = dict(USER_DATA_KEYS)

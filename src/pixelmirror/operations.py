@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -40,6 +40,10 @@ class Stats:
     handoff: int = 0
     #: Why the outbox is unavailable (unreachable, locked, closed), or None when it answers.
     outbox_error: str | None = None
+    #: Which customer-information keys the events this process's dispatcher delivered
+    #: carried: ``{pixel: {event_name: {"events": n, "keys": {"em": 0.8, ...}, "faults":
+    #: {"purchase_without_email_or_phone": 2, ...}}}}``; key names and counts, never values.
+    match_quality: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

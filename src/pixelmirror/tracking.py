@@ -8,9 +8,11 @@ concurrent requests, so nothing per-request lives on the middleware instance.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from pixelmirror.events import BrowserEvent, check_event_name, new_event_id
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Visitor
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.web")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +116,24 @@ def current_event() -> TrackedEvent:
     return event
 
 
+#: Views ``@track`` wrapped, with the event name: a route table that holds one of them rather
+#: than its wrapper has ``@track`` above the route decorator (:func:`misplaced_track`).
+_wrapped: weakref.WeakKeyDictionary[Callable[..., Any], str] = weakref.WeakKeyDictionary()
+#: The attribute that marks ``@track``'s own wrappers.
+TRACK_MARK = "__pixelmirror_track__"
+
+
+def misplaced_track(view: object) -> str | None:
+    """The event of a ``@track`` that never runs for ``view``, a view a router holds: the
+    decorator wrapped it after the route decorator had registered it as it was."""
+    if not callable(view) or getattr(view, TRACK_MARK, None) is not None:
+        return None
+    try:
+        return _wrapped.get(view)
+    except TypeError:  # not weakly referable: nothing @track wrapped
+        return None
+
+
 def _event_maker(
     event_name: str, when: StatusFilter | None, pixel_id: str | None
 ) -> Callable[[], TrackedEvent]:
@@ -130,7 +150,7 @@ def _event_maker(
             pass  # not tracked: the view's data goes nowhere
         elif pixel_id is not None and pixel_id not in visit.account.pixel_ids:
             logger.warning(
-                "pixelmirror: %s is for pixel %s, which this page's account does not have",
+                "%s is for pixel %s, which this page's account does not have",
                 event_name,
                 pixel_id,
             )
@@ -170,6 +190,13 @@ def track(
         return _event.set(new_event())
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        if not _is_function(view):
+            raise TypeError(
+                f"@track({event_name!r}) got a {type(view).__name__}, not a view function: "
+                "put @track below the route decorator"
+            )
+        with contextlib.suppress(TypeError):  # a builtin cannot be weakly referred to
+            _wrapped[view] = event_name
         if inspect.iscoroutinefunction(view):
             async_view = cast(Callable[P, Awaitable[Any]], view)
 
@@ -181,6 +208,7 @@ def track(
                 finally:
                     _event.reset(token)
 
+            setattr(tracked_async, TRACK_MARK, event_name)
             return cast(Callable[P, R], tracked_async)
 
         @functools.wraps(view)
@@ -191,6 +219,13 @@ def track(
             finally:
                 _event.reset(token)
 
+        setattr(tracked, TRACK_MARK, event_name)
         return tracked
 
     return decorate
+
+
+def _is_function(view: object) -> bool:
+    """A function, method or partial: what a view is, unlike a router's route object (a
+    ``@track`` above a route decorator that returns one)."""
+    return inspect.isroutine(view) or isinstance(view, functools.partial)

@@ -50,10 +50,11 @@ from pixelmirror.delivery.errors import (
 )
 from pixelmirror.delivery.heartbeat import Heartbeat
 from pixelmirror.delivery.sink import Sink
+from pixelmirror.delivery.tally import Latency, MatchQuality, log_fields
 from pixelmirror.events import META, BatchKey
 from pixelmirror.outbox.base import Claimed, Outbox
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.delivery")
 
 #: Dead-letter events this close to Meta's age limit rather than risk the whole batch.
 EXPIRY_MARGIN = 60.0
@@ -77,6 +78,12 @@ class DeliveryCounts:
     retried: int = 0
     dead: int = 0
     expired: int = 0
+    #: Refusals by class (one per answer, whatever the batch size): Meta asked for a retry,
+    #: refused the token, refused the request, or named an invalid event.
+    transient: int = 0
+    access: int = 0
+    request: int = 0
+    invalid: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,10 @@ class Dispatcher:
         #: The same counts, pixel by pixel.
         self.pixel_counts: dict[str, DeliveryCounts] = {}
         self._counts_lock = threading.Lock()
+        #: How long the sinks took to answer each batch.
+        self.latency = Latency()
+        #: Which user_data keys the delivered events carried, by pixel and event name.
+        self.quality = MatchQuality()
         self._paused: dict[str, Pause] = {}
         self._pause_lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -225,7 +236,12 @@ class Dispatcher:
         with self._pause_lock:
             pause = self._paused.pop(pixel_id, None)
         if pause is not None:
-            logger.warning("pixelmirror resumed pixel %s: %s", pixel_id, why)
+            logger.warning(
+                "resumed pixel %s: %s",
+                pixel_id,
+                why,
+                extra=log_fields(pause.destination, pixel_id, ()),
+            )
             self._wakeup.set()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -240,7 +256,7 @@ class Dispatcher:
                 # An outbox that is down (Redis gone) fails every call: back off, don't spin.
                 delay = self._error_backoff(failures)
                 logger.exception(
-                    "pixelmirror dispatcher failed (%d in a row); trying again in %.1fs",
+                    "dispatcher failed (%d in a row); trying again in %.1fs",
                     failures,
                     delay,
                 )
@@ -322,7 +338,9 @@ class Dispatcher:
         for claim in expired:
             self._count(claim.event.pixel_id, expired=1, dead=1)
         logger.error(
-            "pixelmirror dead-lettered %d event(s) that grew too old to send", len(expired)
+            "dead-lettered %d event(s) that grew too old to send",
+            len(expired),
+            extra=log_fields(expired[0].event.destination, expired[0].event.pixel_id, expired),
         )
         return [c for c in claims if c.event.expires_at > cutoff]
 
@@ -332,27 +350,32 @@ class Dispatcher:
         key = claims[0].event.batch_key
         pixel_id = key.pixel_id
         try:
-            self._sink(key).deliver(key, [c.event.payload for c in claims])
+            self._send(key, claims)
         except TransientError as exc:
             delay = self._backoff(max(c.attempts for c in claims), exc.retry_after)
             # Due again before the first of them must be dead-lettered as too old.
             last_chance = min(c.event.expires_at for c in claims) - EXPIRY_MARGIN - time.time()
             delay = max(0.0, min(delay, last_chance))
             self.outbox.release(claims, delay=delay)
-            self._count(pixel_id, retried=len(claims))
+            self._count(pixel_id, retried=len(claims), transient=1)
             logger.warning(
-                "pixelmirror: %d event(s) for pixel %s will be retried in %.1fs: %s",
+                "%d event(s) for pixel %s will be retried in %.1fs: %s",
                 len(claims),
                 pixel_id,
                 delay,
                 exc,
+                extra=log_fields(key.destination, pixel_id, claims, exc),
             )
         except AccessError as exc:
             pause = self._pause(key, exc)
+            if pause.cause == "request":
+                self._count(pixel_id, request=1)
+            else:
+                self._count(pixel_id, access=1)
             # Due at once: other processes skip only the pixels they paused themselves.
             self.outbox.release(claims, delay=0.0, failed=False)
             logger.error(
-                "pixelmirror PAUSED pixel %s in this process, %d event(s) kept in the "
+                "PAUSED pixel %s in this process, %d event(s) kept in the "
                 "outbox: %s. %s One batch probes Meta again in %.0fs.",
                 pixel_id,
                 len(claims),
@@ -362,17 +385,20 @@ class Dispatcher:
                 else "Check PIXELMIRROR_ACCESS_TOKEN (or what the token resolver answers) and "
                 "its permissions on the pixel; a new token resumes it within seconds.",
                 self.pause_seconds,
+                extra=log_fields(key.destination, pixel_id, claims, exc),
             )
         except InvalidEventsError as exc:
+            self._count(pixel_id, invalid=1)
             if len(claims) == 1:
                 self.outbox.bury(claims, str(exc))
                 self._count(pixel_id, dead=1)
                 logger.error(
-                    "pixelmirror dead-lettered event %s (%s) for pixel %s: %s",
+                    "dead-lettered event %s (%s) for pixel %s: %s",
                     claims[0].event.event_id,
                     claims[0].event.event_name,
                     pixel_id,
                     exc,
+                    extra=log_fields(key.destination, pixel_id, claims, exc),
                 )
             else:
                 # Meta rejects the whole batch for one bad event: halve until it stands alone.
@@ -384,6 +410,15 @@ class Dispatcher:
             with self._pause_lock:
                 self._paused.pop(pixel_id, None)
             self._count(pixel_id, sent=len(claims))
+            self.quality.count(pixel_id, (c.event.payload for c in claims))
+
+    def _send(self, key: BatchKey, claims: Sequence[Claimed]) -> None:
+        """One sink call, timed whatever it answers."""
+        started = time.monotonic()
+        try:
+            self._sink(key).deliver(key, [c.event.payload for c in claims])
+        finally:
+            self.latency.observe(time.monotonic() - started)
 
     def _error_backoff(self, failures: int) -> float:
         """Wait after the n-th failure in a row: flush_interval doubling, up to a ceiling."""

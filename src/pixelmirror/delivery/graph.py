@@ -43,7 +43,7 @@ from pixelmirror.delivery.errors import TransientError as TransientError
 from pixelmirror.delivery.sink import Delivered
 from pixelmirror.events import BatchKey
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.delivery")
 
 # Echoed text is cut to this many characters in error messages.
 _ECHO_LIMIT = 120

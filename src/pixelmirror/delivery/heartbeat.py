@@ -9,9 +9,10 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from pixelmirror.delivery.tally import log_fields
 from pixelmirror.outbox.base import Claimed, Outbox
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.delivery")
 
 #: Renewals per lease: two may fail or come late before another sender takes a batch over.
 RENEWALS_PER_LEASE = 3
@@ -66,11 +67,11 @@ class Heartbeat:
             lost = self.outbox.renew(claims, lease=self.lease)
         except Exception:  # the outbox may be back by the next beat, before the lease ends
             logger.warning(
-                "pixelmirror could not renew the lease of %d event(s) in flight; "
-                "trying again in %.1fs",
+                "could not renew the lease of %d event(s) in flight; trying again in %.1fs",
                 len(claims),
                 self.interval,
                 exc_info=True,
+                extra=log_fields(claims[0].event.destination, claims[0].event.pixel_id, claims),
             )
             return
         if lost:

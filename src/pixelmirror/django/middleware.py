@@ -132,7 +132,7 @@ def _begin(request: HttpRequest) -> tuple[Pages, DjangoFacts] | None:
         facts = request_facts(request)
         return None if facts is None else (get_mirror().pages, facts)
     except Exception:
-        logger.exception("pixelmirror: could not read the request; passing it through")
+        logger.exception("could not read the request; passing it through")
         return None
 
 
@@ -168,7 +168,7 @@ def _beacon(pages: Pages, facts: DjangoFacts, request: HttpRequest) -> HttpRespo
     try:
         body = request.read(MAX_BODY + 1)  # one byte past the limit is enough to refuse it
     except Exception:
-        logger.exception("pixelmirror: the beacon failed")
+        logger.exception("the beacon failed")
         answer = BeaconAnswer.failed()
     else:
         answer = pages.beacon(facts, body)
@@ -182,7 +182,7 @@ def _start(page: PageRequest, response: HttpResponseBase, *, is_async: bool) -> 
     try:
         return _started(page, response, is_async=is_async)
     except Exception:
-        logger.exception("pixelmirror: could not rewrite the response; passing it through")
+        logger.exception("could not rewrite the response; passing it through")
         return False
 
 

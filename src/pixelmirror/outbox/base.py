@@ -90,8 +90,8 @@ class Drops:
         if not log:
             return
         unexpected = exc is not None and not isinstance(exc, self.expected)
-        logging.getLogger("pixelmirror").error(
-            "pixelmirror outbox %s: dropped %d event(s): %s; %d dropped so far",
+        logging.getLogger("pixelmirror.outbox").error(
+            "outbox %s: dropped %d event(s): %s; %d dropped so far",
             self.url,
             count,
             why,

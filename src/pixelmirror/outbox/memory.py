@@ -19,7 +19,7 @@ from pixelmirror.outbox.base import (
     dead_letter_matches,
 )
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.outbox")
 
 
 class MemoryOutbox:

@@ -39,7 +39,7 @@ from pixelmirror.outbox.redis_scripts import (
 )
 from pixelmirror.urls import masked_url
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.outbox")
 
 DEFAULT_STREAM = "pixelmirror:events"
 DEFAULT_GROUP = "pixelmirror"
@@ -482,7 +482,7 @@ class RedisOutbox:
             try:
                 quick.eval(RETIRE, 1, self.stream, self.group, self.consumer)
             except redis.RedisError as exc:
-                logger.debug("pixelmirror outbox %s: consumer left in place: %s", self.url, exc)
+                logger.debug("outbox %s: consumer left in place: %s", self.url, exc)
             quick.close()
             work_redis.close()
         if put_redis is not None:

@@ -25,7 +25,7 @@ from pixelmirror.outbox.sqlite_schema import (
     event_row,
 )
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.outbox")
 
 Synchronous = Literal["normal", "full"]
 
@@ -175,7 +175,7 @@ class SQLiteOutbox:
         try:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode != "wal":
-                logger.warning("pixelmirror outbox %s: WAL unavailable, using %s", self.url, mode)
+                logger.warning("outbox %s: WAL unavailable, using %s", self.url, mode)
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute("BEGIN IMMEDIATE")
             ensure_schema(conn, self.path)

@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,10 +37,13 @@ def serve(handle: Handler, host: str = "127.0.0.1", port: int = 0) -> Iterator[s
     try:
         yield server.base_url
     finally:
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
+        # A server left open until the interpreter exits (a demo's, say) is closed by the
+        # garbage collector after its thread is gone: waiting for that thread would hang.
+        if not sys.is_finalizing():
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+            thread.join()
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
 from pixelmirror.web.response import server_host
+from pixelmirror.web.routes import warn_misplaced_tracks
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.web")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,15 +81,19 @@ class PixelMirrorMiddleware:
         self.app = app
         self.mirror = mirror
         self.pages = mirror.pages
+        self._routes_checked = False  # once, at the first request: the routes are all there
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             pages = self.pages
+            if not self._routes_checked:
+                self._routes_checked = True
+                warn_misplaced_tracks(scope.get("app"), self.app)
             try:
                 facts = request_facts(scope)
                 beacon = pages.is_beacon(facts)
             except Exception:
-                logger.exception("pixelmirror: could not read the request; passing it through")
+                logger.exception("could not read the request; passing it through")
             else:
                 if beacon:
                     await self._beacon(facts, receive, send)
@@ -125,7 +130,7 @@ class PixelMirrorMiddleware:
                     # The server has stopped taking requests: a short blocking flush is fine.
                     self.mirror.flush(self.pages.config.shutdown_timeout)
             except Exception:
-                logger.exception("pixelmirror: %s handling failed", message["type"])
+                logger.exception("%s handling failed", message["type"])
             return message
 
         return receive_lifespan

@@ -23,7 +23,7 @@ from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import CLOCK_SKEW, cookie_attributes
 from pixelmirror.signing import Seal
 
-_log = logging.getLogger("pixelmirror")
+_log = logging.getLogger("pixelmirror.web")
 
 CARRY_SALT = "pixelmirror.carry"
 #: Seconds a carried browser event waits for the next HTML page.
@@ -74,7 +74,7 @@ class Carry:
                 dropped += 1
                 cookie = self._cookie(items, now)
             _log.warning(
-                "pixelmirror: carried events exceed %d bytes; custom_data dropped from %d, "
+                "carried events exceed %d bytes; custom_data dropped from %d, "
                 "%d event(s) dropped (their server copies are unaffected)",
                 CARRY_MAX_BYTES,
                 stripped,

@@ -43,7 +43,7 @@ from pixelmirror.web.response import (
     nonce_from_csp,
 )
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.web")
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -87,9 +87,7 @@ class Pages:
         #: Server copies the app's data made invalid (a text ``value``, say); each logged.
         self.invalid = 0
         if self.identity is None:
-            logger.warning(
-                "pixelmirror: no PIXELMIRROR_PIXEL_ID and no accounts: pages pass through untouched"
-            )
+            logger.warning("no PIXELMIRROR_PIXEL_ID and no accounts: pages pass through untouched")
 
     # -- the adapter's entry points ---------------------------------------------------------
 
@@ -104,7 +102,7 @@ class Pages:
         try:
             visit = self.begin(facts)
         except Exception:
-            logger.exception("pixelmirror: could not read the request; passing it through")
+            logger.exception("could not read the request; passing it through")
             return None
         return None if visit is None else PageRequest(self, visit)
 
@@ -113,7 +111,7 @@ class Pages:
         try:
             return self.answer_beacon(facts, body)
         except Exception:
-            logger.exception("pixelmirror: the beacon failed")
+            logger.exception("the beacon failed")
             return BeaconAnswer.failed()
 
     # -- the rules ----------------------------------------------------------------------------
@@ -152,7 +150,7 @@ class Pages:
         try:
             return bool(account.consent(facts))
         except Exception:
-            logger.warning("pixelmirror: an account's consent gate failed; no pixel", exc_info=True)
+            logger.warning("an account's consent gate failed; no pixel", exc_info=True)
             return False
 
     def _gated_for(self, account: Account) -> bool:
@@ -200,7 +198,7 @@ class Pages:
             cookies += (self.carry.clear,)
         if logger.isEnabledFor(logging.DEBUG):
             fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
-            logger.debug("pixelmirror: browser -> %s %s", visit.facts.path, fired)
+            logger.debug("browser -> %s %s", visit.facts.path, fired)
         return Plan(snippet=snippet, cookies=cookies, fallback=announce)
 
     def _announce(self, visit: Visit, tracked: Sequence[BrowserEvent], status: int) -> Plan:
@@ -309,7 +307,7 @@ class Pages:
         try:
             found = self._identify(visit.facts)
         except Exception:
-            logger.exception("pixelmirror: the identify hook failed; events go without it")
+            logger.exception("the identify hook failed; events go without it")
         else:
             visit.identified = dict(found or {})
 
@@ -360,7 +358,7 @@ class Pages:
                 default_country=page_fields["default_country"],
             )
         except ValueError as exc:
-            logger.error("pixelmirror: PageView %s not mirrored: %s", event_id, exc)
+            logger.error("PageView %s not mirrored: %s", event_id, exc)
             with self._lock:
                 self.invalid += len(pixel_ids)
             return []
@@ -388,7 +386,7 @@ class Pages:
                 for pixel_id in pixel_ids
             ]
         except ValueError as exc:
-            logger.error("pixelmirror: %s %s not mirrored: %s", event_name, event_id, exc)
+            logger.error("%s %s not mirrored: %s", event_name, event_id, exc)
             with self._lock:
                 self.invalid += len(pixel_ids)
             return []

@@ -31,7 +31,7 @@ from pixelmirror.tracking import Visit, activate, deactivate
 from pixelmirror.web.headers import rewrite_headers
 from pixelmirror.web.response import Headers, HeldPage, Plan
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.web")
 
 
 class PageRules(Protocol):
@@ -107,7 +107,7 @@ class PageRequest:
         try:
             return self._rules.plan(self.visit, status, headers)
         except Exception:
-            logger.exception("pixelmirror: planning the response failed; passing it through")
+            logger.exception("planning the response failed; passing it through")
             return None
 
     def place(self, nonce: str | None = None) -> bytes:
@@ -158,7 +158,7 @@ class PageRequest:
         try:
             decided = held.feed(chunk, more=more)
         except Exception:
-            logger.exception("pixelmirror: injection failed; passing the page through")
+            logger.exception("injection failed; passing the page through")
             decided = held.give_up()
         if decided is None:
             return None, b""
@@ -182,4 +182,4 @@ class PageRequest:
         try:
             self._rules.finish(self.visit, self.status or 500, injected=self._injected)
         except Exception:
-            logger.exception("pixelmirror: mirroring the request's events failed")
+            logger.exception("mirroring the request's events failed")

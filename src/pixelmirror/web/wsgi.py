@@ -16,13 +16,14 @@ from urllib.parse import quote
 
 from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
 from pixelmirror.web.response import BeaconAnswer, Headers, server_host
+from pixelmirror.web.routes import warn_misplaced_tracks
 
 if TYPE_CHECKING:
     # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-logger = logging.getLogger("pixelmirror")
+logger = logging.getLogger("pixelmirror.web")
 
 
 class Served(Protocol):
@@ -89,15 +90,19 @@ class PixelMirrorWSGI:
         self.app = app
         self.mirror = mirror
         self.pages = mirror.pages
+        self._routes_checked = False  # once, at the first request: the routes are all there
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._routes_checked:
+            self._routes_checked = True
+            warn_misplaced_tracks(self.app)
         pages = self.pages
         try:
             facts = request_facts(environ)
             if pages.is_beacon(facts):
                 return self._beacon(facts, environ, start_response)
         except Exception:
-            logger.exception("pixelmirror: could not read the request; passing it through")
+            logger.exception("could not read the request; passing it through")
             return self.app(environ, start_response)
         request = pages.start(facts)
         if request is None:
@@ -115,7 +120,7 @@ class PixelMirrorWSGI:
         try:
             body = environ["wsgi.input"].read(min(length, MAX_BODY + 1)) if length else b""
         except Exception:
-            logger.exception("pixelmirror: the beacon failed")
+            logger.exception("the beacon failed")
             answer = BeaconAnswer.failed()
         else:
             answer = self.pages.beacon(facts, body)
