@@ -540,3 +540,19 @@ def test_a_national_phone_gets_the_default_countrys_calling_code() -> None:
     (pageview,) = site.mirrored
     expected = hashlib.sha256(b"16505551212").hexdigest()
     assert json.loads(pageview.payload)["user_data"]["ph"] == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        pytest.param(HTML, 1, id="a-page-with-a-head"),
+        pytest.param(b"Not Found", 0, id="a-page-without-head-or-body"),
+    ],
+)
+def test_what_the_browser_fires_is_logged_only_when_the_snippet_went_in(
+    caplog: pytest.LogCaptureFixture, body: bytes, said: int
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pixelmirror")
+    Site().serve(facts(), status=404, body=body)
+    fired = [r for r in caplog.records if r.getMessage().startswith("browser -> ")]
+    assert len(fired) == said

@@ -196,10 +196,7 @@ class Pages:
         cookies = visitor.set_cookies
         if visit.carried:
             cookies += (self.carry.clear,)
-        if logger.isEnabledFor(logging.DEBUG):
-            fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in events)
-            logger.debug("browser -> %s %s", visit.facts.path, fired)
-        return Plan(snippet=snippet, cookies=cookies, fallback=announce)
+        return Plan(snippet=snippet, cookies=cookies, fallback=announce, fired=tuple(events))
 
     def _announce(self, visit: Visit, tracked: Sequence[BrowserEvent], status: int) -> Plan:
         """How a response that carries no snippet hands its tracked events to the browser."""

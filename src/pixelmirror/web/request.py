@@ -140,6 +140,7 @@ class PageRequest:
         if plan.snippet is None:  # not a page after all (a HEAD request, a redirect)
             return plan.apply(headers)
         self._injected = True
+        self._say_fired(plan)
         return rewrite_headers(
             headers, added_length=0, set_cookies=plan.cookies, private=plan.private
         )
@@ -164,7 +165,15 @@ class PageRequest:
             return None, b""
         self._held = None
         self._injected = held.injected
+        if held.injected:
+            self._say_fired(held.plan)
         return decided
+
+    def _say_fired(self, plan: Plan) -> None:
+        """Log what the page fires, once the snippet is really in it."""
+        if plan.fired and logger.isEnabledFor(logging.DEBUG):
+            fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in plan.fired)
+            logger.debug("browser -> %s %s", self.visit.facts.path, fired)
 
     def release(self) -> tuple[Headers, bytes]:
         """Let go of a held start now: the page as the app made it, with the plan's fallback

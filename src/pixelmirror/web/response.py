@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pixelmirror.events import BrowserEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.inject import InsertionScanner
 from pixelmirror.web.headers import rewrite_headers
@@ -38,6 +39,8 @@ class Plan:
     private: bool = True
     #: For a snippet that finds no place: announce the events another way.
     fallback: Plan | None = None
+    #: What the snippet fires in the browser, for the debug log once it is in the page.
+    fired: tuple[BrowserEvent, ...] = ()
 
     def apply(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """The headers of a response this plan adds cookies or events to, body unchanged."""
