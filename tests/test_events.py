@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from pixelmirror.events import EventOptions, ServerEvent, new_event_id, page_views
+from pixelmirror.events import EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
+from pixelmirror.pageviews import page_views
 from pixelmirror.snippet import safe_json
 
 NOW = 1_800_000_000.0

@@ -214,136 +214,13 @@ class ServerEvent:
         )
 
 
-def page_views(
-    pixel_ids: Sequence[str],
-    *,
-    event_id: str,
-    user_data: Mapping[str, object],
-    event_source_url: str | None,
-    referrer_url: str | None = None,
-    data_processing_options: Sequence[str] | None = None,
-    test_event_code: str | None = None,
-    default_country: str | None = None,
-    now: float | None = None,
-) -> list[ServerEvent]:
-    """A website PageView without custom data for each of ``pixel_ids``: what
-    :meth:`ServerEvent.create` builds for each, byte for byte, made once per page.
-
-    Every page view takes this road, so it skips the generic layers: the user data is
-    normalised once for all the pixels and the payload written straight. Anything off the
-    usual road (a URL that is not http(s), an odd id, options other than none or LDU, user
-    data Meta would refuse) goes through :meth:`ServerEvent.create`, which raises what it
-    raises.
-    """
-    # The checks create makes before it normalises come first, so errors come in its order.
-    usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    user_json = _page_user_data(user_data, default_country) if usual else None
-    if (
-        user_json is None
-        or not _is_url(event_source_url)
-        or not (referrer_url is None or _is_url(referrer_url))
-        or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
-    ):
-        return [
-            ServerEvent.create(
-                "PageView",
-                pixel_id=pixel_id,
-                action_source="website",
-                user_data=user_data,
-                event_id=event_id,
-                event_source_url=event_source_url,
-                referrer_url=referrer_url,
-                data_processing_options=data_processing_options,
-                test_event_code=test_event_code,
-                default_country=default_country,
-                now=now,
-            )
-            for pixel_id in pixel_ids
-        ]
-    assert isinstance(event_source_url, str)
-    when = int(time.time() if now is None else now)
-    parts = [
-        f'{{"event_name":"PageView","event_time":{when},"event_id":{_string(event_id)},'
-        f'"action_source":"website","user_data":{user_json},'
-        f'"event_source_url":{_string(event_source_url)}'
-    ]
-    if referrer_url is not None:
-        parts.append(f',"referrer_url":{_string(referrer_url)}')
-    if data_processing_options is not None:
-        parts.append(_LDU_JSON if data_processing_options else ',"data_processing_options":[]')
-    parts.append("}")
-    payload = "".join(parts).encode()
-    code = test_event_code or None
-    return [
-        ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code)
-        for pixel_id in pixel_ids
-    ]
-
-
-def _page_user_data(user_data: Mapping[str, object], default_country: str | None) -> str | None:
-    """The wire user data's JSON for a website event, or None when Meta would refuse it (no
-    user agent, too little to identify the user).
-
-    A visitor's pages repeat their user data (the same ids, address and browser): the text
-    of the last few hundred plain ones is kept. Only data none of whose values was dropped
-    is kept, so each drop's warning is still logged every time.
-    """
-    key = None
-    if type(user_data) is dict:
-        items = tuple(user_data.items())
-        if all(
-            type(name) is str and (value is None or type(value) is str) for name, value in items
-        ):
-            key = (default_country, items)
-            kept = _PAGE_USER_DATA.get(key)
-            if kept is not None:
-                return kept
-    wire = normalize_user_data(user_data, default_country=default_country)
-    if "client_user_agent" not in wire or not identifies_user(wire):
-        return None
-    text = _user_data_json(wire)
-    if key is not None and len(wire) == sum(value is not None for _, value in key[1]):
-        if len(_PAGE_USER_DATA) >= _PAGE_USER_DATA_KEPT:
-            _PAGE_USER_DATA.clear()  # simpler than an LRU, and a miss costs only the rules
-        _PAGE_USER_DATA[key] = text
-    return text
-
-
-_PAGE_USER_DATA_KEPT = 512
-_PAGE_USER_DATA: dict[tuple[str | None, tuple[tuple[str, object], ...]], str] = {}
-
-
-def _user_data_json(wire: Mapping[str, object]) -> str:
-    """``_ENCODER.encode(wire)`` for wire user data, whose values are strings or lists of
-    them; written straight (the encoder sets itself up again on every call)."""
-    items = []
-    for key, value in wire.items():
-        if type(value) is str:
-            items.append(f"{_string(key)}:{_string(value)}")
-        elif type(value) is list and all(type(item) is str for item in value):
-            items.append(f"{_string(key)}:[{','.join(map(_string, value))}]")
-        else:
-            return _ENCODER.encode(wire)
-    return "{" + ",".join(items) + "}"
-
-
-def _is_url(url: object) -> bool:
-    return isinstance(url, str) and url.startswith(("http://", "https://"))
-
-
-_LDU_OR_NONE: tuple[list[str], ...] = ([], [LIMITED_DATA_USE])
-# What _processing_options gives for LDU with the default geolocation (country and state 0).
-_LDU_JSON = (
-    f',"data_processing_options":[{json.dumps(LIMITED_DATA_USE)}],'
-    '"data_processing_options_country":0,"data_processing_options_state":0'
-)
-# The encoder's own string escaping (ensure_ascii off).
-_string = json.encoder.encode_basestring
+# The encoder's own string escaping (ensure_ascii off), for JSON written straight.
+encode_string = json.encoder.encode_basestring
 
 
 def _dump(body: Mapping[str, Any]) -> bytes:
     try:
-        text = _ENCODER.encode(body)
+        text = ENCODER.encode(body)
     except ValueError as exc:  # NaN or infinity somewhere in the data
         raise ValueError(f"event data must be finite numbers: {exc}") from None
     except TypeError as exc:
@@ -371,7 +248,7 @@ def json_default(value: object) -> object:
 
 # json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
 # default=json_default), with the encoder made once instead of on every call.
-_ENCODER = json.JSONEncoder(
+ENCODER = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=json_default
 )
 

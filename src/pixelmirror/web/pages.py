@@ -27,9 +27,10 @@ from pixelmirror.beacon import (
     parse_request,
 )
 from pixelmirror.config import Config
-from pixelmirror.events import BrowserEvent, ServerEvent, json_default, page_views
+from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
+from pixelmirror.pageviews import page_views
 from pixelmirror.snippet import render_beacon_snippet, render_pending_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
