@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 from harness import ACCESS_TOKEN, BENCH_DIR, CHROME_UA, PAGE, PIXEL_ID, ROOT, SECRET_KEY, Row
-from server import SERVER_CPU, _free_port, _pinned, _wait_ready, returning_cookie
+from server import SERVER_CPU, _free_port, _pinned, _wait_ready, returning_cookie, stop
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -123,12 +123,7 @@ def serve(outbox: str) -> Iterator[str]:
                 raise RuntimeError(f"outage server failed:\n{log.read()[-2000:]}") from None
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def measure(url: str, seconds: float, cookie: str) -> dict[str, float]:
