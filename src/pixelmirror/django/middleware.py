@@ -212,28 +212,36 @@ def _started(page: PageRequest, response: HttpResponseBase, *, is_async: bool) -
 
 def _hold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = iter(cast("Iterator[bytes]", response.streaming_content))
-    for chunk in chunks:
-        start, body = page.feed(chunk, more=True)
-        if start is not None:
-            break
-    else:
-        start, body = page.feed(b"", more=False)
-    if start is not None:
-        _apply(response, start)
-    response.streaming_content = _Stream(page, body, chunks)
+    head = _Head(page, response)
+    while head.holds(next(chunks, None)):
+        pass
+    response.streaming_content = _Stream(page, head.body, chunks)
 
 
 async def _ahold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = aiter(cast("AsyncIterator[bytes]", response.streaming_content))
-    async for chunk in chunks:
-        start, body = page.feed(chunk, more=True)
+    head = _Head(page, response)
+    while head.holds(await anext(chunks, None)):
+        pass
+    response.streaming_content = _AsyncStream(page, head.body, chunks)
+
+
+class _Head:
+    """A held stream's first chunks, fed to the page until it lets go of the response."""
+
+    def __init__(self, page: PageRequest, response: StreamingHttpResponse) -> None:
+        self.page, self.response = page, response
+        #: What to send first once the page let go: the chunks it held, spliced.
+        self.body = b""
+
+    def holds(self, chunk: bytes | None) -> bool:
+        """Feed one chunk, or the stream's end (None); False once the page let go, the
+        response given its headers then."""
+        more = chunk is not None
+        start, self.body = self.page.feed(chunk or b"", more=more)
         if start is not None:
-            break
-    else:
-        start, body = page.feed(b"", more=False)
-    if start is not None:
-        _apply(response, start)
-    response.streaming_content = _AsyncStream(page, body, chunks)
+            _apply(self.response, start)
+        return more and start is None
 
 
 class _Stream:
