@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import httpx
 import pytest
 import redis
 
+import fakegraph
 import redisutil
 from pixelmirror import PixelMirror
 from pixelmirror.events import ServerEvent
@@ -28,6 +30,20 @@ MakeMirror = Callable[..., PixelMirror]
 def fake() -> FakeGraphAPI:
     """A Graph API that accepts :data:`TOKEN` for any pixel."""
     return FakeGraphAPI(access_tokens={TOKEN})
+
+
+@pytest.fixture
+def clocked_fake() -> FakeGraphAPI:
+    """The fake's own tests' Graph API: it accepts :data:`fakegraph.TOKEN` for any pixel,
+    and its clock stands still at :data:`fakegraph.NOW`."""
+    return FakeGraphAPI(access_tokens=[fakegraph.TOKEN], clock=fakegraph.fixed_clock)
+
+
+@pytest.fixture
+def clocked_client(clocked_fake: FakeGraphAPI) -> Iterator[httpx.Client]:
+    """A client of ``clocked_fake`` through its in-process transport, at Graph's URL."""
+    with httpx.Client(transport=clocked_fake.transport, base_url=fakegraph.GRAPH) as client:
+        yield client
 
 
 @pytest.fixture
