@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,6 +153,26 @@ def record_outbox_calls(outbox: object, monkeypatch: pytest.MonkeyPatch) -> list
     for name in OUTBOX_METHODS:
         monkeypatch.setattr(outbox, name, recording(name, getattr(outbox, name)))
     return calls
+
+
+def lead(pixel_id: str = "111", **overrides: Any) -> ServerEvent:
+    """A Lead built the way an app sends one: validated, normalised and hashed."""
+    arguments: dict[str, Any] = {
+        "pixel_id": pixel_id,
+        "action_source": "system_generated",
+        "user_data": {"external_id": "cust-1", "email": "ann@example.com"},
+    }
+    arguments.update(overrides)
+    return ServerEvent.create("Lead", **arguments)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else takes it), not
+    listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 class MakeEvent(Protocol):
