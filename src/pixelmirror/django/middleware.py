@@ -212,36 +212,28 @@ def _started(page: PageRequest, response: HttpResponseBase, *, is_async: bool) -
 
 def _hold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = iter(cast("Iterator[bytes]", response.streaming_content))
-    head = _Head(page, response)
-    while head.holds(next(chunks, None)):
+    while (head := _let_go(page, response, next(chunks, None))) is None:
         pass
-    response.streaming_content = _Stream(page, head.body, chunks)
+    response.streaming_content = _Stream(page, head, chunks)
 
 
 async def _ahold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = aiter(cast("AsyncIterator[bytes]", response.streaming_content))
-    head = _Head(page, response)
-    while head.holds(await anext(chunks, None)):
+    while (head := _let_go(page, response, await anext(chunks, None))) is None:
         pass
-    response.streaming_content = _AsyncStream(page, head.body, chunks)
+    response.streaming_content = _AsyncStream(page, head, chunks)
 
 
-class _Head:
-    """A held stream's first chunks, fed to the page until it lets go of the response."""
-
-    def __init__(self, page: PageRequest, response: StreamingHttpResponse) -> None:
-        self.page, self.response = page, response
-        #: What to send first once the page let go: the chunks it held, spliced.
-        self.body = b""
-
-    def holds(self, chunk: bytes | None) -> bool:
-        """Feed one chunk, or the stream's end (None); False once the page let go, the
-        response given its headers then."""
-        more = chunk is not None
-        start, self.body = self.page.feed(chunk or b"", more=more)
-        if start is not None:
-            _apply(self.response, start)
-        return more and start is None
+def _let_go(page: PageRequest, response: HttpResponseBase, chunk: bytes | None) -> bytes | None:
+    """Feed the page a held stream's next chunk, or its end (None): None while it holds on,
+    else the bytes to send first (the response then has the page's headers)."""
+    more = chunk is not None
+    start, head = page.feed(chunk or b"", more=more)
+    if start is not None:
+        _apply(response, start)
+    elif more:
+        return None
+    return head
 
 
 class _Stream:
