@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import httpx
 import pytest
 import redis
 
+import fakegraph
 import redisutil
 from pixelmirror import PixelMirror
 from pixelmirror.events import ServerEvent
@@ -28,6 +31,20 @@ MakeMirror = Callable[..., PixelMirror]
 def fake() -> FakeGraphAPI:
     """A Graph API that accepts :data:`TOKEN` for any pixel."""
     return FakeGraphAPI(access_tokens={TOKEN})
+
+
+@pytest.fixture
+def clocked_fake() -> FakeGraphAPI:
+    """The fake's own tests' Graph API: it accepts :data:`fakegraph.TOKEN` for any pixel,
+    and its clock stands still at :data:`fakegraph.NOW`."""
+    return FakeGraphAPI(access_tokens=[fakegraph.TOKEN], clock=fakegraph.fixed_clock)
+
+
+@pytest.fixture
+def clocked_client(clocked_fake: FakeGraphAPI) -> Iterator[httpx.Client]:
+    """A client of ``clocked_fake`` through its in-process transport, at Graph's URL."""
+    with httpx.Client(transport=clocked_fake.transport, base_url=fakegraph.GRAPH) as client:
+        yield client
 
 
 @pytest.fixture
@@ -136,6 +153,26 @@ def record_outbox_calls(outbox: object, monkeypatch: pytest.MonkeyPatch) -> list
     for name in OUTBOX_METHODS:
         monkeypatch.setattr(outbox, name, recording(name, getattr(outbox, name)))
     return calls
+
+
+def lead(pixel_id: str = "111", **overrides: Any) -> ServerEvent:
+    """A Lead built the way an app sends one: validated, normalised and hashed."""
+    arguments: dict[str, Any] = {
+        "pixel_id": pixel_id,
+        "action_source": "system_generated",
+        "user_data": {"external_id": "cust-1", "email": "ann@example.com"},
+    }
+    arguments.update(overrides)
+    return ServerEvent.create("Lead", **arguments)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nobody else takes it), not
+    listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 class MakeEvent(Protocol):

@@ -327,11 +327,16 @@ def starlette_shop(mirror: PixelMirror) -> Any:
     return app
 
 
-async def shop_visit(app: Any) -> tuple[httpx.Response, httpx.Response]:
+def shopper(app: Any) -> httpx.AsyncClient:
+    """A visitor of ``app`` at http://shop.example: Chrome, from 198.51.100.7."""
     transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
-    async with httpx.AsyncClient(
+    return httpx.AsyncClient(
         transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
-    ) as client:
+    )
+
+
+async def shop_visit(app: Any) -> tuple[httpx.Response, httpx.Response]:
+    async with shopper(app) as client:
         await client.get("/")
         cart = await client.post("/api/cart")
         thanks = await client.post("/checkout", follow_redirects=True)
@@ -371,10 +376,7 @@ def test_fastapi_keeps_the_view_signature_and_tracks(
         return HTML.decode()
 
     async def visit() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
-        ) as client:
+        async with shopper(app) as client:
             return await client.get("/product/tee", params={"qty": 2})
 
     page = asyncio.run(visit())
@@ -440,10 +442,7 @@ def test_fastapi_dependency_tracks_the_event_it_injects(
             return HTML.decode()
 
     async def visit() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 1234))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://shop.example", headers={"User-Agent": CHROME}
-        ) as client:
+        async with shopper(app) as client:
             return await client.get("/thanks/A-17")
 
     page = asyncio.run(visit())

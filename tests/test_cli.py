@@ -4,12 +4,10 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -226,15 +224,6 @@ def test_outbox_stats_counts_by_pixel(
 
 # --------------------------------------------------------------------------------------------
 # An outbox that cannot be opened or reached: one line on stderr, exit 2, never a traceback
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port that refuses connections: bound (so nobody else takes it), not
-    listening."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield held.getsockname()[1]
 
 
 COMMANDS = [

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PIXEL, TOKEN, MakeMirror
+from conftest import PIXEL, TOKEN, MakeMirror, lead
 from pixelmirror.config import Config
 from pixelmirror.delivery.dispatcher import EXPIRY_MARGIN, DeliveryCounts, Dispatcher
 from pixelmirror.delivery.errors import AccessError
@@ -77,16 +77,6 @@ def dispatcher(fake: FakeGraphAPI, outbox: RecordingOutbox) -> Iterator[Dispatch
     yield dispatcher
     dispatcher.stop(timeout=5)
     client.close()
-
-
-def lead(pixel_id: str = "111", **overrides: Any) -> ServerEvent:
-    arguments: dict[str, Any] = {
-        "pixel_id": pixel_id,
-        "action_source": "system_generated",
-        "user_data": {"external_id": "cust-1", "email": "ann@example.com"},
-    }
-    arguments.update(overrides)
-    return ServerEvent.create("Lead", **arguments)
 
 
 def with_raw_email(event: ServerEvent) -> ServerEvent:

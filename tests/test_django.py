@@ -132,6 +132,22 @@ def streamed_async(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/html")
 
 
+#: A page with no place for the snippet: it is read to its end, then goes as it is.
+FRAGMENT = (b"<p>no head, ", b"no body</p>")
+
+
+def streamed_fragment(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(iter(FRAGMENT), content_type="text/html")
+
+
+def streamed_fragment_async(request: HttpRequest) -> StreamingHttpResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in FRAGMENT:
+            yield chunk
+
+    return StreamingHttpResponse(chunks(), content_type="text/html")
+
+
 def file(request: HttpRequest) -> FileResponse:
     return FileResponse(io.BytesIO(HTML), content_type="text/html")
 
@@ -153,6 +169,8 @@ urlpatterns = [
     path("tagged-nonce", tagged_nonce),
     path("streamed", streamed),
     path("streamed-async", streamed_async),
+    path("streamed-fragment", streamed_fragment),
+    path("streamed-fragment-async", streamed_fragment_async),
     path("file", file),
     path("<path:rest>/", catch_all),  # APPEND_SLASH would send /.pixelmirror/beacon here
 ]
@@ -296,7 +314,7 @@ def streamed_body(response: Any, kind: str, url: str) -> bytes:
     def join() -> bytes:
         return async_to_sync(_joined)(response) if kind == "async" else b"".join(response)
 
-    if (kind == "async") == (url == "/streamed-async"):
+    if (kind == "async") == url.endswith("-async"):
         return join()
     with pytest.warns(Warning, match="must consume"):
         return join()
@@ -322,6 +340,24 @@ def test_a_stream_gets_the_pixel_and_its_pageview_is_mirrored_once_it_ends(
     assert [name for name, _ in fired] == ["PageView"]
     assert body.replace(body[body.index(MARKER) : body.index(b"</head>")], b"") == HTML
     assert keys(mirrored(site)) == fired
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("sync", "/streamed-fragment"),
+        ("async", "/streamed-fragment-async"),
+        ("async", "/streamed-fragment"),
+    ],
+)
+def test_a_stream_without_a_place_for_the_snippet_is_read_to_its_end_and_goes_as_it_is(
+    site: FakeGraphAPI, kind: str, url: str
+) -> None:
+    response = Browser(kind).get(url)
+    body = streamed_body(response, kind, url)
+    response.close()
+    assert body == b"".join(FRAGMENT)
+    assert mirrored(site) == []  # the page got no snippet: its PageView is not mirrored
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from pixelmirror.escaping import safe_json
 from pixelmirror.events import EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.pageviews import page_views
-from pixelmirror.snippet import safe_json
 
 NOW = 1_800_000_000.0
 UA = "Mozilla/5.0 (X11; Linux x86_64)"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PIXEL, SECRET, TOKEN
+from conftest import PIXEL, SECRET, TOKEN, lead
 from pixelmirror import PixelMirror
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.delivery import open_sinks
@@ -17,18 +17,8 @@ from pixelmirror.delivery.dispatcher import Dispatcher
 from pixelmirror.delivery.errors import TransientError
 from pixelmirror.delivery.filesink import FileSink
 from pixelmirror.delivery.graph import GraphClient
-from pixelmirror.events import BatchKey, ServerEvent
+from pixelmirror.events import BatchKey
 from pixelmirror.outbox.memory import MemoryOutbox
-
-
-def lead(pixel_id: str = PIXEL, **overrides: Any) -> ServerEvent:
-    arguments: dict[str, Any] = {
-        "pixel_id": pixel_id,
-        "action_source": "system_generated",
-        "user_data": {"external_id": "cust-1", "email": "ann@example.com"},
-    }
-    arguments.update(overrides)
-    return ServerEvent.create("Lead", **arguments)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -52,7 +42,7 @@ def test_the_line_holds_graphs_body_byte_for_byte_without_the_credentials(
         posted.append(request.content)
         return httpx.Response(200, json={"events_received": 2})
 
-    payloads = [lead().payload, lead(custom_data={"note": "ünïcode\nline"}).payload]
+    payloads = [lead(PIXEL).payload, lead(PIXEL, custom_data={"note": "ünïcode\nline"}).payload]
     key = BatchKey("meta", PIXEL, test_event_code)
     graph = GraphClient(
         TOKEN,
@@ -86,14 +76,14 @@ def test_the_line_holds_graphs_body_byte_for_byte_without_the_credentials(
 def test_a_failed_write_is_transient(tmp_path: Path) -> None:
     sink = FileSink(str(tmp_path / "missing" / "audit.jsonl"))
     with pytest.raises(TransientError, match="could not write"):
-        sink.deliver(BatchKey("meta", PIXEL, None), [lead().payload])
+        sink.deliver(BatchKey("meta", PIXEL, None), [lead(PIXEL).payload])
 
 
 def test_the_dispatcher_writes_one_line_per_batch_and_counts_like_meta(tmp_path: Path) -> None:
     outbox = MemoryOutbox()
     path = tmp_path / "audit.jsonl"
     dispatcher = Dispatcher(outbox, FileSink(str(path)), batch_size=3)
-    events = [lead() for _ in range(5)] + [lead("222"), lead(test_event_code="T1")]
+    events = [lead(PIXEL) for _ in range(5)] + [lead("222"), lead(PIXEL, test_event_code="T1")]
     outbox.put(events)
 
     drain(dispatcher)
@@ -114,7 +104,7 @@ def test_a_failing_write_is_retried_until_the_file_can_be_written(tmp_path: Path
     outbox = MemoryOutbox()
     path = tmp_path / "logs" / "audit.jsonl"  # its directory does not exist yet
     dispatcher = Dispatcher(outbox, FileSink(str(path)), retry_backoff=0.01, retry_backoff_max=0.02)
-    events = [lead(), lead()]
+    events = [lead(PIXEL), lead(PIXEL)]
     outbox.put(events)
 
     assert dispatcher.deliver_next()

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -149,15 +148,6 @@ def test_a_worker_serves_metrics_and_health_that_count_what_it_delivered(
     assert match("pixelmirror_match_faults_total", "PageView", fault="website_without_ip") == 1
     assert healthz.status_code == 200
     assert healthz.text.strip() == "ok"
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port that refuses connections: bound (so nobody else takes it), not
-    listening."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield held.getsockname()[1]
 
 
 def test_health_is_503_and_the_scrape_says_outbox_down_when_redis_is_unreachable(

@@ -22,7 +22,7 @@ from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror import PixelMirror, lifecycle
 from pixelmirror.events import ServerEvent
 from pixelmirror.handoff import NotStored
-from pixelmirror.mirror import DRY_RUN_LOUD
+from pixelmirror.operations import DRY_RUN_LOUD
 from pixelmirror.testing import FakeGraphAPI
 from waiting import wait_until
 

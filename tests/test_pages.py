@@ -22,7 +22,7 @@ from pixelmirror.config import Config
 from pixelmirror.events import ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.snippet import render_pending_snippet
+from pixelmirror.snippet import render_beacon_snippet
 from pixelmirror.web.pages import Pages
 from pixelmirror.web.request import PageRequest
 from webkit import CHROME, HTML, browser_events
@@ -198,7 +198,7 @@ def test_a_page_without_consent_is_pending_the_same_for_all_with_no_id_or_cookie
     assert values(out_headers, "Cache-Control") == ["public, max-age=60"]
     # The snippet is a function of the site's settings alone: nothing of the request in it.
     gpc = bool(settings.get("honor_gpc"))
-    assert render_pending_snippet(pixel_ids=[PIXEL], gpc=gpc) in page
+    assert render_beacon_snippet(pixel_ids=[PIXEL], gpc=gpc, pending=True) in page
     assert browser_events(page) == []
     assert b"<noscript>" not in page
     assert site.mirrored == []

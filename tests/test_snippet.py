@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Mapping
-from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 from xml.etree import ElementTree
@@ -22,9 +21,7 @@ from pixelmirror.snippet import (
     DEFAULT_BEACON_PATH,
     MARKER,
     render_beacon_snippet,
-    render_pending_snippet,
     render_snippet,
-    safe_json,
 )
 
 PAGEVIEW = BrowserEvent("PageView", "ev-page")
@@ -298,62 +295,6 @@ def test_snippet_starts_with_marker() -> None:
     assert render_snippet(pixel_ids=["1"], external_id=None, events=[]).startswith(MARKER)
 
 
-# --------------------------------------------------------------------------------------------
-# safe JSON
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        pytest.param("</script>", '"\\u003c/script\\u003e"', id="script-close"),
-        pytest.param("<!--", '"\\u003c!--"', id="comment-open"),
-        pytest.param("-->", '"--\\u003e"', id="comment-close"),
-        pytest.param("a&b", '"a\\u0026b"', id="ampersand"),
-        pytest.param("\u2028\u2029", '"\\u2028\\u2029"', id="line-separators"),
-        pytest.param("café ✓ 😀", '"caf\\u00e9 \\u2713 \\ud83d\\ude00"', id="unicode"),
-        pytest.param(
-            {"b": 1, "a": [True, None, 1.5]}, '{"b":1,"a":[true,null,1.5]}', id="order-kept"
-        ),
-        pytest.param(Decimal("49.99"), "49.99", id="decimal"),
-        pytest.param({"z", "a"}, '["a","z"]', id="set-sorted"),
-        pytest.param(("x", 1), '["x",1]', id="tuple"),
-        pytest.param(MappingProxyType({"k": "v"}), '{"k":"v"}', id="mapping"),
-        pytest.param('"\\', '"\\"\\\\"', id="quote-backslash"),
-    ],
-)
-def test_safe_json(value: object, expected: str) -> None:
-    out = safe_json(value)
-    assert out == expected
-    assert out.isascii()
-    assert json.loads(out) == json.loads(json.dumps(value, default=_plain))
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(float("nan"), id="nan"),
-        pytest.param(float("inf"), id="inf"),
-        pytest.param({"v": -float("inf")}, id="nested-inf"),
-        pytest.param(Decimal("NaN"), id="decimal-nan"),
-        pytest.param(object(), id="object"),
-        pytest.param({"when": b"bytes"}, id="bytes"),
-    ],
-)
-def test_safe_json_rejects(value: object) -> None:
-    with pytest.raises(ValueError, match="browser data"):
-        safe_json(value)
-
-
 def test_render_rejects_non_finite_data() -> None:
     with pytest.raises(ValueError, match="finite"):
         render(events=[BrowserEvent("Purchase", "p", {"value": float("nan")})])
@@ -537,7 +478,7 @@ def test_js_keeps_an_existing_fbq() -> None:
 
 
 def test_the_pending_snippet_holds_the_base_code_only_inside_load() -> None:
-    html = render_pending_snippet(pixel_ids=["111"], nonce="n").decode("ascii")
+    html = render_beacon_snippet(pixel_ids=["111"], nonce="n", pending=True).decode("ascii")
     (body,) = script_body(html).split("\n")  # the runtime alone: no stub line, no calls
     assert body.count("fbevents.js") == 1
     load = body.index("function load(){")
@@ -545,7 +486,7 @@ def test_the_pending_snippet_holds_the_base_code_only_inside_load() -> None:
     assert '"pending":true' in body
     assert '"fallback":false' in body
     assert "<noscript>" not in html
-    assert html == render_pending_snippet(pixel_ids=["111"], nonce="n").decode("ascii")
+    assert html == render_beacon_snippet(pixel_ids=["111"], nonce="n", pending=True).decode("ascii")
 
 
 @pytest.mark.parametrize("gated", [False, True])

@@ -27,20 +27,11 @@ from fakegraph import (
 from pixelmirror.testing import FakeGraphAPI
 
 
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens=[TOKEN], clock=fixed_clock)
-
-
-@pytest.fixture
-def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=fake.transport, base_url=GRAPH) as c:
-        yield c
-
-
-def test_valid_batch_is_accepted_and_recorded(fake: FakeGraphAPI, client: httpx.Client) -> None:
+def test_valid_batch_is_accepted_and_recorded(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
     events = [make_event("a"), make_event("b", event_name="AddToCart", custom_data={})]
-    response = post(client, events, test_event_code="TEST123", partner_agent="pixelmirror")
+    response = post(clocked_client, events, test_event_code="TEST123", partner_agent="pixelmirror")
 
     assert response.status_code == 200
     body = response.json()
@@ -49,7 +40,7 @@ def test_valid_batch_is_accepted_and_recorded(fake: FakeGraphAPI, client: httpx.
     assert body["fbtrace_id"]
     assert response.headers["content-type"].startswith("application/json")
 
-    received = fake.events
+    received = clocked_fake.events
     assert [e.data for e in received] == events
     first = received[0]
     assert first.pixel_id == PIXEL
@@ -62,9 +53,9 @@ def test_valid_batch_is_accepted_and_recorded(fake: FakeGraphAPI, client: httpx.
     assert first.action_source == "website"
     assert first.user_data["em"] == [sha("john_smith@gmail.com")]
     assert first.custom_data == {"value": 12.5, "currency": "EUR"}
-    assert fake.event_ids() == ["a", "b"]
+    assert clocked_fake.event_ids() == ["a", "b"]
 
-    (request,) = fake.requests
+    (request,) = clocked_fake.requests
     assert request.ok
     assert request.pixel_id == PIXEL
     assert request.api_version == "v20.0"
@@ -78,23 +69,23 @@ def test_valid_batch_is_accepted_and_recorded(fake: FakeGraphAPI, client: httpx.
 
 
 def test_event_ids_keep_duplicates_and_skip_missing(
-    fake: FakeGraphAPI, client: httpx.Client
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
 ) -> None:
     no_id = make_event()
     del no_id["event_id"]
-    post(client, [make_event("x"), no_id, make_event("x")])
-    assert fake.event_ids() == ["x", "x"]
-    assert fake.events[1].event_id is None
+    post(clocked_client, [make_event("x"), no_id, make_event("x")])
+    assert clocked_fake.event_ids() == ["x", "x"]
+    assert clocked_fake.events[1].event_id is None
 
 
-def test_recordings_are_copies(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    post(client, [make_event("a")])
-    fake.events[0].data["event_name"] = "Mutated"
-    fake.events[0].user_data.clear()
-    fake.requests.clear()
-    assert fake.events[0].event_name == "Purchase"
-    assert fake.events[0].user_data
-    assert len(fake.requests) == 1
+def test_recordings_are_copies(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    post(clocked_client, [make_event("a")])
+    clocked_fake.events[0].data["event_name"] = "Mutated"
+    clocked_fake.events[0].user_data.clear()
+    clocked_fake.requests.clear()
+    assert clocked_fake.events[0].event_name == "Purchase"
+    assert clocked_fake.events[0].user_data
+    assert len(clocked_fake.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -132,16 +123,18 @@ def test_recordings_are_copies(fake: FakeGraphAPI, client: httpx.Client) -> None
     ],
 )
 def test_bad_request_parameters(
-    fake: FakeGraphAPI, client: httpx.Client, body: dict[str, Any], fragment: str
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, body: dict[str, Any], fragment: str
 ) -> None:
-    response = client.post(url(), json=body)
-    error = assert_rejected(fake, response)
+    response = clocked_client.post(url(), json=body)
+    error = assert_rejected(clocked_fake, response)
     assert fragment in error["message"]
 
 
-def test_1001_events_are_counted_but_not_accepted(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    assert_rejected(fake, post(client, [make_event(f"e{i}") for i in range(1001)]))
-    assert fake.requests[-1].event_count == 1001
+def test_1001_events_are_counted_but_not_accepted(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    assert_rejected(clocked_fake, post(clocked_client, [make_event(f"e{i}") for i in range(1001)]))
+    assert clocked_fake.requests[-1].event_count == 1001
 
 
 @pytest.mark.parametrize(
@@ -154,16 +147,18 @@ def test_1001_events_are_counted_but_not_accepted(fake: FakeGraphAPI, client: ht
         pytest.param(f"/{PIXEL}/events", id="unversioned"),
     ],
 )
-def test_dead_versions_answer_2635(fake: FakeGraphAPI, client: httpx.Client, path: str) -> None:
-    response = client.post(path, json={"data": [make_event()], "access_token": TOKEN})
-    error = assert_rejected(fake, response, code=2635)
+def test_dead_versions_answer_2635(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, path: str
+) -> None:
+    response = clocked_client.post(path, json={"data": [make_event()], "access_token": TOKEN})
+    error = assert_rejected(clocked_fake, response, code=2635)
     assert error["message"].startswith("(#2635) You are calling a deprecated version")
     assert "v20.0" in error["message"]
 
 
 @pytest.mark.parametrize("version", ["v20.0", "v20.1", "v26.0", "v100.0"])
-def test_current_versions_accepted(client: httpx.Client, version: str) -> None:
-    assert post(client, [make_event()], version=version).status_code == 200
+def test_current_versions_accepted(clocked_client: httpx.Client, version: str) -> None:
+    assert post(clocked_client, [make_event()], version=version).status_code == 200
 
 
 def test_min_api_version_is_configurable() -> None:
@@ -173,35 +168,45 @@ def test_min_api_version_is_configurable() -> None:
         assert post(c, [make_event()], version="v26.0").status_code == 200
 
 
-def test_missing_token(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    assert_rejected(fake, post(client, [make_event()], token=None), status=401, code=190)
-    assert_rejected(fake, post(client, [make_event()], token=""), status=401, code=190)
-    assert fake.requests[-1].access_token == ""
+def test_missing_token(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    assert_rejected(
+        clocked_fake, post(clocked_client, [make_event()], token=None), status=401, code=190
+    )
+    assert_rejected(
+        clocked_fake, post(clocked_client, [make_event()], token=""), status=401, code=190
+    )
+    assert clocked_fake.requests[-1].access_token == ""
 
 
-def test_unknown_token(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    error = assert_rejected(fake, post(client, [make_event()], token="nope"), code=190)
+def test_unknown_token(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    error = assert_rejected(
+        clocked_fake, post(clocked_client, [make_event()], token="nope"), code=190
+    )
     assert error["type"] == "OAuthException"
     assert "Invalid OAuth access token" in error["message"]
 
 
-def test_non_string_token(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.post(url(), json={"data": [make_event()], "access_token": 12345})
-    assert_rejected(fake, response, code=190)
-    assert fake.requests[-1].access_token is None
+def test_non_string_token(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    response = clocked_client.post(url(), json={"data": [make_event()], "access_token": 12345})
+    assert_rejected(clocked_fake, response, code=190)
+    assert clocked_fake.requests[-1].access_token is None
 
 
-def test_revoke_and_grant(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.revoke(TOKEN)
-    error = assert_rejected(fake, post(client, [make_event()]), code=190, subcode=460)
+def test_revoke_and_grant(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    clocked_fake.revoke(TOKEN)
+    error = assert_rejected(
+        clocked_fake, post(clocked_client, [make_event()]), code=190, subcode=460
+    )
     assert "session has been invalidated" in error["message"]
 
-    fake.grant(TOKEN)
-    assert post(client, [make_event()]).status_code == 200
+    clocked_fake.grant(TOKEN)
+    assert post(clocked_client, [make_event()]).status_code == 200
 
-    fake.grant("EAAB-new")
-    assert post(client, [make_event()], token="EAAB-new").status_code == 200
-    assert post(client, [make_event()], pixel=OTHER_PIXEL, token="EAAB-new").status_code == 200
+    clocked_fake.grant("EAAB-new")
+    assert post(clocked_client, [make_event()], token="EAAB-new").status_code == 200
+    assert (
+        post(clocked_client, [make_event()], pixel=OTHER_PIXEL, token="EAAB-new").status_code == 200
+    )
 
 
 def test_any_token_when_unconfigured() -> None:
@@ -332,22 +337,24 @@ def test_latency_sleeps_before_answering(monkeypatch: pytest.MonkeyPatch) -> Non
     assert slept == [0.25, 0.25]
 
 
-def test_concurrent_senders_in_process(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(500, times=10)
+def test_concurrent_senders_in_process(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    clocked_fake.fail_next(500, times=10)
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(
-            pool.map(lambda i: post(client, [make_event(f"p{i}")]).status_code, range(50))
+            pool.map(lambda i: post(clocked_client, [make_event(f"p{i}")]).status_code, range(50))
         )
     assert statuses.count(500) == 10
     assert statuses.count(200) == 40
-    assert len(fake.events) == 40
+    assert len(clocked_fake.events) == 40
 
 
-def test_reset(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    post(client, [make_event()])
-    fake.fail_next(500, times=3)
-    fake.reset()
-    assert fake.events == []
-    assert fake.requests == []
-    assert fake.event_ids() == []
-    assert post(client, [make_event()]).status_code == 200
+def test_reset(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    post(clocked_client, [make_event()])
+    clocked_fake.fail_next(500, times=3)
+    clocked_fake.reset()
+    assert clocked_fake.events == []
+    assert clocked_fake.requests == []
+    assert clocked_fake.event_ids() == []
+    assert post(clocked_client, [make_event()]).status_code == 200

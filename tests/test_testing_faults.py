@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +10,6 @@ import pytest
 
 from fakegraph import (
     GRAPH,
-    TOKEN,
     error_of,
     fixed_clock,
     make_event,
@@ -21,23 +19,14 @@ from fakegraph import (
 from pixelmirror.testing import FakeGraphAPI
 
 
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens=[TOKEN], clock=fixed_clock)
-
-
-@pytest.fixture
-def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=fake.transport, base_url=GRAPH) as c:
-        yield c
-
-
-def test_fail_next_with_graph_error(fake: FakeGraphAPI, client: httpx.Client) -> None:
+def test_fail_next_with_graph_error(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
     expired = FakeGraphAPI.graph_error(
         190, "Error validating access token: Session has expired", subcode=463
     )
-    fake.fail_next(400, error=expired)
-    response = post(client, [make_event("x")])
+    clocked_fake.fail_next(400, error=expired)
+    response = post(clocked_client, [make_event("x")])
 
     assert response.status_code == 400
     error = error_of(response)
@@ -45,49 +34,57 @@ def test_fail_next_with_graph_error(fake: FakeGraphAPI, client: httpx.Client) ->
     assert error["error_subcode"] == 463
     assert error["message"] == "Error validating access token: Session has expired"
     assert error["fbtrace_id"]
-    assert fake.events == []
-    assert fake.requests[-1].status == 400
-    assert fake.requests[-1].error_code == 190
+    assert clocked_fake.events == []
+    assert clocked_fake.requests[-1].status == 400
+    assert clocked_fake.requests[-1].error_code == 190
     # The fault is consumed: the next request is validated normally.
-    assert post(client, [make_event("x")]).status_code == 200
+    assert post(clocked_client, [make_event("x")]).status_code == 200
 
 
-def test_fail_next_keeps_a_given_fbtrace_id(client: httpx.Client, fake: FakeGraphAPI) -> None:
-    fake.fail_next(500, error={"message": "boom", "code": 2, "fbtrace_id": "TRACE"})
-    assert error_of(post(client, [make_event()]))["fbtrace_id"] == "TRACE"
+def test_fail_next_keeps_a_given_fbtrace_id(
+    clocked_client: httpx.Client, clocked_fake: FakeGraphAPI
+) -> None:
+    clocked_fake.fail_next(500, error={"message": "boom", "code": 2, "fbtrace_id": "TRACE"})
+    assert error_of(post(clocked_client, [make_event()]))["fbtrace_id"] == "TRACE"
 
 
-def test_fail_next_raw_body_and_headers(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(502, body="<html><body>Bad Gateway</body></html>", headers={"Retry-After": "3"})
-    response = post(client, [make_event()])
+def test_fail_next_raw_body_and_headers(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    clocked_fake.fail_next(
+        502, body="<html><body>Bad Gateway</body></html>", headers={"Retry-After": "3"}
+    )
+    response = post(clocked_client, [make_event()])
     assert response.status_code == 502
     assert response.text == "<html><body>Bad Gateway</body></html>"
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["retry-after"] == "3"
-    assert fake.events == []
+    assert clocked_fake.events == []
 
 
-def test_fail_next_headers_override_content_type(client: httpx.Client, fake: FakeGraphAPI) -> None:
-    fake.fail_next(500, body=b"oops", headers={"content-type": "application/octet-stream"})
-    response = post(client, [make_event()])
+def test_fail_next_headers_override_content_type(
+    clocked_client: httpx.Client, clocked_fake: FakeGraphAPI
+) -> None:
+    clocked_fake.fail_next(500, body=b"oops", headers={"content-type": "application/octet-stream"})
+    response = post(clocked_client, [make_event()])
     assert response.headers.get_list("content-type") == ["application/octet-stream"]
 
 
-def test_fail_next_times_and_fifo(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(503, times=2)
-    fake.fail_next(429, headers={"Retry-After": "1"})
-    statuses = [post(client, [make_event(f"e{i}")]).status_code for i in range(4)]
+def test_fail_next_times_and_fifo(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    clocked_fake.fail_next(503, times=2)
+    clocked_fake.fail_next(429, headers={"Retry-After": "1"})
+    statuses = [post(clocked_client, [make_event(f"e{i}")]).status_code for i in range(4)]
     assert statuses == [503, 503, 429, 200]
-    assert fake.event_ids() == ["e3"]
-    assert [r.status for r in fake.requests] == [503, 503, 429, 200]
+    assert clocked_fake.event_ids() == ["e3"]
+    assert [r.status for r in clocked_fake.requests] == [503, 503, 429, 200]
 
 
-def test_fail_next_default_bodies(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(500)
-    fake.fail_next(429)
-    fake.fail_next(403)
-    fake.fail_next(200)
-    r500, r429, r403, r200 = (post(client, [make_event()]) for _ in range(4))
+def test_fail_next_default_bodies(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    clocked_fake.fail_next(500)
+    clocked_fake.fail_next(429)
+    clocked_fake.fail_next(403)
+    clocked_fake.fail_next(200)
+    r500, r429, r403, r200 = (post(clocked_client, [make_event()]) for _ in range(4))
     assert error_of(r500)["code"] == 1
     assert error_of(r500)["is_transient"] is True
     assert error_of(r429)["code"] == 80004
@@ -95,7 +92,7 @@ def test_fail_next_default_bodies(fake: FakeGraphAPI, client: httpx.Client) -> N
     assert error_of(r403)["code"] == 100
     # A 200 that was never recorded: "Meta said OK, then lost it".
     assert r200.json()["events_received"] == 1
-    assert fake.events == []
+    assert clocked_fake.events == []
 
 
 def test_fail_next_takes_precedence_over_random_faults() -> None:
@@ -106,19 +103,23 @@ def test_fail_next_takes_precedence_over_random_faults() -> None:
         assert post(c, [make_event()]).status_code == 503
 
 
-def test_fail_next_skips_validation(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(500)
-    assert post(client, [make_event()], token="not-a-valid-token").status_code == 500
+def test_fail_next_skips_validation(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    clocked_fake.fail_next(500)
+    assert post(clocked_client, [make_event()], token="not-a-valid-token").status_code == 500
 
 
-def test_fail_next_timeout_in_process(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    fake.fail_next(timeout=True)
+def test_fail_next_timeout_in_process(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    clocked_fake.fail_next(timeout=True)
     with pytest.raises(httpx.ReadTimeout) as excinfo:
-        post(client, [make_event()])
+        post(clocked_client, [make_event()])
     assert excinfo.value.request.url.path == url()
-    assert fake.events == []
-    assert fake.requests[-1].status is None
-    assert post(client, [make_event()]).status_code == 200
+    assert clocked_fake.events == []
+    assert clocked_fake.requests[-1].status is None
+    assert post(clocked_client, [make_event()]).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -130,10 +131,10 @@ def test_fail_next_timeout_in_process(fake: FakeGraphAPI, client: httpx.Client) 
     ],
 )
 def test_fail_next_argument_checks(
-    fake: FakeGraphAPI, kwargs: dict[str, Any], message: str
+    clocked_fake: FakeGraphAPI, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        fake.fail_next(**kwargs)
+        clocked_fake.fail_next(**kwargs)
 
 
 def test_graph_error_helper() -> None:

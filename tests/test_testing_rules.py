@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,7 @@ from fakegraph import (
     DAY,
     GRAPH,
     NOW,
-    TOKEN,
     assert_rejected,
-    fixed_clock,
     make_event,
     post,
     sha,
@@ -26,22 +24,13 @@ from pixelmirror import testing
 from pixelmirror.testing import FakeGraphAPI
 
 
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens=[TOKEN], clock=fixed_clock)
-
-
-@pytest.fixture
-def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=fake.transport, base_url=GRAPH) as c:
-        yield c
-
-
-def test_custom_data_defaults_to_empty(fake: FakeGraphAPI, client: httpx.Client) -> None:
+def test_custom_data_defaults_to_empty(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
     event = make_event(event_name="Lead")
     del event["custom_data"]
-    assert post(client, [event]).status_code == 200
-    assert fake.events[0].custom_data == {}
+    assert post(clocked_client, [event]).status_code == 200
+    assert clocked_fake.events[0].custom_data == {}
 
 
 @pytest.mark.parametrize(
@@ -98,17 +87,19 @@ def test_custom_data_defaults_to_empty(fake: FakeGraphAPI, client: httpx.Client)
     ],
 )
 def test_edge_events_accepted(
-    fake: FakeGraphAPI, client: httpx.Client, event: dict[str, Any]
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, event: dict[str, Any]
 ) -> None:
-    response = post(client, [event])
+    response = post(clocked_client, [event])
     assert response.status_code == 200, response.text
-    assert len(fake.events) == 1
+    assert len(clocked_fake.events) == 1
 
 
-def test_exactly_1000_events_accepted(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = post(client, [make_event(f"e{i}") for i in range(1000)])
+def test_exactly_1000_events_accepted(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    response = post(clocked_client, [make_event(f"e{i}") for i in range(1000)])
     assert response.json()["events_received"] == 1000
-    assert len(fake.events) == 1000
+    assert len(clocked_fake.events) == 1000
 
 
 Mutator = Callable[[dict[str, Any]], None]
@@ -278,35 +269,41 @@ PURCHASE = testing.SUBCODE_PURCHASE_VALUE_CURRENCY
     ],
 )
 def test_a_bad_event_rejects_the_whole_batch(
-    fake: FakeGraphAPI,
-    client: httpx.Client,
+    clocked_fake: FakeGraphAPI,
+    clocked_client: httpx.Client,
     mutate: Mutator,
     subcode: int | None,
     fragment: str,
 ) -> None:
     bad = make_event("bad")
     mutate(bad)
-    response = post(client, [make_event("ok-0"), make_event("ok-1"), bad, make_event("ok-3")])
+    response = post(
+        clocked_client, [make_event("ok-0"), make_event("ok-1"), bad, make_event("ok-3")]
+    )
 
-    error = assert_rejected(fake, response, subcode=subcode)
-    assert fake.events == []
+    error = assert_rejected(clocked_fake, response, subcode=subcode)
+    assert clocked_fake.events == []
     assert error["error_user_msg"].startswith("event index 2: ")
     assert fragment in error["error_user_msg"]
     assert error["error_user_title"]
-    assert fake.requests[-1].event_count == 4
+    assert clocked_fake.requests[-1].event_count == 4
 
 
-def test_raw_pii_is_not_echoed_in_the_error(fake: FakeGraphAPI, client: httpx.Client) -> None:
+def test_raw_pii_is_not_echoed_in_the_error(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
     bad = make_event()
     bad["user_data"]["em"] = "john_smith@gmail.com"
-    response = post(client, [bad])
-    assert_rejected(fake, response, subcode=HASH)
+    response = post(clocked_client, [bad])
+    assert_rejected(clocked_fake, response, subcode=HASH)
     assert "john_smith" not in response.text
 
 
-def test_first_bad_event_is_reported(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = post(client, [make_event(), "not an object", make_event(event_name="")])
-    error = assert_rejected(fake, response)
+def test_first_bad_event_is_reported(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    response = post(clocked_client, [make_event(), "not an object", make_event(event_name="")])
+    error = assert_rejected(clocked_fake, response)
     assert error["error_user_msg"].startswith("event index 1: ")
 
 

@@ -18,7 +18,6 @@ from fakegraph import (
     PIXEL,
     TOKEN,
     error_of,
-    fixed_clock,
     make_event,
     post,
     url,
@@ -27,36 +26,31 @@ from pixelmirror.testing import FakeGraphAPI
 
 
 @pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens=[TOKEN], clock=fixed_clock)
-
-
-@pytest.fixture
-def served(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
-    with fake.serve() as base_url, httpx.Client(base_url=base_url, timeout=10) as c:
+def served(clocked_fake: FakeGraphAPI) -> Iterator[httpx.Client]:
+    with clocked_fake.serve() as base_url, httpx.Client(base_url=base_url, timeout=10) as c:
         yield c
 
 
-def test_valid_batch_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
+def test_valid_batch_over_loopback(clocked_fake: FakeGraphAPI, served: httpx.Client) -> None:
     response = post(served, [make_event("a"), make_event("b")])
     assert response.status_code == 200
     assert response.json()["events_received"] == 2
     assert response.headers["content-length"] == str(len(response.content))
-    assert fake.event_ids() == ["a", "b"]
+    assert clocked_fake.event_ids() == ["a", "b"]
     # Keep-alive: the same client reuses its connection for the next request.
     assert post(served, [make_event("c")]).status_code == 200
-    assert fake.event_ids() == ["a", "b", "c"]
+    assert clocked_fake.event_ids() == ["a", "b", "c"]
 
 
-def test_form_encoded_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
+def test_form_encoded_over_loopback(clocked_fake: FakeGraphAPI, served: httpx.Client) -> None:
     response = served.post(
         url(), data={"data": json.dumps([make_event("l")]), "access_token": TOKEN}
     )
     assert response.status_code == 200
-    assert fake.event_ids() == ["l"]
+    assert clocked_fake.event_ids() == ["l"]
 
 
-def test_chunked_body_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
+def test_chunked_body_over_loopback(clocked_fake: FakeGraphAPI, served: httpx.Client) -> None:
     payload = json.dumps({"data": [make_event("chunked")], "access_token": TOKEN}).encode()
 
     def chunks() -> Iterator[bytes]:
@@ -65,17 +59,17 @@ def test_chunked_body_over_loopback(fake: FakeGraphAPI, served: httpx.Client) ->
 
     response = served.post(url(), content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 200
-    assert fake.event_ids() == ["chunked"]
+    assert clocked_fake.event_ids() == ["chunked"]
 
 
-def test_fail_next_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
-    fake.fail_next(
+def test_fail_next_over_loopback(clocked_fake: FakeGraphAPI, served: httpx.Client) -> None:
+    clocked_fake.fail_next(
         429,
         error=FakeGraphAPI.graph_error(17, "(#17) User request limit reached", transient=True),
         headers={"Retry-After": "7"},
     )
-    fake.fail_next(503, body="Service Unavailable")
-    fake.fail_next(timeout=True)
+    clocked_fake.fail_next(503, body="Service Unavailable")
+    clocked_fake.fail_next(timeout=True)
 
     throttled = post(served, [make_event()])
     assert throttled.status_code == 429
@@ -89,15 +83,15 @@ def test_fail_next_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> No
 
     with pytest.raises(httpx.TransportError):
         post(served, [make_event()])
-    assert fake.requests[-1].status is None
+    assert clocked_fake.requests[-1].status is None
 
     # The client recovers on a fresh connection.
     assert post(served, [make_event("after")]).status_code == 200
-    assert fake.event_ids() == ["after"]
+    assert clocked_fake.event_ids() == ["after"]
 
 
-def test_wait_for_background_sender(fake: FakeGraphAPI) -> None:
-    with fake.serve() as base_url:
+def test_wait_for_background_sender(clocked_fake: FakeGraphAPI) -> None:
+    with clocked_fake.serve() as base_url:
 
         def sender() -> None:
             with httpx.Client(base_url=base_url, timeout=10) as c:
@@ -107,28 +101,30 @@ def test_wait_for_background_sender(fake: FakeGraphAPI) -> None:
         thread = threading.Thread(target=sender)
         thread.start()
         try:
-            assert fake.wait_for(5, timeout=10)
+            assert clocked_fake.wait_for(5, timeout=10)
         finally:
             thread.join()
-    assert sorted(fake.event_ids()) == [f"bg{i}" for i in range(5)]
-    assert fake.wait_for(5, timeout=0)
-    assert not fake.wait_for(6, timeout=0.01)
+    assert sorted(clocked_fake.event_ids()) == [f"bg{i}" for i in range(5)]
+    assert clocked_fake.wait_for(5, timeout=0)
+    assert not clocked_fake.wait_for(6, timeout=0.01)
 
 
-def test_concurrent_senders_over_loopback(fake: FakeGraphAPI, served: httpx.Client) -> None:
+def test_concurrent_senders_over_loopback(clocked_fake: FakeGraphAPI, served: httpx.Client) -> None:
     def send(i: int) -> int:
         return post(served, [make_event(f"c{i}-a"), make_event(f"c{i}-b")]).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(send, range(40)))
     assert statuses == [200] * 40
-    assert len(fake.events) == 80
-    assert len(set(fake.event_ids())) == 80
-    assert len(fake.requests) == 40
+    assert len(clocked_fake.events) == 80
+    assert len(set(clocked_fake.event_ids())) == 80
+    assert len(clocked_fake.requests) == 40
 
 
-def test_server_is_quiet_and_stops(fake: FakeGraphAPI, capfd: pytest.CaptureFixture[str]) -> None:
-    with fake.serve() as base_url, httpx.Client(base_url=base_url) as c:
+def test_server_is_quiet_and_stops(
+    clocked_fake: FakeGraphAPI, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with clocked_fake.serve() as base_url, httpx.Client(base_url=base_url) as c:
         assert post(c, [make_event()]).status_code == 200
         assert post(c, [make_event()], token=None).status_code == 401
         assert c.get("/nowhere").status_code == 404
@@ -142,9 +138,9 @@ def test_server_is_quiet_and_stops(fake: FakeGraphAPI, capfd: pytest.CaptureFixt
         c.post(url(), json={})
 
 
-def test_serve_closes_idle_keep_alive_connections(fake: FakeGraphAPI) -> None:
-    with fake.serve() as base_url, httpx.Client(base_url=base_url, timeout=10) as c:
-        with fake.serve():
+def test_serve_closes_idle_keep_alive_connections(clocked_fake: FakeGraphAPI) -> None:
+    with clocked_fake.serve() as base_url, httpx.Client(base_url=base_url, timeout=10) as c:
+        with clocked_fake.serve():
             pass  # a second server, stopped with no connection ever made
         assert post(c, [make_event()]).status_code == 200
         # The client's connection sits idle in its pool while the server stops.

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from fakegraph import (
-    GRAPH,
     PIXEL,
     TOKEN,
     assert_rejected,
-    fixed_clock,
     make_event,
     url,
 )
 from pixelmirror.testing import FakeGraphAPI
-
-
-@pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI(access_tokens=[TOKEN], clock=fixed_clock)
-
-
-@pytest.fixture
-def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=fake.transport, base_url=GRAPH) as c:
-        yield c
 
 
 @pytest.mark.parametrize(
@@ -40,10 +26,15 @@ def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
     ],
 )
 def test_unparsable_bodies(
-    fake: FakeGraphAPI, client: httpx.Client, content: bytes, headers: dict[str, str]
+    clocked_fake: FakeGraphAPI,
+    clocked_client: httpx.Client,
+    content: bytes,
+    headers: dict[str, str],
 ) -> None:
-    response = client.post(url(), content=content, headers=headers, params={"access_token": TOKEN})
-    assert_rejected(fake, response)
+    response = clocked_client.post(
+        url(), content=content, headers=headers, params={"access_token": TOKEN}
+    )
+    assert_rejected(clocked_fake, response)
 
 
 @pytest.mark.parametrize(
@@ -55,22 +46,22 @@ def test_unparsable_bodies(
         pytest.param("/", id="root"),
     ],
 )
-def test_unknown_paths(fake: FakeGraphAPI, client: httpx.Client, path: str) -> None:
-    response = client.post(path, json={"data": [make_event()], "access_token": TOKEN})
-    error = assert_rejected(fake, response, status=404, subcode=33)
+def test_unknown_paths(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, path: str) -> None:
+    response = clocked_client.post(path, json={"data": [make_event()], "access_token": TOKEN})
+    error = assert_rejected(clocked_fake, response, status=404, subcode=33)
     assert "does not exist" in error["message"]
-    assert fake.requests[-1].pixel_id is None
+    assert clocked_fake.requests[-1].pixel_id is None
 
 
-def test_non_post_method(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.get(url(), params={"access_token": TOKEN})
-    error = assert_rejected(fake, response, subcode=33)
+def test_non_post_method(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    response = clocked_client.get(url(), params={"access_token": TOKEN})
+    error = assert_rejected(clocked_fake, response, subcode=33)
     assert error["message"].startswith("Unsupported get request.")
 
 
 @pytest.mark.parametrize("encoding", ["form", "multipart"])
 def test_form_fields_are_read_urlencoded_or_multipart(
-    fake: FakeGraphAPI, client: httpx.Client, encoding: str
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, encoding: str
 ) -> None:
     # Multipart is what Meta's own curl examples send (curl -F data=... -F access_token=...).
     events = [make_event("f1"), make_event("f2")]
@@ -81,36 +72,40 @@ def test_form_fields_are_read_urlencoded_or_multipart(
         "partner_agent": "pixelmirror",
     }
     if encoding == "form":
-        response = client.post(url(), data=fields)
+        response = clocked_client.post(url(), data=fields)
     else:
         multipart = {name: (None, value.encode()) for name, value in fields.items()}
-        response = client.post(url(), files=multipart)
+        response = clocked_client.post(url(), files=multipart)
         assert response.request.headers["Content-Type"].startswith("multipart/form-data")
     assert response.status_code == 200, response.text
-    assert [e.data for e in fake.events] == events
-    assert fake.events[0].test_event_code == "TEST9"
-    assert fake.requests[-1].partner_agent == "pixelmirror"
+    assert [e.data for e in clocked_fake.events] == events
+    assert clocked_fake.events[0].test_event_code == "TEST9"
+    assert clocked_fake.requests[-1].partner_agent == "pixelmirror"
 
 
-def test_query_string_token_with_json_body(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.post(url(), params={"access_token": TOKEN}, json={"data": [make_event()]})
+def test_query_string_token_with_json_body(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    response = clocked_client.post(
+        url(), params={"access_token": TOKEN}, json={"data": [make_event()]}
+    )
     assert response.status_code == 200
-    assert fake.events[0].access_token == TOKEN
+    assert clocked_fake.events[0].access_token == TOKEN
 
 
 @pytest.mark.parametrize("scheme", ["OAuth", "Bearer"])
 def test_token_in_authorization_header(
-    fake: FakeGraphAPI, client: httpx.Client, scheme: str
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client, scheme: str
 ) -> None:
-    response = client.post(
+    response = clocked_client.post(
         url(), headers={"Authorization": f"{scheme} {TOKEN}"}, json={"data": [make_event()]}
     )
     assert response.status_code == 200
-    assert fake.requests[-1].access_token == TOKEN
+    assert clocked_fake.requests[-1].access_token == TOKEN
 
 
-def test_body_wins_over_query(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.post(
+def test_body_wins_over_query(clocked_fake: FakeGraphAPI, clocked_client: httpx.Client) -> None:
+    response = clocked_client.post(
         url(),
         params={"access_token": "stale"},
         json={"data": [make_event()], "access_token": TOKEN},
@@ -118,36 +113,42 @@ def test_body_wins_over_query(fake: FakeGraphAPI, client: httpx.Client) -> None:
     assert response.status_code == 200
 
 
-def test_everything_in_the_query_string(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.post(
+def test_everything_in_the_query_string(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    response = clocked_client.post(
         url(), params={"access_token": TOKEN, "data": json.dumps([make_event("q")])}
     )
     assert response.status_code == 200
-    assert fake.event_ids() == ["q"]
+    assert clocked_fake.event_ids() == ["q"]
 
 
-def test_json_body_with_data_as_string(fake: FakeGraphAPI, client: httpx.Client) -> None:
-    response = client.post(
+def test_json_body_with_data_as_string(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
+    response = clocked_client.post(
         url(), json={"data": json.dumps([make_event("s")]), "access_token": TOKEN}
     )
     assert response.status_code == 200
-    assert fake.event_ids() == ["s"]
+    assert clocked_fake.event_ids() == ["s"]
 
 
-def test_json_body_without_content_type(fake: FakeGraphAPI, client: httpx.Client) -> None:
+def test_json_body_without_content_type(
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
+) -> None:
     body = json.dumps({"data": [make_event("n")], "access_token": TOKEN}).encode()
-    response = client.post(url(), content=body)
+    response = clocked_client.post(url(), content=body)
     assert response.status_code == 200
-    assert fake.event_ids() == ["n"]
+    assert clocked_fake.event_ids() == ["n"]
 
 
 def test_events_may_come_as_json_strings_as_metas_sdk_sends_them(
-    fake: FakeGraphAPI, client: httpx.Client
+    clocked_fake: FakeGraphAPI, clocked_client: httpx.Client
 ) -> None:
     events = [make_event("s1"), make_event("s2")]
     data = json.dumps([json.dumps(event) for event in events])
-    response = client.post(url(), data={"data": data, "access_token": TOKEN})
+    response = clocked_client.post(url(), data={"data": data, "access_token": TOKEN})
     assert response.status_code == 200, response.text
-    assert [e.data for e in fake.events] == events
-    bad = client.post(url(), data={"data": json.dumps(["not json"]), "access_token": TOKEN})
+    assert [e.data for e in clocked_fake.events] == events
+    bad = clocked_client.post(url(), data={"data": json.dumps(["not json"]), "access_token": TOKEN})
     assert bad.status_code == 400

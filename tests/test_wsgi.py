@@ -356,7 +356,8 @@ def test_an_internal_failure_serves_the_page_untouched(
     assert call(mirror.wsgi(tracked_app())) == call(tracked_app())
 
 
-def test_flask_init_app(mirror: PixelMirror) -> None:
+def flask_home(mirror: PixelMirror) -> Any:
+    """A Flask app serving :data:`HTML` at ``/``, set up with ``mirror.init_app``."""
     flask = pytest.importorskip("flask")
     app = flask.Flask(__name__)
 
@@ -365,6 +366,11 @@ def test_flask_init_app(mirror: PixelMirror) -> None:
         return HTML.decode()
 
     mirror.init_app(app)
+    return app
+
+
+def test_flask_init_app(mirror: PixelMirror) -> None:
+    app = flask_home(mirror)
     assert isinstance(app.wsgi_app, PixelMirrorWSGI)
     assert app.extensions["pixelmirror"] is mirror
     response = app.test_client().get("/", headers={"User-Agent": CHROME})
@@ -455,14 +461,7 @@ def test_flask_identify_hook_reads_the_session(make_mirror: MakeMirror, fake: Fa
 def test_a_test_client_that_reads_the_body_without_closing_it_sees_the_server_copy(
     mirror: PixelMirror, fake: FakeGraphAPI
 ) -> None:
-    flask = pytest.importorskip("flask")
-    app = flask.Flask(__name__)
-
-    @app.get("/")
-    def home() -> str:
-        return HTML.decode()
-
-    mirror.init_app(app)
+    app = flask_home(mirror)
     response = app.test_client().get("/", headers={"User-Agent": CHROME})
     ((_, event_id),) = browser_events(response.data)  # read, never closed
     assert mirror.flush(timeout=10)

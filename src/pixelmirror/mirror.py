@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pixelmirror import lifecycle, meta
+from pixelmirror import lifecycle
 from pixelmirror.accounts import Account, AccountSource
 from pixelmirror.config import ENV_PREFIX, Config
 from pixelmirror.delivery import Sink, open_sinks
-from pixelmirror.delivery.dispatcher import DeliveryCounts, Dispatcher
-from pixelmirror.delivery.errors import DeliveryError
-from pixelmirror.delivery.graph import TokenSource, fault_of
+from pixelmirror.delivery.dispatcher import Dispatcher
+from pixelmirror.delivery.graph import TokenSource
 from pixelmirror.events import EventOptions, ServerEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.handoff import Handoff, NotStored
 from pixelmirror.identity import Identity
-from pixelmirror.normalize import sha256_hex
-from pixelmirror.operations import CheckResult, Stats
-from pixelmirror.outbox import Outbox, OutboxCounts, open_outbox
+from pixelmirror.operations import (
+    CheckResult,
+    OutboxHealth,
+    Stats,
+    Tally,
+    check_connection,
+    gather_stats,
+    log_unsent,
+)
+from pixelmirror.outbox import Outbox, open_outbox
 from pixelmirror.web.asgi import ASGIApp, PixelMirrorMiddleware
 from pixelmirror.web.pages import Identify, Pages
 from pixelmirror.web.response import EVENTS_HEADER, NonceSource, nonce_from_csp
@@ -46,8 +50,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pixelmirror")
 
-#: Dry-run events logged at WARNING (seen without any logging set up); the rest at INFO.
-DRY_RUN_LOUD = 10
 #: Seconds ``close()`` gives the handoff to store its events, whatever its ``timeout``.
 CLOSE_STORE_MIN = 1.0
 
@@ -130,10 +132,8 @@ class PixelMirror:
         self.dispatcher: Dispatcher | None = None
         #: Between requests and a durable outbox: a bounded queue and its writer thread.
         self.handoff: Handoff | None = None
-        self._outbox_error: str | None = None
-        self._counts_lock = threading.Lock()
-        self._queued: Counter[str] = Counter()
-        self._dry_run = 0
+        self._health = OutboxHealth(self.outbox)
+        self._tally = Tally()
         self._closed = False
         #: No access token, token resolver or sink: events are validated and logged, not sent.
         self.dry_run = self.config.dry_run and tokens is None
@@ -208,8 +208,7 @@ class PixelMirror:
             self.handoff.put_and_wait([event], timeout)
         elif not self.outbox.put([event]):
             raise NotStored(f"event {event.event_id} dropped by the outbox {self.outbox.url}")
-        with self._counts_lock:
-            self._queued[event.pixel_id] += 1
+        self._tally.queued([event])
 
     def enqueue(self, events: Sequence[ServerEvent]) -> None:
         """Hand built events to the outbox (or, running dry, to the log). Never raises.
@@ -218,24 +217,10 @@ class PixelMirror:
         thread: no outbox I/O happens on the caller's thread.
         """
         if self.dry_run:
-            with self._counts_lock:
-                before = self._dry_run
-                self._dry_run += len(events)
-            for n, event in enumerate(events, before + 1):
-                # The first ones are loud: a Quick start shows them without logging set up.
-                logger.log(
-                    logging.WARNING if n <= DRY_RUN_LOUD else logging.INFO,
-                    "dry run: %s %s for pixel %s: %s%s",
-                    event.event_name,
-                    event.event_id,
-                    event.pixel_id,
-                    event.payload.decode(),
-                    " (the next dry-run events are logged at INFO)" if n == DRY_RUN_LOUD else "",
-                )
+            self._tally.ran_dry(events)
             return
         taken = (self.handoff or self.outbox).put(events)
-        with self._counts_lock:
-            self._queued.update(event.pixel_id for event in events[:taken])
+        self._tally.queued(events[:taken])
 
     # -- the web -------------------------------------------------------------------------
 
@@ -325,59 +310,26 @@ class PixelMirror:
             else:
                 done = self.outbox.counts().unfinished == 0
         except Exception as exc:
-            self._outbox_failed("flush", exc)
+            self._health.failed("flush", exc)
             return False
-        self._outbox_answered()
+        self._health.answered()
         return done
 
     def stats(self) -> Stats:
         """Where every event stands. Never raises: an unavailable outbox is named in
         ``outbox_error`` (and logged once), with its counts None."""
-        counts: OutboxCounts | None
-        try:
-            counts = self.outbox.counts()
-        except Exception as exc:
-            counts = None
-            self._outbox_failed("stats", exc)
-        else:
-            self._outbox_answered()
-        dispatcher = self.dispatcher
-        delivered = dispatcher.counts if dispatcher else DeliveryCounts()
-        by_pixel = dict(dispatcher.pixel_counts) if dispatcher else {}
-        queued = self.queued_by_pixel()
-        with self._counts_lock:
-            dry_run = self._dry_run
-        pixels = {
-            pixel_id: {
-                "queued": queued.get(pixel_id, 0),
-                "sent": by_pixel.get(pixel_id, DeliveryCounts()).sent,
-                "retried": by_pixel.get(pixel_id, DeliveryCounts()).retried,
-                "dead": by_pixel.get(pixel_id, DeliveryCounts()).dead,
-            }
-            for pixel_id in sorted(queued.keys() | by_pixel.keys())
-        }
-        handoff = self.handoff
-        return Stats(
-            queued=sum(queued.values()),
-            dry_run=dry_run,
+        return gather_stats(
+            self._health,
+            self._tally,
+            self.dispatcher,
+            self.handoff,
             dropped=self.dropped,
             invalid=self._pages.invalid if self._pages is not None else 0,
-            sent=delivered.sent,
-            retried=delivered.retried,
-            dead=counts.dead if counts else None,
-            pending=counts.pending if counts else None,
-            in_flight=counts.in_flight if counts else None,
-            paused_pixels=dispatcher.paused_pixels if dispatcher else (),
-            pixels=pixels,
-            handoff=handoff.held if handoff else 0,
-            outbox_error=self._outbox_error or (handoff.error if handoff else None),
-            match_quality=dispatcher.quality.shares() if dispatcher else {},
         )
 
     def queued_by_pixel(self) -> dict[str, int]:
         """Events this process handed to the outbox, by pixel id."""
-        with self._counts_lock:
-            return dict(self._queued)
+        return self._tally.queued_by_pixel()
 
     @property
     def dropped(self) -> int:
@@ -395,18 +347,6 @@ class PixelMirror:
 
         return register_metrics(self, registry, per_pixel=per_pixel)
 
-    def _outbox_failed(self, doing: str, exc: Exception) -> None:
-        """Note an unavailable outbox; logged when the reason changes, not on every call."""
-        error = f"{type(exc).__name__}: {exc}"
-        if error != self._outbox_error:
-            logger.warning("outbox %s unavailable (%s): %s", self.outbox.url, doing, error)
-        self._outbox_error = error
-
-    def _outbox_answered(self) -> None:
-        if self._outbox_error is not None:
-            logger.warning("outbox %s answers again", self.outbox.url)
-            self._outbox_error = None
-
     def check(
         self, pixel_id: str | None = None, *, test_event_code: str | None = None
     ) -> CheckResult:
@@ -420,41 +360,8 @@ class PixelMirror:
         pixel = pixel_id or self.config.pixel_id
         if not pixel:
             raise ValueError("no pixel to check: set PIXELMIRROR_PIXEL_ID or pass pixel_id=")
-        event = ServerEvent.create(
-            "PixelMirrorCheck",
-            pixel_id=pixel,
-            action_source="system_generated",
-            user_data={"external_id": sha256_hex("pixelmirror-check")},
-            test_event_code=test_event_code or self.config.test_event_code,
-        )
-        sink = self.sinks.get(event.destination)
-        if sink is None:
-            return CheckResult(
-                ok=True,
-                pixel_id=pixel,
-                dry_run=True,
-                messages=(f"dry run, would send: {event.payload.decode()}",),
-                hint="set PIXELMIRROR_ACCESS_TOKEN to test the connection to Meta",
-            )
-        try:
-            answer = sink.deliver(event.batch_key, [event.payload])
-        except DeliveryError as exc:
-            return CheckResult(
-                ok=False,
-                pixel_id=pixel,
-                fbtrace_id=exc.fbtrace_id,
-                error=str(exc),
-                hint=meta.advice(fault_of(exc), exc.code, exc.subcode, exc.message),
-            )
-        if self.dispatcher is not None:  # what Meta just took, the paused pixel may send
-            self.dispatcher.resume(pixel, "a check of the connection succeeded")
-        return CheckResult(
-            ok=True,
-            pixel_id=pixel,
-            events_received=answer.count,
-            fbtrace_id=answer.trace_id,
-            messages=answer.messages,
-        )
+        test_event_code = test_event_code or self.config.test_event_code
+        return check_connection(self.sinks, self.dispatcher, pixel, test_event_code)
 
     def close(self, timeout: float | None = None) -> None:
         """Store what the handoff holds, flush, then stop. Idempotent; never raises.
@@ -478,22 +385,9 @@ class PixelMirror:
             try:
                 self.dispatcher.flush(max(0.0, deadline - time.monotonic()))
             except Exception as exc:
-                self._outbox_failed("close", exc)
+                self._health.failed("close", exc)
             self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
-        try:
-            counts = self.outbox.counts()
-        except Exception as exc:  # an unreachable Redis: nothing to count, nothing to lose here
-            logger.warning("closing; could not count unsent events: %s", exc)
-            counts = OutboxCounts(0, 0, 0, 0)
-        if counts.unfinished:
-            durable = self.outbox.durable
-            (logger.warning if durable else logger.error)(
-                "closing with %d event(s) unsent: %s",
-                counts.unfinished,
-                "they stay in the outbox for the next sender"
-                if durable
-                else "they are lost with this process (use a sqlite:// or redis:// outbox)",
-            )
+        log_unsent(self.outbox)
         for sink in self.sinks.values():
             sink.close()
         try:
@@ -510,8 +404,7 @@ class PixelMirror:
             logger.exception("the outbox could not reopen in a forked child")
         if self.handoff is not None:
             self.handoff.after_fork()
-        self._counts_lock = threading.Lock()
-        self._queued, self._dry_run = Counter(), 0
+        self._tally = Tally()
         if self.dispatcher is not None:
             self.sinks = open_sinks(self.config, tokens=self._tokens, transport=self._transport)
             self.dispatcher = Dispatcher.from_config(self.config, self.outbox, self.sinks)

@@ -2,10 +2,10 @@
 
 Pure: it renders :class:`~pixelmirror.events.BrowserEvent` objects under the one JSON policy
 of :func:`~pixelmirror.events.json_default`. Every dynamic value (pixel ids, event names and
-ids, custom data, agent) goes through :func:`safe_json`, which cannot close the ``<script>``
-element or open an HTML comment, whatever the data holds. Nothing is HTML-entity-escaped
-inside the script; only the ``nonce`` attribute and the ``<noscript>`` image URL, which live
-in HTML, are.
+ids, custom data, agent) goes through :func:`~pixelmirror.escaping.safe_json`, which cannot
+close the ``<script>`` element or open an HTML comment, whatever the data holds. Nothing is
+HTML-entity-escaped inside the script; only the ``nonce`` attribute and the ``<noscript>``
+image URL, which live in HTML, are.
 
 The output is ASCII bytes and a pure function of the arguments, so identical inputs give
 identical bytes.
@@ -14,22 +14,18 @@ identical bytes.
 from __future__ import annotations
 
 import functools
-import html
-import json
-import re
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
-from pixelmirror.events import BrowserEvent, json_default
+from pixelmirror.escaping import URL_PLAIN, attribute, json_string, safe_json, script_safe
+from pixelmirror.events import BrowserEvent
 from pixelmirror.meta import STANDARD_EVENTS
 
 __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
     "render_beacon_snippet",
-    "render_pending_snippet",
     "render_snippet",
-    "safe_json",
 ]
 
 #: How every rendered snippet begins; :mod:`pixelmirror.inject` looks for it to avoid a
@@ -123,57 +119,6 @@ _RUNTIME = (
     "})(window,document,"
 )
 
-# Characters that could end the script element or start a comment (``</script``, ``<!--``,
-# ``-->``), plus JavaScript line terminators that JSON allows raw. ``ensure_ascii`` already
-# escapes the latter; they stay here so the guarantee does not rest on that flag alone.
-_SCRIPT_SAFE = str.maketrans(
-    {
-        "<": "\\u003c",
-        ">": "\\u003e",
-        "&": "\\u0026",
-        "\u2028": "\\u2028",
-        "\u2029": "\\u2029",
-    }
-)
-
-
-def safe_json(value: object) -> str:
-    """``value`` as compact ASCII JSON that is safe inside an inline ``<script>``.
-
-        ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e``, ``\\u0026`` (U+2028/U+2029 are
-        escaped too), so no data can close the element or open a comment. Key order is kept as
-        given. Everything else follows :func:`~pixelmirror.events.json_default`, the policy the
-    server copy is serialised with.
-
-        :raises ValueError: for NaN or infinity, or a value JSON cannot represent.
-    """
-    if type(value) is dict and all(type(k) is type(v) is str for k, v in value.items()):
-        # A flat dict of strings ({"eventID": ...}, {"external_id": ...}): what the encoder
-        # makes of it, without setting up its machinery for one level.
-        text = "{" + ",".join([_str(k) + ":" + _str(v) for k, v in value.items()]) + "}"
-    else:
-        text = _json_text(value)
-    # Most values hold none of these: skip the per-character translation then.
-    return _script_safe(text)
-
-
-def _json_text(value: object) -> str:
-    try:
-        return _ENCODER.encode(value)
-    except ValueError as exc:  # NaN or infinity
-        raise ValueError(f"browser data must be finite numbers: {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"browser data must be JSON values: {exc}") from None
-
-
-# What json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
-# default=json_default) uses, made once: json.dumps builds a new encoder for every call
-# with arguments, which costs more than encoding the short values of a snippet.
-_ENCODER = json.JSONEncoder(
-    ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=json_default
-)
-_str = json.encoder.encode_basestring_ascii  # what _ENCODER uses for every string
-
 
 def _call(*args: object) -> str:
     return "fbq(" + ",".join([safe_json(arg) for arg in args]) + ");"
@@ -201,7 +146,8 @@ def render_snippet(
 
     ``nonce`` is the page's CSP nonce, set on the ``<script>`` so a strict policy runs it.
 
-    :raises ValueError: no pixel id, or data that JSON cannot carry (see :func:`safe_json`).
+    :raises ValueError: no pixel id, or data that JSON cannot carry (see
+        :func:`~pixelmirror.escaping.safe_json`).
     """
     if len(events) == 1:
         event = events[0]
@@ -210,7 +156,7 @@ def render_snippet(
             and event.pixel_id is None
             and not event.custom_data
             and type(event.event_id) is str
-            and _URL_PLAIN.fullmatch(event.event_id)
+            and URL_PLAIN.fullmatch(event.event_id)
             and (external_id is None or type(external_id) is str)
             and (nonce is None or type(nonce) is str)
         ):
@@ -227,9 +173,9 @@ def render_snippet(
             if template is not None:
                 # Most pages fire their PageView alone: the same text but for the ids.
                 filled = template % {
-                    "nonce": "" if nonce is None else _attribute(nonce),
-                    "ext": "" if external_id is None else _script_safe(_str(external_id)),
-                    "eid_json": _str(event.event_id),
+                    "nonce": "" if nonce is None else attribute(nonce),
+                    "ext": "" if external_id is None else script_safe(json_string(external_id)),
+                    "eid_json": json_string(event.event_id),
                     "eid": event.event_id,
                 }
                 return filled.encode("ascii")
@@ -329,13 +275,6 @@ def _page_view_template(
     return None if any(slot in template for slot, _ in expected) else template
 
 
-def _script_safe(text: str) -> str:
-    """JSON text made safe inside a ``<script>``, as :func:`safe_json` makes it."""
-    if "<" in text or ">" in text or "&" in text or not text.isascii():
-        return text.translate(_SCRIPT_SAFE)
-    return text
-
-
 def render_beacon_snippet(
     *,
     pixel_ids: Sequence[str],
@@ -346,50 +285,35 @@ def render_beacon_snippet(
     auto_config: bool = True,
     gated: bool = False,
     gpc: bool = False,
+    pending: bool = False,
 ) -> bytes:
-    """The cache-safe snippet of beacon mode: the same bytes for every visitor of a page.
+    """A snippet whose events come from the beacon: the same bytes for every visitor of a page.
 
-    No event id and no visitor data: on load it POSTs to ``beacon_path``, which mints the
-    visitor's ids and the PageView's eventID and mirrors the server copy; then it calls
-    ``init`` with the external_id it got back and fires the PageView with that eventID.
+    Beacon mode's: no event id and no visitor data: on load it POSTs to ``beacon_path``, which
+    mints the visitor's ids and the PageView's eventID and mirrors the server copy; then it
+    calls ``init`` with the external_id it got back and fires the PageView with that eventID.
     With ``gated`` (the site asks for consent) only the beacon's answer fires anything: no
     ``<noscript>`` image, no firing without eventID when the beacon fails, and nothing loads
     from Meta until the beacon answers with events (a refused one waits for
     ``pixelmirror.consent(true)``). ``gpc``: a browser's Global Privacy Control refuses.
+
+    With ``pending``, inline mode's consent-pending snippet, for a page served before the
+    visitor consented (gated, whatever ``gated`` says): it only defines
+    ``window.pixelmirror``, so nothing loads from Meta and nothing fires. The site's banner
+    calls ``pixelmirror.consent(true)`` once it has set its consent cookie; the beacon then
+    mints the ids, mirrors the page's PageView and answers with its eventID, and only then
+    the pixel loads, initialised with the beacon's external_id, and fires that PageView.
     """
     _need_pixels(pixel_ids)
+    gated = gated or pending
+    kind = "pending" if pending else "beacon"
     runtime = _runtime(
-        pixel_ids, beacon_path, agent, ldu, auto_config, kind="beacon", gated=gated, gpc=gpc
+        pixel_ids, beacon_path, agent, ldu, auto_config, kind=kind, gated=gated, gpc=gpc
     )
     if gated:
         return _script([runtime], nonce, [])
     images = [_noscript_image(pixel_id, None) for pixel_id in pixel_ids]
     return _script([_STUB, runtime], nonce, images)
-
-
-def render_pending_snippet(
-    *,
-    pixel_ids: Sequence[str],
-    beacon_path: str = DEFAULT_BEACON_PATH,
-    nonce: str | None = None,
-    agent: str | None = None,
-    ldu: bool = False,
-    auto_config: bool = True,
-    gpc: bool = False,
-) -> bytes:
-    """The consent-pending snippet of inline mode: a page served before the visitor consented.
-
-    It only defines ``window.pixelmirror``: nothing loads from Meta, nothing fires, and it
-    holds no id, so it is the same bytes for every visitor without consent. The site's banner
-    calls ``pixelmirror.consent(true)`` once it has set its consent cookie; the beacon then
-    mints the ids, mirrors the page's PageView and answers with its eventID, and only then the
-    pixel loads, initialised with the beacon's external_id, and fires that PageView.
-    """
-    _need_pixels(pixel_ids)
-    runtime = _runtime(
-        pixel_ids, beacon_path, agent, ldu, auto_config, kind="pending", gated=True, gpc=gpc
-    )
-    return _script([runtime], nonce, [])
 
 
 def _need_pixels(pixel_ids: Sequence[str]) -> None:
@@ -445,7 +369,7 @@ def _script(lines: Sequence[str], nonce: str | None, images: Sequence[str]) -> b
     # HTML, so an ``application/xhtml+xml`` page still parses.
     parts = [_OPEN]
     if nonce is not None:
-        parts.append(' nonce="' + _attribute(nonce) + '"')
+        parts.append(' nonce="' + attribute(nonce) + '"')
     parts.append(">")
     parts.append("\n".join(lines))
     parts.append("</script>")
@@ -454,19 +378,8 @@ def _script(lines: Sequence[str], nonce: str | None, images: Sequence[str]) -> b
     return "".join(parts).encode("ascii")
 
 
-def _attribute(value: str) -> str:
-    """``value`` escaped for a double-quoted HTML attribute, as ASCII (character references)."""
-    escaped = html.escape(value, quote=True)
-    return escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
-
-
-# Characters urlencode() leaves as they are (and html.escape too): pixel ids and event ids
-# are made of them, so the usual image URL needs neither.
-_URL_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
 def _noscript_image(pixel_id: str, event_id: str | None) -> str:
-    if _URL_PLAIN.fullmatch(pixel_id) and (event_id is None or _URL_PLAIN.fullmatch(event_id)):
+    if URL_PLAIN.fullmatch(pixel_id) and (event_id is None or URL_PLAIN.fullmatch(event_id)):
         eid = "" if event_id is None else f"&amp;eid={event_id}"
         return (
             '<img height="1" width="1" style="display:none" alt="" src="'
@@ -478,6 +391,6 @@ def _noscript_image(pixel_id: str, event_id: str | None) -> str:
     query = urlencode([*params, ("noscript", "1")])
     return (
         '<img height="1" width="1" style="display:none" alt="" src="'
-        + _attribute(f"{NOSCRIPT_URL}?{query}")
+        + attribute(f"{NOSCRIPT_URL}?{query}")
         + '"/>'
     )

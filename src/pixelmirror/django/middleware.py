@@ -212,28 +212,28 @@ def _started(page: PageRequest, response: HttpResponseBase, *, is_async: bool) -
 
 def _hold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = iter(cast("Iterator[bytes]", response.streaming_content))
-    for chunk in chunks:
-        start, body = page.feed(chunk, more=True)
-        if start is not None:
-            break
-    else:
-        start, body = page.feed(b"", more=False)
-    if start is not None:
-        _apply(response, start)
-    response.streaming_content = _Stream(page, body, chunks)
+    while (head := _let_go(page, response, next(chunks, None))) is None:
+        pass
+    response.streaming_content = _Stream(page, head, chunks)
 
 
 async def _ahold(page: PageRequest, response: StreamingHttpResponse) -> None:
     chunks = aiter(cast("AsyncIterator[bytes]", response.streaming_content))
-    async for chunk in chunks:
-        start, body = page.feed(chunk, more=True)
-        if start is not None:
-            break
-    else:
-        start, body = page.feed(b"", more=False)
+    while (head := _let_go(page, response, await anext(chunks, None))) is None:
+        pass
+    response.streaming_content = _AsyncStream(page, head, chunks)
+
+
+def _let_go(page: PageRequest, response: HttpResponseBase, chunk: bytes | None) -> bytes | None:
+    """Feed the page a held stream's next chunk, or its end (None): None while it holds on,
+    else the bytes to send first (the response then has the page's headers)."""
+    more = chunk is not None
+    start, head = page.feed(chunk or b"", more=more)
     if start is not None:
         _apply(response, start)
-    response.streaming_content = _AsyncStream(page, body, chunks)
+    elif more:
+        return None
+    return head
 
 
 class _Stream:

@@ -31,7 +31,7 @@ from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.pageviews import page_views
-from pixelmirror.snippet import render_beacon_snippet, render_pending_snippet, render_snippet
+from pixelmirror.snippet import render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
 from pixelmirror.web.headers import should_inject
@@ -190,7 +190,8 @@ class Pages:
         if visitor is None:
             # Consent pending: the same bytes for every such visitor, no id, no cookie, and
             # the app's caching kept. The banner's consent(true) counts the page later.
-            return Plan(snippet=render_pending_snippet(gpc=gpc, **page_options), private=False)
+            snippet = render_beacon_snippet(pending=True, gpc=gpc, **page_options)
+            return Plan(snippet=snippet, private=False)
         assert self.carry is not None
         events = [BrowserEvent("PageView", visit.page_event_id), *visit.carried, *tracked]
         snippet = render_snippet(external_id=visitor.external_id, events=events, **page_options)

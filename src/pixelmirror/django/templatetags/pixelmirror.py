@@ -21,5 +21,5 @@ def pixelmirror_snippet(nonce: str | None = None) -> SafeString:
     page = current_page()
     if page is None:
         return mark_safe("")
-    # ASCII, and every value in it escaped for a script (snippet.safe_json).
+    # ASCII, and every value in it escaped for a script (escaping.safe_json).
     return mark_safe(page.place(nonce).decode("ascii"))
