@@ -592,7 +592,7 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(tmp_path).startswith("/")
     assert absolute.path == f"{tmp_path}/abs.db"
     assert (absolute.max_events, absolute.timeout) == (10, 0.5)
-    conn = absolute._conn
+    conn = absolute._db.conn
     assert conn is not None
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -600,8 +600,8 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     default = SQLiteOutbox(tmp_path / "default.db")
     assert default.url == f"sqlite:///{tmp_path}/default.db"
-    assert default._conn is not None
-    assert default._conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert default._db.conn is not None
+    assert default._db.conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     default.close()
 
 
@@ -862,7 +862,7 @@ def test_a_forked_child_gets_its_own_connection(
 ) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
     outbox.put([make_event(event_id="parent")])
-    inherited = outbox._conn
+    inherited = outbox._db.conn
 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
@@ -870,23 +870,23 @@ def test_a_forked_child_gets_its_own_connection(
         try:
             if explicit:
                 outbox.after_fork()
-            if outbox.put([make_event(event_id="child")]) == 1 and outbox._conn is not inherited:
+            if outbox.put([make_event(event_id="child")]) == 1 and outbox._db.conn is not inherited:
                 code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
 
     assert os.waitstatus_to_exitcode(status) == 0
-    assert outbox._conn is inherited
+    assert outbox._db.conn is inherited
     assert sorted(ids(outbox.claim(10, lease=HOUR))) == ["child", "parent"]
     outbox.close()
 
 
 def test_after_fork_in_the_same_process_changes_nothing(tmp_path: Path) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
-    conn = outbox._conn
+    conn = outbox._db.conn
     outbox.after_fork()
-    assert outbox._conn is conn
+    assert outbox._db.conn is conn
     outbox.close()
 
 
@@ -966,10 +966,10 @@ def test_replay_dead_commits_in_chunks_and_lets_others_write_between_them(
         except sqlite3.OperationalError as exc:
             between.append(str(exc))
 
-    assert outbox._conn is not None
-    outbox._conn.set_trace_callback(other_process_writes)
+    assert outbox._db.conn is not None
+    outbox._db.conn.set_trace_callback(other_process_writes)
     assert outbox.replay_dead() == 4500
-    outbox._conn.set_trace_callback(None)
+    outbox._db.conn.set_trace_callback(None)
     other.close()
     assert between == ["wrote"] * 5  # five chunks: 4 of 1000, 1 of 500
     assert outbox.counts() == counts(pending=4505)
@@ -982,7 +982,7 @@ def test_put_on_a_full_disk_drops_and_does_not_raise(
     tmp_path: Path, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
 ) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
-    conn = outbox._conn
+    conn = outbox._db.conn
     assert conn is not None
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
     conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk

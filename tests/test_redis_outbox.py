@@ -25,7 +25,8 @@ from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
-from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
+from pixelmirror.outbox.redis import RedisOutbox
+from pixelmirror.outbox.redis_options import DEFAULT_GROUP, RedisOptions
 from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
 from waiting import wait_until
@@ -72,16 +73,16 @@ def test_url_options_and_defaults() -> None:
         "&maxlen=50000&timeout=0.2&lease=30"
     )
     assert isinstance(outbox, RedisOutbox)
-    assert (outbox.stream, outbox.group, outbox.consumer) == ("app:ev", "senders", "w-1")
-    assert (outbox.maxlen, outbox.timeout, outbox.lease) == (50_000, 0.2, 30.0)
+    assert outbox.options == RedisOptions("app:ev", "senders", "w-1", 50_000, 0.2, 30.0)
+    assert (outbox.stream, outbox.consumer, outbox.lease) == ("app:ev", "w-1", 30.0)
     assert "s3cret" not in outbox.url
     assert outbox.url.startswith("redis://:***@cache.internal:6380/2?")
 
     default = open_outbox("rediss://cache.internal")  # nothing connects before first use
     assert isinstance(default, RedisOutbox)
-    assert (default.stream, default.group) == ("pixelmirror:events", "pixelmirror")
+    assert default.stream == "pixelmirror:events"
     assert default.consumer == f"{socket.gethostname()}:{os.getpid()}"
-    assert (default.maxlen, default.timeout, default.lease) == (None, 0.5, None)
+    assert default.options == RedisOptions()
     outbox.close()
     default.close()
 
