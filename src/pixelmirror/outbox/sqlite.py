@@ -14,20 +14,17 @@ from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, Outbox, OutboxCounts, Progress
 from pixelmirror.outbox.sqlite_connection import SharedConnection
 from pixelmirror.outbox.sqlite_schema import (
+    BODY_COLUMNS,
     EVENT_COLUMNS,
-    EVENT_PLACEHOLDERS,
     KEY_COLUMNS,
+    body_row,
     event_from_row,
-    event_row,
+    key_row,
 )
 
 Synchronous = Literal["normal", "full"]
 
-_CLAIMED_COLUMNS = f"id, {EVENT_COLUMNS}, attempts"
 _ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, str, int]
-
-# RETURNING arrived in 3.35.0; the first releases had bugs fixed by 3.35.5.
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 5)
 
 #: Dead letters moved back per transaction by ``replay_dead``.
 REPLAY_CHUNK = 2000
@@ -148,9 +145,14 @@ class SQLiteOutbox(Outbox):
         now = time.time()
         with self._db.transaction() as conn:
             taken = events[: self._room(conn, len(events))]
+            first = _next_id(conn)
             conn.executemany(
-                f"INSERT INTO events ({EVENT_COLUMNS}, due) VALUES ({EVENT_PLACEHOLDERS}, ?)",
-                [(*event_row(e), now) for e in taken],
+                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)",
+                [(first + n, *key_row(event), now) for n, event in enumerate(taken)],
+            )
+            conn.executemany(
+                f"INSERT INTO bodies (id, {BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [(first + n, *body_row(event)) for n, event in enumerate(taken)],
             )
             self._size_hint += len(taken)
         if len(taken) < len(events):
@@ -195,27 +197,20 @@ class SQLiteOutbox(Outbox):
                 return []
         token = secrets.randbits(63)
         until = now + lease
-        rows: list[_ClaimedRow]
         with self._db.transaction() as conn:
             key = conn.execute(find_key, (now, *skip)).fetchone()
             if key is None:
                 return []
-            if _RETURNING:
-                rows = conn.execute(
-                    f"UPDATE events SET due = ?, claim_token = ? WHERE id IN ({pick})"
-                    f" RETURNING {_CLAIMED_COLUMNS}",
-                    (until, token, now, *key, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_CLAIMED_COLUMNS} FROM events WHERE id IN ({pick})",
-                    (now, *key, limit),
-                ).fetchall()
-                conn.executemany(
-                    "UPDATE events SET due = ?, claim_token = ? WHERE id = ?",
-                    [(until, token, row[0]) for row in rows],
-                )
-        rows.sort()  # RETURNING promises no order; ids are enqueue order
+            conn.execute(
+                f"UPDATE events SET due = ?, claim_token = ? WHERE id IN ({pick})",
+                (until, token, now, *key, limit),
+            )
+            # The fresh token names this claim's rows; the index finds them by their due.
+            rows: list[_ClaimedRow] = conn.execute(
+                f"SELECT id, {EVENT_COLUMNS}, attempts FROM events JOIN bodies USING (id)"
+                " WHERE due = ? AND claim_token = ? ORDER BY id",
+                (until, token),
+            ).fetchall()
         return [Claimed(f"{row[0]}:{token}", event_from_row(row[1:-1]), row[-1]) for row in rows]
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
@@ -260,7 +255,7 @@ class SQLiteOutbox(Outbox):
         with self._db.transaction() as conn:
             conn.executemany(
                 f"INSERT INTO dead ({EVENT_COLUMNS}, attempts, reason, died_at)"
-                f" SELECT {EVENT_COLUMNS}, attempts, ?, ? FROM events"
+                f" SELECT {EVENT_COLUMNS}, attempts, ?, ? FROM events JOIN bodies USING (id)"
                 " WHERE id = ? AND claim_token = ?",
                 [(reason, now, *receipt) for receipt in receipts],
             )
@@ -321,11 +316,18 @@ class SQLiteOutbox(Outbox):
                 if upto is None:
                     break
                 chunk = f"id > ? AND id <= ?{where}"
+                # New ids above every id used, in the letters' order: letter id + offset.
+                offset = _next_id(conn) - done - 1
                 count = conn.execute(
-                    f"INSERT INTO events ({EVENT_COLUMNS}, due)"
-                    f" SELECT {EVENT_COLUMNS}, ? FROM dead WHERE {chunk} ORDER BY id",
-                    (time.time(), done, upto, *params),
+                    f"INSERT INTO events (id, {KEY_COLUMNS}, due)"
+                    f" SELECT id + ?, {KEY_COLUMNS}, ? FROM dead WHERE {chunk}",
+                    (offset, time.time(), done, upto, *params),
                 ).rowcount
+                conn.execute(
+                    f"INSERT INTO bodies (id, {BODY_COLUMNS})"
+                    f" SELECT id + ?, {BODY_COLUMNS} FROM dead WHERE {chunk}",
+                    (offset, done, upto, *params),
+                )
                 conn.execute(f"DELETE FROM dead WHERE {chunk}", (done, upto, *params))
             done = upto
             if count:
@@ -344,6 +346,13 @@ class SQLiteOutbox(Outbox):
     def close(self) -> None:
         """Close the connection; events stay in the file. Closing twice is harmless."""
         self._db.close()
+
+
+def _next_id(conn: sqlite3.Connection) -> int:
+    """The id after every id ``events`` has ever used (its AUTOINCREMENT sequence), for
+    rows written with their ``bodies`` row in one write transaction."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return 1 if row is None else int(row[0]) + 1
 
 
 def _dead_filter(pixel_id: str | None, reason: str | None) -> tuple[str, list[str]]:
