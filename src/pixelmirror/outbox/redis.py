@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, Outbox, OutboxCounts, Progress
+from pixelmirror.outbox.redis_entries import entry_event, receipt_args, text, write_args
 from pixelmirror.outbox.redis_options import RedisOptions, connection_url
 from pixelmirror.outbox.redis_scripts import (
     ACK,
@@ -32,10 +33,6 @@ from pixelmirror.outbox.redis_scripts import (
     REPLAY,
     RETIRE,
     WRITE,
-    entry_event,
-    receipt_args,
-    text,
-    write_args,
 )
 from pixelmirror.urls import masked_url
 
