@@ -145,14 +145,15 @@ class SQLiteOutbox(Outbox):
         now = time.time()
         with self._db.transaction() as conn:
             taken = events[: self._room(conn, len(events))]
-            first = _next_id(conn)
+            keys, bodies = [], []
+            for row_id, event in enumerate(taken, _next_id(conn)):
+                keys.append((row_id, *key_row(event), now))
+                bodies.append((row_id, *body_row(event)))
             conn.executemany(
-                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)",
-                [(first + n, *key_row(event), now) for n, event in enumerate(taken)],
+                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)", keys
             )
             conn.executemany(
-                f"INSERT INTO bodies (id, {BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [(first + n, *body_row(event)) for n, event in enumerate(taken)],
+                f"INSERT INTO bodies (id, {BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", bodies
             )
             self._size_hint += len(taken)
         if len(taken) < len(events):
@@ -316,7 +317,7 @@ class SQLiteOutbox(Outbox):
                 if upto is None:
                     break
                 chunk = f"id > ? AND id <= ?{where}"
-                # New ids above every id used, in the letters' order: letter id + offset.
+                # Ids after every waiting event's, in the letters' order: letter id + offset.
                 offset = _next_id(conn) - done - 1
                 count = conn.execute(
                     f"INSERT INTO events (id, {KEY_COLUMNS}, due)"
@@ -349,10 +350,10 @@ class SQLiteOutbox(Outbox):
 
 
 def _next_id(conn: sqlite3.Connection) -> int:
-    """The id after every id ``events`` has ever used (its AUTOINCREMENT sequence), for
-    rows written with their ``bodies`` row in one write transaction."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    return 1 if row is None else int(row[0]) + 1
+    """The id after every event waiting, for rows written with their ``bodies`` row in
+    the same write transaction: new events come after all of them."""
+    (last,) = conn.execute("SELECT MAX(id) FROM events").fetchone()
+    return 1 if last is None else int(last) + 1
 
 
 def _dead_filter(pixel_id: str | None, reason: str | None) -> tuple[str, list[str]]:

@@ -35,8 +35,11 @@ _KEY_FIELDS = f"""
         destination TEXT NOT NULL DEFAULT '{META}',
         pixel_id TEXT NOT NULL,
         test_event_code TEXT,"""
+# Ids are given by the writer, the same to both rows (no AUTOINCREMENT: its sequence costs
+# every insert an update). One freed at the end may be given again: receipts also carry
+# a random claim token, so a stale receipt never answers for a new row.
 _QUEUE = f"""(
-        id INTEGER PRIMARY KEY AUTOINCREMENT,{_KEY_FIELDS}
+        id INTEGER PRIMARY KEY,{_KEY_FIELDS}
         attempts INTEGER NOT NULL DEFAULT 0,
         due REAL NOT NULL,
         claim_token INTEGER
@@ -134,7 +137,4 @@ def _split_bodies(conn: sqlite3.Connection) -> None:
     conn.execute(
         f"INSERT INTO bodies (id, {BODY_COLUMNS}) SELECT id, {BODY_COLUMNS} FROM events_v2"
     )
-    # The old table's sequence goes on: no id of an event since answered is used again.
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
-    conn.execute("UPDATE sqlite_sequence SET name = 'events' WHERE name = 'events_v2'")
     conn.execute("DROP TABLE events_v2")
