@@ -58,7 +58,7 @@ def lock(outbox: SQLiteOutbox) -> Iterator[Callable[[], None]]:
 
 def stored(outbox: SQLiteOutbox) -> list[str]:
     with sqlite3.connect(outbox.path) as conn:
-        return [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY id")]
+        return [row[0] for row in conn.execute("SELECT event_id FROM bodies ORDER BY id")]
 
 
 def test_events_put_while_the_writer_lingers_share_one_write(

@@ -135,7 +135,7 @@ def test_send_with_wait_returns_with_the_event_in_the_sqlite_file(
     mirror = make_mirror(outbox=f"sqlite:///{path}", dispatch="external", handoff_linger=1)
     event_id = approval(mirror, wait=True)  # no waiting out the linger either
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT event_id FROM events").fetchall() == [(event_id,)]
+        assert conn.execute("SELECT event_id FROM bodies").fetchall() == [(event_id,)]
     assert mirror.stats().queued == 1
 
 
@@ -181,7 +181,7 @@ def test_a_write_lock_held_by_another_process_delays_events_and_drops_none(
     assert mirror.handoff is not None
     assert mirror.handoff.flush(timeout=10)
     with sqlite3.connect(path) as conn:
-        stored = [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY id")]
+        stored = [row[0] for row in conn.execute("SELECT event_id FROM bodies ORDER BY id")]
     assert stored == sent
     stats = mirror.stats()
     assert (stats.dropped, stats.pending, stats.handoff, stats.outbox_error) == (0, 200, 0, None)

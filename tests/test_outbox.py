@@ -44,14 +44,6 @@ def _sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | N
     return SQLiteOutbox(tmp_path / "outbox.db", max_events=max_events)
 
 
-def _sqlite_no_returning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | None
-) -> Outbox:
-    # The SELECT-then-UPDATE claim used where SQLite predates RETURNING.
-    monkeypatch.setattr(sqlite_outbox, "_RETURNING", False)
-    return _sqlite(tmp_path, monkeypatch, max_events)
-
-
 def _redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | None) -> Outbox:
     redisutil.redis_client().close()  # skips, or fails in CI, without a server
     if max_events is not None:
@@ -62,7 +54,6 @@ def _redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_events: int | No
 BACKENDS: dict[str, Callable[[Path, pytest.MonkeyPatch, int | None], Outbox]] = {
     "memory": _memory,
     "sqlite": _sqlite,
-    "sqlite-no-returning": _sqlite_no_returning,
     "redis": _redis,
 }
 
@@ -592,7 +583,7 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(tmp_path).startswith("/")
     assert absolute.path == f"{tmp_path}/abs.db"
     assert (absolute.max_events, absolute.timeout) == (10, 0.5)
-    conn = absolute._conn
+    conn = absolute._db.conn
     assert conn is not None
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -600,8 +591,8 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     default = SQLiteOutbox(tmp_path / "default.db")
     assert default.url == f"sqlite:///{tmp_path}/default.db"
-    assert default._conn is not None
-    assert default._conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert default._db.conn is not None
+    assert default._db.conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     default.close()
 
 
@@ -647,59 +638,103 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SQLiteOutbox(tmp_path / "o.db")
 
 
-# The schema pixelmirror 0.1 wrote (user_version 1), as it was: no destination column.
-_SCHEMA_0_1 = (
-    """CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, pixel_id TEXT NOT NULL, test_event_code TEXT,
-        event_id TEXT NOT NULL, event_name TEXT NOT NULL, event_time INTEGER NOT NULL,
-        action_source TEXT NOT NULL, payload BLOB NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL, claim_token INTEGER)""",
-    "CREATE INDEX events_claim ON events (due, id, pixel_id, test_event_code)",
-    """CREATE TABLE dead (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, pixel_id TEXT NOT NULL, test_event_code TEXT,
-        event_id TEXT NOT NULL, event_name TEXT NOT NULL, event_time INTEGER NOT NULL,
-        action_source TEXT NOT NULL, payload BLOB NOT NULL, attempts INTEGER NOT NULL,
-        reason TEXT NOT NULL, died_at REAL NOT NULL)""",
-    "PRAGMA user_version = 1",
-)
+# The schemas written before an event's queue row and its body parted, as they were: 0.1's
+# (user_version 1: no destination column) and version 2's (destination last).
+_OLD_EVENT_COLUMNS = """id INTEGER PRIMARY KEY AUTOINCREMENT, pixel_id TEXT NOT NULL,
+    test_event_code TEXT, event_id TEXT NOT NULL, event_name TEXT NOT NULL,
+    event_time INTEGER NOT NULL, action_source TEXT NOT NULL, payload BLOB NOT NULL"""
+_OLD_DESTINATION = ", destination TEXT NOT NULL DEFAULT 'meta'"
+_OLD_SCHEMAS = {
+    version: (
+        f"""CREATE TABLE events ({_OLD_EVENT_COLUMNS}{extra},
+            attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL, claim_token INTEGER)""",
+        f"CREATE INDEX events_claim ON events (due, id,{key} pixel_id, test_event_code)",
+        f"""CREATE TABLE dead ({_OLD_EVENT_COLUMNS}{extra}, attempts INTEGER NOT NULL,
+            reason TEXT NOT NULL, died_at REAL NOT NULL)""",
+        f"PRAGMA user_version = {version}",
+    )
+    for version, extra, key in ((1, "", ""), (2, _OLD_DESTINATION, " destination,"))
+}
 
 
-def test_a_file_of_schema_1_is_upgraded_and_its_events_are_metas(
-    tmp_path: Path, make_event: MakeEvent
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_is_upgraded_and_nothing_is_lost(
+    version: int, tmp_path: Path, make_event: MakeEvent
 ) -> None:
-    old, dead = make_event(event_id="old", test_event_code="T1"), make_event(event_id="died")
+    # 0.1 had Meta alone; a version 2 file keeps each event's destination.
+    destination = "meta" if version == 1 else "audit"
+    waiting = [make_event(event_id=f"w{n}", destination=destination) for n in range(3)]
+    held, retried = make_event(event_id="held", destination=destination), waiting.pop()
+    died = make_event(event_id="died", test_event_code="T1", destination=destination)
+    columns = "pixel_id, test_event_code, event_id, event_name, event_time, action_source, payload"
+    columns += ", destination" if version == 2 else ""
 
     def row(event: ServerEvent) -> tuple[object, ...]:
-        return (
-            event.pixel_id,
-            event.test_event_code,
-            event.event_id,
-            event.event_name,
-            event.event_time,
-            event.action_source,
-            event.payload,
-        )
+        fields = (event.pixel_id, event.test_event_code, event.event_id, event.event_name)
+        fields += (event.event_time, event.action_source, event.payload)
+        return fields + ((event.destination,) if version == 2 else ())
 
-    columns = "pixel_id, test_event_code, event_id, event_name, event_time, action_source, payload"
+    insert = f"INSERT INTO events ({columns}, attempts, due, claim_token) VALUES "
+    insert += f"({'?, ' * columns.count(',')}?, ?, ?, ?)"
     with sqlite3.connect(tmp_path / "o.db") as conn:
-        for statement in _SCHEMA_0_1:
+        for statement in _OLD_SCHEMAS[version]:
             conn.execute(statement)
-        conn.execute(f"INSERT INTO events ({columns}, due) VALUES ({'?, ' * 7}?)", (*row(old), 0))
+        for event in waiting:
+            conn.execute(insert, (*row(event), 0, 0, None))
+        conn.execute(insert, (*row(held), 0, time.time() + HOUR, 77))  # claimed, lease on
+        conn.execute(insert, (*row(retried), 2, 0, None))  # released twice, due now
         conn.execute(
-            f"INSERT INTO dead ({columns}, attempts, reason, died_at) VALUES ({'?, ' * 9}?)",
-            (*row(dead), 2, "refused", 1.0),
+            f"INSERT INTO dead ({columns}, attempts, reason, died_at) VALUES "
+            f"({'?, ' * columns.count(',')}?, ?, ?, ?)",
+            (*row(died), 3, "refused", 1.0),
         )
     conn.close()
 
     outbox = SQLiteOutbox(tmp_path / "o.db")
+    assert outbox.counts() == counts(pending=3, in_flight=1, dead=1)
     claims = outbox.claim(10, lease=HOUR)
-    assert [claim.event for claim in claims] == [old]  # destination "meta", the default
-    assert [letter.event for letter in outbox.dead_letters()] == [dead]
-    outbox.put([make_event(event_id="new", destination="audit")])
-    assert ids(outbox.claim(10, lease=HOUR)) == ["new"]
+    assert [claim.event for claim in claims] == [*waiting, retried]
+    assert [claim.attempts for claim in claims] == [0, 0, 2]
+    assert [letter.event for letter in outbox.dead_letters()] == [died]
+    outbox.ack([Claimed("3:77", held, 0)])  # a receipt written before the upgrade holds
+    outbox.ack(claims)
+    outbox.put([make_event(event_id="new")])
+    (new,) = outbox.claim(10, lease=HOUR)
+    assert new.receipt.startswith("1:")  # a freed id, given again
+    outbox.ack(claims)  # stale receipts: they answer for nothing now
+    assert outbox.counts() == counts(in_flight=1, dead=1)
+    assert outbox.replay_dead() == 1
+    outbox.bury([new], "bad")
+    assert [claim.event for claim in outbox.claim(10, lease=HOUR)] == [died]
+    assert outbox.counts() == counts(in_flight=1, dead=1)
     outbox.close()
     with sqlite3.connect(tmp_path / "o.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("SELECT id FROM bodies").fetchall() == [(2,)]  # the replayed letter
+    conn.close()
+
+
+def test_an_upgrade_that_fails_leaves_the_file_as_it_was(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        for statement in _OLD_SCHEMAS[2]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source,"
+            " payload, due) VALUES ('1', 'kept', 'Lead', 0, 'website', x'7b7d', 0)"
+        )
+        # A stray table in the way: copying the bodies fails half way through the upgrade.
+        conn.execute("CREATE TABLE bodies (id INTEGER PRIMARY KEY, event_id TEXT)")
+        conn.execute("INSERT INTO bodies VALUES (1, 'stray')")
+    conn.close()
+
+    with pytest.raises(sqlite3.OperationalError):
+        SQLiteOutbox(tmp_path / "o.db")
+
+    with sqlite3.connect(tmp_path / "o.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT event_id FROM events").fetchall() == [("kept",)]
     conn.close()
 
 
@@ -862,7 +897,7 @@ def test_a_forked_child_gets_its_own_connection(
 ) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
     outbox.put([make_event(event_id="parent")])
-    inherited = outbox._conn
+    inherited = outbox._db.conn
 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
@@ -870,23 +905,23 @@ def test_a_forked_child_gets_its_own_connection(
         try:
             if explicit:
                 outbox.after_fork()
-            if outbox.put([make_event(event_id="child")]) == 1 and outbox._conn is not inherited:
+            if outbox.put([make_event(event_id="child")]) == 1 and outbox._db.conn is not inherited:
                 code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
 
     assert os.waitstatus_to_exitcode(status) == 0
-    assert outbox._conn is inherited
+    assert outbox._db.conn is inherited
     assert sorted(ids(outbox.claim(10, lease=HOUR))) == ["child", "parent"]
     outbox.close()
 
 
 def test_after_fork_in_the_same_process_changes_nothing(tmp_path: Path) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
-    conn = outbox._conn
+    conn = outbox._db.conn
     outbox.after_fork()
-    assert outbox._conn is conn
+    assert outbox._db.conn is conn
     outbox.close()
 
 
@@ -957,19 +992,20 @@ def test_replay_dead_commits_in_chunks_and_lets_others_write_between_them(
         if statement != "BEGIN IMMEDIATE":
             return
         try:
+            other.execute("INSERT INTO events (pixel_id, due) VALUES ('9', 0)")
             other.execute(
-                "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source,"
-                " payload, due) VALUES ('9', ?, 'Lead', 0, 'website', x'', 0)",
+                "INSERT INTO bodies (id, event_id, event_name, event_time, action_source,"
+                " payload) VALUES (last_insert_rowid(), ?, 'Lead', 0, 'website', x'')",
                 (f"other-{len(between)}",),
             )
             between.append("wrote")
         except sqlite3.OperationalError as exc:
             between.append(str(exc))
 
-    assert outbox._conn is not None
-    outbox._conn.set_trace_callback(other_process_writes)
+    assert outbox._db.conn is not None
+    outbox._db.conn.set_trace_callback(other_process_writes)
     assert outbox.replay_dead() == 4500
-    outbox._conn.set_trace_callback(None)
+    outbox._db.conn.set_trace_callback(None)
     other.close()
     assert between == ["wrote"] * 5  # five chunks: 4 of 1000, 1 of 500
     assert outbox.counts() == counts(pending=4505)
@@ -982,7 +1018,7 @@ def test_put_on_a_full_disk_drops_and_does_not_raise(
     tmp_path: Path, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
 ) -> None:
     outbox = SQLiteOutbox(tmp_path / "o.db")
-    conn = outbox._conn
+    conn = outbox._db.conn
     assert conn is not None
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
     conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk

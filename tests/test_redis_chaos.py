@@ -20,7 +20,8 @@ import redis
 
 import redisutil
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
+from pixelmirror.outbox.redis import RedisOutbox
+from pixelmirror.outbox.redis_options import DEFAULT_GROUP
 from pixelmirror.testing import FakeGraphAPI
 from waiting import wait_until
 

@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -25,7 +26,8 @@ from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
-from pixelmirror.outbox.redis import DEFAULT_GROUP, RedisOutbox
+from pixelmirror.outbox.redis import RedisOutbox
+from pixelmirror.outbox.redis_options import DEFAULT_GROUP, RedisOptions
 from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
 from waiting import wait_until
@@ -72,16 +74,16 @@ def test_url_options_and_defaults() -> None:
         "&maxlen=50000&timeout=0.2&lease=30"
     )
     assert isinstance(outbox, RedisOutbox)
-    assert (outbox.stream, outbox.group, outbox.consumer) == ("app:ev", "senders", "w-1")
-    assert (outbox.maxlen, outbox.timeout, outbox.lease) == (50_000, 0.2, 30.0)
+    assert outbox.options == RedisOptions("app:ev", "senders", "w-1", 50_000, 0.2, 30.0)
+    assert (outbox.stream, outbox.consumer, outbox.lease) == ("app:ev", "w-1", 30.0)
     assert "s3cret" not in outbox.url
     assert outbox.url.startswith("redis://:***@cache.internal:6380/2?")
 
     default = open_outbox("rediss://cache.internal")  # nothing connects before first use
     assert isinstance(default, RedisOutbox)
-    assert (default.stream, default.group) == ("pixelmirror:events", "pixelmirror")
+    assert default.stream == "pixelmirror:events"
     assert default.consumer == f"{socket.gethostname()}:{os.getpid()}"
-    assert (default.maxlen, default.timeout, default.lease) == (None, 0.5, None)
+    assert default.options == RedisOptions()
     outbox.close()
     default.close()
 
@@ -279,6 +281,51 @@ def test_metas_entries_keep_the_0_1_layout(
     (_, meta), (_, other) = server.xrange(stream)
     assert b"destination" not in meta
     assert other[b"destination"] == b"audit"
+
+
+def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
+    open_redis: OpenRedis, server: redis.Redis, stream: str
+) -> None:
+    # One packed argument per event, unpacked by the script: the same entries as XADD with
+    # the fields as arguments, for any text (colons and digits included) and any payload.
+    rng = random.Random(12)
+    alphabet = "0123456789:az_- \u00e9\u4e2d\U0001f600"
+
+    def some_text(empty: bool = False) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0 if empty else 1, 12)))
+
+    events = [
+        ServerEvent(
+            pixel_id=some_text(),
+            event_id=some_text(),
+            event_name=some_text(),
+            event_time=rng.randint(0, 2**40),
+            action_source=some_text(),
+            payload=rng.randbytes(rng.randint(0, 3000)),
+            test_event_code=rng.choice([None, "", some_text()]),
+            destination=rng.choice(["meta", "audit", some_text()]),
+        )
+        for _ in range(300)
+    ]
+    open_redis().write(events)
+    for event in events:
+        fields: dict[str, str | int | bytes] = {
+            "pixel_id": event.pixel_id,
+            "event_id": event.event_id,
+            "event_name": event.event_name,
+            "event_time": event.event_time,
+            "action_source": event.action_source,
+            "payload": event.payload,
+        }
+        if event.test_event_code is not None:
+            fields["test_event_code"] = event.test_event_code
+        if event.destination != "meta":
+            fields["destination"] = event.destination
+        server.xadd(f"{stream}:expected", fields)
+
+    written = [list(entry.items()) for _, entry in server.xrange(stream)]
+    expected = [list(entry.items()) for _, entry in server.xrange(f"{stream}:expected")]
+    assert written == expected
 
 
 def test_maxlen_trims_the_oldest_and_counts_them_as_dropped(

@@ -100,8 +100,15 @@ class Drops:
         )
 
 
+#: Called with the number of dead letters moved so far.
+Progress = Callable[[int], None]
+
+
 class Outbox(Protocol):
-    """A durable-or-not, lease-based event queue shared by the web process and senders."""
+    """A durable-or-not, lease-based event queue shared by the web process and senders.
+
+    Each outbox subclasses it, inheriting :attr:`dropped` and :meth:`replay_dead`.
+    """
 
     url: str
     #: The lease every claim gets whatever the sender asks; None: the sender's.
@@ -120,9 +127,13 @@ class Outbox(Protocol):
         was counted, and the caller still holds the events to try again.
         """
 
+    #: This process's lost events (the store is never asked for them).
+    _drops: Drops
+
     @property
     def dropped(self) -> int:
         """Events this process could not enqueue, counted without asking the store."""
+        return self._drops.total
 
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
@@ -164,13 +175,19 @@ class Outbox(Protocol):
         *,
         pixel_id: str | None = None,
         reason: str | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Move the dead letters of pixel ``pixel_id`` whose reason contains ``reason`` (see
         :func:`dead_letter_matches`; None: any) back to pending, oldest first; returns how
         many. Letters buried after the replay began stay dead. ``progress`` is called with
         the number moved so far after each chunk that moved some.
         """
+        return self._replay_dead(pixel_id, reason, progress)
+
+    def _replay_dead(
+        self, pixel_id: str | None, reason: str | None, progress: Progress | None
+    ) -> int:
+        """:meth:`replay_dead`, as each store does it."""
 
     def after_fork(self) -> None:
         """Reset what a forked child must not share with its parent (connections, locks)."""

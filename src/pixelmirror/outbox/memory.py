@@ -8,21 +8,23 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 
 from pixelmirror.events import BatchKey, ServerEvent
 from pixelmirror.outbox.base import (
     Claimed,
     DeadLetter,
     Drops,
+    Outbox,
     OutboxCounts,
+    Progress,
     dead_letter_matches,
 )
 
 logger = logging.getLogger("pixelmirror.outbox")
 
 
-class MemoryOutbox:
+class MemoryOutbox(Outbox):
     """Keeps up to ``max_events`` events (pending, delayed and in flight) in memory.
 
     When full, ``put`` drops the new events, counts them and logs: memory stays bounded and
@@ -65,10 +67,6 @@ class MemoryOutbox:
     def write(self, events: Sequence[ServerEvent]) -> int:
         """A put: in-process, it never blocks and never fails."""
         return self.put(events)
-
-    @property
-    def dropped(self) -> int:
-        return self._drops.total
 
     def claim(
         self, limit: int, *, lease: float, skip_pixels: Collection[str] = ()
@@ -174,12 +172,8 @@ class MemoryOutbox:
                 for letter in self._dead
             )
 
-    def replay_dead(
-        self,
-        *,
-        pixel_id: str | None = None,
-        reason: str | None = None,
-        progress: Callable[[int], None] | None = None,
+    def _replay_dead(
+        self, pixel_id: str | None, reason: str | None, progress: Progress | None
     ) -> int:
         with self._lock:
             # Only as many as fit: the rest stay dead rather than being dropped.

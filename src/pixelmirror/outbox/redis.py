@@ -8,9 +8,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,7 +17,9 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
+from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, Outbox, OutboxCounts, Progress
+from pixelmirror.outbox.redis_entries import entry_event, receipt_args, text, write_args
+from pixelmirror.outbox.redis_options import RedisOptions, connection_url
 from pixelmirror.outbox.redis_scripts import (
     ACK,
     BURY,
@@ -32,26 +33,19 @@ from pixelmirror.outbox.redis_scripts import (
     REPLAY,
     RETIRE,
     WRITE,
-    entry_event,
-    receipt_args,
-    text,
-    write_args,
 )
 from pixelmirror.urls import masked_url
 
 logger = logging.getLogger("pixelmirror.outbox")
 
-DEFAULT_STREAM = "pixelmirror:events"
-DEFAULT_GROUP = "pixelmirror"
 #: After a put found Redis unreachable, puts drop at once for this long instead of waiting.
 PUT_COOLDOWN = 1.0
 #: Socket timeout of the worker's commands (claims carry up to 1000 payloads).
 WORKER_TIMEOUT = 10.0
 _REPLAY_CHUNK = 500
-_OPTIONS = ("stream", "group", "consumer", "maxlen", "timeout", "lease")
 
 
-class RedisOutbox:
+class RedisOutbox(Outbox):
     """Events in a Redis stream read by a consumer group, for many hosts.
 
     Web processes only append (``XADD``); workers anywhere claim with ``XREADGROUP``,
@@ -91,42 +85,16 @@ class RedisOutbox:
     durable = True
 
     def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        stream: str = DEFAULT_STREAM,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        maxlen: int | None = None,
-        timeout: float = 0.5,
-        lease: float | None = None,
+        self, url: str = "redis://127.0.0.1:6379/0", options: RedisOptions | None = None
     ) -> None:
-        parts = urlsplit(url)
-        shown = masked_url(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"a Redis outbox URL looks like redis://host:6379/0; got {shown!r}")
-        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
-            raise ValueError(f"the Redis database must be a number (redis://host/0); got {shown!r}")
-        for name, value in (("stream", stream), ("group", group), ("consumer", consumer)):
-            if value is not None and not value.strip():
-                raise ValueError(f"the Redis outbox {name} name must not be empty")
-        if maxlen is not None and maxlen < 1:
-            raise ValueError(f"maxlen must be positive; got {maxlen}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds; got {timeout}")
-        if lease is not None and not lease > 0:
-            raise ValueError(f"lease must be a positive number of seconds; got {lease}")
-        self._connection_url = urlunsplit(parts._replace(query="", fragment=""))
-        self.url = shown
-        self.stream = stream
-        self.group = group
-        self.maxlen = maxlen
-        self.timeout = timeout
-        self.lease = lease
-        self._named = consumer
-        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
-        self._tries = f"{stream}:tries"
-        self._dead = f"{stream}:dead"
+        self._connection_url = connection_url(url)
+        self.url = masked_url(url)
+        self.options = options if options is not None else RedisOptions()
+        self.lease = self.options.lease
+        self.stream = self.options.stream
+        self._tries = f"{self.stream}:tries"
+        self._dead = f"{self.stream}:dead"
+        self.consumer = self.options.consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._reset()
 
     def _reset(self) -> None:
@@ -137,7 +105,8 @@ class RedisOutbox:
         self._scripts: dict[str, Script] = {}
         self._write_script: Script | None = None
         self._group_ready = False
-        self._reclaim = self._named is not None  # only a stable name has a previous life
+        # Only a stable name has a previous life to take back.
+        self._reclaim = self.options.consumer is not None
         self._reclaim_lock = threading.Lock()
         self._cursor = "0-0"
         self._drops = Drops(self.url, (redis.RedisError,))
@@ -148,38 +117,11 @@ class RedisOutbox:
     def from_url(cls, url: str) -> RedisOutbox:
         """Open ``redis://[:password@]host[:port][/db][?options]`` (``rediss://`` for TLS).
 
-        Options: ``stream`` (default ``pixelmirror:events``), ``group`` (``pixelmirror``),
-        ``consumer`` (this process's name in the group; default ``<hostname>:<pid>``),
-        ``maxlen`` (cap the stream at about this many entries, trimming the oldest),
-        ``timeout`` (seconds a put or a count may wait for Redis, default 0.5; the worker's
-        commands wait ``WORKER_TIMEOUT``) and ``lease`` (seconds a claim is held without
-        a renewal before other workers may take it over; default: the dispatcher's).
+        Options: those of :class:`RedisOptions`, whose defaults they override: ``stream``,
+        ``group``, ``consumer``, ``maxlen``, ``timeout`` (the worker's commands wait
+        ``WORKER_TIMEOUT``) and ``lease``.
         """
-        options = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown Redis outbox option(s) {', '.join(unknown)} in "
-                f"{masked_url(url)!r}; expected {', '.join(_OPTIONS)}"
-            )
-        try:
-            maxlen = int(options["maxlen"]) if "maxlen" in options else None
-            timeout = float(options.get("timeout", 0.5))
-            lease = float(options["lease"]) if "lease" in options else None
-        except ValueError:
-            raise ValueError(
-                "maxlen must be an integer, timeout and lease numbers of seconds; "
-                f"got {masked_url(url)!r}"
-            ) from None
-        return cls(
-            url,
-            stream=options.get("stream", DEFAULT_STREAM),
-            group=options.get("group", DEFAULT_GROUP),
-            consumer=options.get("consumer"),
-            maxlen=maxlen,
-            timeout=timeout,
-            lease=lease,
-        )
+        return cls(url, RedisOptions.from_url(url))
 
     # -- connections ------------------------------------------------------------------------
 
@@ -195,7 +137,7 @@ class RedisOutbox:
                 raise redis.ConnectionError(f"outbox {self.url} is closed")
             client = self._put_redis if quick else self._work_redis
             if client is None:
-                wait = self.timeout if quick else max(self.timeout, WORKER_TIMEOUT)
+                wait = self.options.timeout if quick else max(self.options.timeout, WORKER_TIMEOUT)
                 client = redis.Redis.from_url(
                     self._connection_url,
                     socket_timeout=wait,
@@ -231,7 +173,7 @@ class RedisOutbox:
     def _create_group(self, client: redis.Redis) -> None:
         # From id 0: events put before any worker existed are read too.
         try:
-            client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            client.xgroup_create(self.stream, self.options.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -267,19 +209,15 @@ class RedisOutbox:
         if self._write_script is None:
             self._write_script = client.register_script(WRITE)
         before, after = self._write_script(
-            keys=[self.stream], args=write_args(self.maxlen, events), client=client
+            keys=[self.stream], args=write_args(self.options.maxlen, events), client=client
         )
-        if self.maxlen is not None:
+        if self.options.maxlen is not None:
             trimmed = int(before) + len(events) - int(after)
             if trimmed > 0:
                 self._drops.add(
-                    trimmed, f"stream over maxlen={self.maxlen}, its oldest entries trimmed"
+                    trimmed, f"stream over maxlen={self.options.maxlen}, its oldest entries trimmed"
                 )
         return len(events)
-
-    @property
-    def dropped(self) -> int:
-        return self._drops.total
 
     # -- the worker side --------------------------------------------------------------------
 
@@ -296,7 +234,7 @@ class RedisOutbox:
                         "reclaim",
                         RECLAIM,
                         [self.stream],
-                        [self.group, self.consumer, PARKED, _ms(HORIZON)],
+                        [self.options.group, self.consumer, PARKED, _ms(HORIZON)],
                     )
                     self._reclaim = False
         lease = self.lease if self.lease is not None else lease
@@ -305,7 +243,7 @@ class RedisOutbox:
             CLAIM,
             [self.stream, self._tries, self._dead],
             [
-                self.group,
+                self.options.group,
                 self.consumer,
                 PARKED,
                 limit,
@@ -330,14 +268,21 @@ class RedisOutbox:
             "renew",
             RENEW,
             [self.stream],
-            [self.group, self.consumer, _ms(HORIZON - _clamp(lease)), *receipt_args(claims)],
+            [
+                self.options.group,
+                self.consumer,
+                _ms(HORIZON - _clamp(lease)),
+                *receipt_args(claims),
+            ],
         )
         kept = {text(entry_id) for entry_id in renewed}
         return [claim for claim in claims if claim.receipt.rpartition(":")[0] not in kept]
 
     def ack(self, claims: Sequence[Claimed]) -> None:
         if claims:
-            self._run("ack", ACK, [self.stream, self._tries], [self.group, *receipt_args(claims)])
+            self._run(
+                "ack", ACK, [self.stream, self._tries], [self.options.group, *receipt_args(claims)]
+            )
 
     def release(self, claims: Sequence[Claimed], *, delay: float, failed: bool = True) -> None:
         if claims:
@@ -346,7 +291,7 @@ class RedisOutbox:
                 RELEASE,
                 [self.stream, self._tries],
                 [
-                    self.group,
+                    self.options.group,
                     PARKED,
                     _ms(HORIZON - _clamp(delay)),
                     int(failed),
@@ -360,12 +305,12 @@ class RedisOutbox:
                 "bury",
                 BURY,
                 [self.stream, self._tries, self._dead],
-                [self.group, reason, repr(time.time()), *receipt_args(claims)],
+                [self.options.group, reason, repr(time.time()), *receipt_args(claims)],
             )
 
     def counts(self) -> OutboxCounts:
         pending, in_flight, dead = self._client(quick=True).eval(
-            COUNTS, 2, self.stream, self._dead, self.group, PARKED, _ms(HORIZON)
+            COUNTS, 2, self.stream, self._dead, self.options.group, PARKED, _ms(HORIZON)
         )
         dropped = self._drops.total
         return OutboxCounts(
@@ -408,12 +353,8 @@ class RedisOutbox:
             return int(client.xlen(self._dead))
         return self._scan_dead(client, False, pixel_id, reason, None)
 
-    def replay_dead(
-        self,
-        *,
-        pixel_id: str | None = None,
-        reason: str | None = None,
-        progress: Callable[[int], None] | None = None,
+    def _replay_dead(
+        self, pixel_id: str | None, reason: str | None, progress: Progress | None
     ) -> int:
         return self._scan_dead(self._client(quick=False), True, pixel_id, reason, progress)
 
@@ -423,7 +364,7 @@ class RedisOutbox:
         move: bool,
         pixel_id: str | None,
         reason: str | None,
-        progress: Callable[[int], None] | None,
+        progress: Progress | None,
     ) -> int:
         """Count (or move back) the matching dead letters there are now, oldest first.
 
@@ -463,7 +404,7 @@ class RedisOutbox:
         self._reset()
         self._closed = closed
         self._reclaim = False  # the parent is alive: what it holds is not ours to take
-        self.consumer = f"{self._named or socket.gethostname()}:{os.getpid()}"
+        self.consumer = f"{self.options.consumer or socket.gethostname()}:{os.getpid()}"
 
     def close(self) -> None:
         """Close the connections; events stay in Redis. Closing twice is harmless."""
@@ -476,11 +417,11 @@ class RedisOutbox:
             # With the short timeout: a Redis that stopped answering must not hold up a close.
             quick = redis.Redis.from_url(
                 self._connection_url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+                socket_timeout=self.options.timeout,
+                socket_connect_timeout=self.options.timeout,
             )
             try:
-                quick.eval(RETIRE, 1, self.stream, self.group, self.consumer)
+                quick.eval(RETIRE, 1, self.stream, self.options.group, self.consumer)
             except redis.RedisError as exc:
                 logger.debug("outbox %s: consumer left in place: %s", self.url, exc)
             quick.close()

@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
-import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pixelmirror.events import ServerEvent
-from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, OutboxCounts
+from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, Outbox, OutboxCounts, Progress
+from pixelmirror.outbox.sqlite_connection import SharedConnection
 from pixelmirror.outbox.sqlite_schema import (
+    BODY_COLUMNS,
     EVENT_COLUMNS,
-    EVENT_PLACEHOLDERS,
     KEY_COLUMNS,
-    ensure_schema,
+    body_row,
     event_from_row,
-    event_row,
+    key_row,
 )
-
-logger = logging.getLogger("pixelmirror.outbox")
 
 Synchronous = Literal["normal", "full"]
 
-_CLAIMED_COLUMNS = f"id, {EVENT_COLUMNS}, attempts"
 _ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, str, int]
-
-# RETURNING arrived in 3.35.0; the first releases had bugs fixed by 3.35.5.
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 5)
-
-# Connections inherited over fork(): never used, and never closed either, since closing
-# one in the child could disturb locks or the WAL the parent still holds.
-_inherited: list[sqlite3.Connection] = []
-
-# Outboxes of this process. Before a fork each one's lock is taken, so no thread of ours is
-# inside SQLite's C code at that instant: a mutex SQLite held then would stay locked forever
-# in the child, and its first connect() would hang.
-_open_outboxes: weakref.WeakSet[SQLiteOutbox] = weakref.WeakSet()
-
-
-_held_over_fork: list[threading.Lock] = []
-
-
-def _before_fork() -> None:
-    for outbox in list(_open_outboxes):
-        outbox._lock.acquire()
-        _held_over_fork.append(outbox._lock)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_over_fork:
-        _held_over_fork.pop().release()
-
-
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    # The child's outboxes replace their locks in after_fork(); these copies stay held.
-    after_in_child=_held_over_fork.clear,
-)
 
 #: Dead letters moved back per transaction by ``replay_dead``.
 REPLAY_CHUNK = 2000
@@ -73,7 +33,7 @@ REPLAY_CHUNK = 2000
 _RECOUNT_INTERVAL = 1.0
 
 
-class SQLiteOutbox:
+class SQLiteOutbox(Outbox):
     """Events in a SQLite file in WAL mode, shared by the threads and processes of one host.
 
     Durability: once :meth:`put` returns, its events are committed to the write-ahead log
@@ -119,13 +79,19 @@ class SQLiteOutbox:
         self.synchronous = synchronous
         self.max_events = max_events
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._drops = Drops(self.url, (sqlite3.Error,))
         self._size_hint = 0
+        self._forget_parent_counts()
+        self._db = SharedConnection(
+            self.path,
+            url=self.url,
+            timeout=timeout,
+            synchronous=synchronous,
+            forked=self._forget_parent_counts,
+        )
+
+    def _forget_parent_counts(self) -> None:
+        self._drops = Drops(self.url, (sqlite3.Error,))
         self._size_checked = -_RECOUNT_INTERVAL
-        self._conn: sqlite3.Connection | None = self._connect()
-        _open_outboxes.add(self)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteOutbox:
@@ -166,49 +132,6 @@ class SQLiteOutbox:
         outbox.url = url
         return outbox
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; threads share it under
-        # self._lock, hence check_same_thread=False.
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode != "wal":
-                logger.warning("outbox %s: WAL unavailable, using %s", self.url, mode)
-            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            conn.execute("BEGIN IMMEDIATE")
-            ensure_schema(conn, self.path)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():  # forked and nobody called after_fork(): do it now
-            self.after_fork()
-        with self._lock:
-            if self._conn is None:
-                raise sqlite3.ProgrammingError(f"outbox {self.url} is closed")
-            yield self._conn
-
-    @contextlib.contextmanager
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: a read upgraded to a write in WAL mode
-        # fails at once with SQLITE_BUSY instead of waiting out the busy timeout.
-        with self._locked() as conn:
-            conn.execute(begin)
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.rollback()
-                raise
-
     def put(self, events: Sequence[ServerEvent]) -> int:
         try:
             return self.write(events)
@@ -220,20 +143,22 @@ class SQLiteOutbox:
         if not events:
             return 0
         now = time.time()
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             taken = events[: self._room(conn, len(events))]
+            keys, bodies = [], []
+            for row_id, event in enumerate(taken, _next_id(conn)):
+                keys.append((row_id, *key_row(event), now))
+                bodies.append((row_id, *body_row(event)))
             conn.executemany(
-                f"INSERT INTO events ({EVENT_COLUMNS}, due) VALUES ({EVENT_PLACEHOLDERS}, ?)",
-                [(*event_row(e), now) for e in taken],
+                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)", keys
+            )
+            conn.executemany(
+                f"INSERT INTO bodies (id, {BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", bodies
             )
             self._size_hint += len(taken)
         if len(taken) < len(events):
             self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
-
-    @property
-    def dropped(self) -> int:
-        return self._drops.total
 
     def _room(self, conn: sqlite3.Connection, wanted: int) -> int:
         """How many of ``wanted`` new events fit under ``max_events``."""
@@ -267,33 +192,26 @@ class SQLiteOutbox:
             " AND destination = ? AND pixel_id = ? AND test_event_code IS ?"
             " ORDER BY due, id LIMIT ?"
         )
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             # Look before taking the write lock: an idle poll never blocks a put.
             if conn.execute(find_key, (now, *skip)).fetchone() is None:
                 return []
         token = secrets.randbits(63)
         until = now + lease
-        rows: list[_ClaimedRow]
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             key = conn.execute(find_key, (now, *skip)).fetchone()
             if key is None:
                 return []
-            if _RETURNING:
-                rows = conn.execute(
-                    f"UPDATE events SET due = ?, claim_token = ? WHERE id IN ({pick})"
-                    f" RETURNING {_CLAIMED_COLUMNS}",
-                    (until, token, now, *key, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_CLAIMED_COLUMNS} FROM events WHERE id IN ({pick})",
-                    (now, *key, limit),
-                ).fetchall()
-                conn.executemany(
-                    "UPDATE events SET due = ?, claim_token = ? WHERE id = ?",
-                    [(until, token, row[0]) for row in rows],
-                )
-        rows.sort()  # RETURNING promises no order; ids are enqueue order
+            conn.execute(
+                f"UPDATE events SET due = ?, claim_token = ? WHERE id IN ({pick})",
+                (until, token, now, *key, limit),
+            )
+            # The fresh token names this claim's rows; the index finds them by their due.
+            rows: list[_ClaimedRow] = conn.execute(
+                f"SELECT id, {EVENT_COLUMNS}, attempts FROM events JOIN bodies USING (id)"
+                " WHERE due = ? AND claim_token = ? ORDER BY id",
+                (until, token),
+            ).fetchall()
         return [Claimed(f"{row[0]}:{token}", event_from_row(row[1:-1]), row[-1]) for row in rows]
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
@@ -301,7 +219,7 @@ class SQLiteOutbox:
             return []
         until = time.time() + lease
         lost = []
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             for claim, receipt in zip(claims, _receipts(claims), strict=True):
                 # The token still matches: nobody claimed the row since, and nobody answered.
                 renewed = conn.execute(
@@ -314,7 +232,7 @@ class SQLiteOutbox:
     def ack(self, claims: Sequence[Claimed]) -> None:
         if not claims:
             return
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "DELETE FROM events WHERE id = ? AND claim_token = ?", _receipts(claims)
             )
@@ -323,7 +241,7 @@ class SQLiteOutbox:
         if not claims:
             return
         due = time.time() + delay
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "UPDATE events SET due = ?, attempts = attempts + ?, claim_token = NULL"
                 " WHERE id = ? AND claim_token = ?",
@@ -335,10 +253,10 @@ class SQLiteOutbox:
             return
         now = time.time()
         receipts = _receipts(claims)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.executemany(
                 f"INSERT INTO dead ({EVENT_COLUMNS}, attempts, reason, died_at)"
-                f" SELECT {EVENT_COLUMNS}, attempts, ?, ? FROM events"
+                f" SELECT {EVENT_COLUMNS}, attempts, ?, ? FROM events JOIN bodies USING (id)"
                 " WHERE id = ? AND claim_token = ?",
                 [(reason, now, *receipt) for receipt in receipts],
             )
@@ -346,7 +264,7 @@ class SQLiteOutbox:
 
     def counts(self) -> OutboxCounts:
         now = time.time()
-        with self._transaction("BEGIN") as conn:  # one snapshot for both tables
+        with self._db.transaction("BEGIN") as conn:  # one snapshot for both tables
             stored, in_flight = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(claim_token IS NOT NULL AND due > ?), 0)"
                 " FROM events",
@@ -359,12 +277,12 @@ class SQLiteOutbox:
         )
 
     def unfinished_by_pixel(self) -> dict[str, int]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute("SELECT pixel_id, COUNT(*) FROM events GROUP BY pixel_id")
             return {pixel_id: count for pixel_id, count in rows.fetchall()}
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 f"SELECT {EVENT_COLUMNS}, reason, died_at FROM dead ORDER BY id DESC LIMIT ?",
                 (max(limit, 0),),
@@ -373,28 +291,24 @@ class SQLiteOutbox:
 
     def dead_count(self, *, pixel_id: str | None = None, reason: str | None = None) -> int:
         where, params = _dead_filter(pixel_id, reason)
-        with self._locked() as conn:  # a read: WAL lets writers go on meanwhile
+        with self._db.locked() as conn:  # a read: WAL lets writers go on meanwhile
             (count,) = conn.execute(f"SELECT COUNT(*) FROM dead WHERE 1{where}", params).fetchone()
         return int(count)
 
-    def replay_dead(
-        self,
-        *,
-        pixel_id: str | None = None,
-        reason: str | None = None,
-        progress: Callable[[int], None] | None = None,
+    def _replay_dead(
+        self, pixel_id: str | None, reason: str | None, progress: Progress | None
     ) -> int:
         """Move the matching dead letters back to pending, oldest first, looking at
         ``REPLAY_CHUNK`` letters per transaction (matching or not): the write lock is held
         for milliseconds at a time, so other processes' writes and claims go on between
         chunks however many letters there are and however few match."""
         where, params = _dead_filter(pixel_id, reason)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             (last,) = conn.execute("SELECT MAX(id) FROM dead").fetchone()
         moved = 0
         done = 0  # letters up to this id are replayed or left dead
         while last is not None and done < last:
-            with self._transaction() as conn:
+            with self._db.transaction() as conn:
                 (upto,) = conn.execute(
                     "SELECT MAX(id) FROM"
                     " (SELECT id FROM dead WHERE id > ? AND id <= ? ORDER BY id LIMIT ?)",
@@ -403,11 +317,18 @@ class SQLiteOutbox:
                 if upto is None:
                     break
                 chunk = f"id > ? AND id <= ?{where}"
+                # Ids after every waiting event's, in the letters' order: letter id + offset.
+                offset = _next_id(conn) - done - 1
                 count = conn.execute(
-                    f"INSERT INTO events ({EVENT_COLUMNS}, due)"
-                    f" SELECT {EVENT_COLUMNS}, ? FROM dead WHERE {chunk} ORDER BY id",
-                    (time.time(), done, upto, *params),
+                    f"INSERT INTO events (id, {KEY_COLUMNS}, due)"
+                    f" SELECT id + ?, {KEY_COLUMNS}, ? FROM dead WHERE {chunk}",
+                    (offset, time.time(), done, upto, *params),
                 ).rowcount
+                conn.execute(
+                    f"INSERT INTO bodies (id, {BODY_COLUMNS})"
+                    f" SELECT id + ?, {BODY_COLUMNS} FROM dead WHERE {chunk}",
+                    (offset, done, upto, *params),
+                )
                 conn.execute(f"DELETE FROM dead WHERE {chunk}", (done, upto, *params))
             done = upto
             if count:
@@ -421,31 +342,18 @@ class SQLiteOutbox:
 
         A no-op in the process that opened the outbox, so calling it twice is harmless.
         """
-        if self._pid != os.getpid() and self._disown_parent():
-            self._conn = self._connect()
-
-    def _disown_parent(self) -> bool:
-        """Forget the parent's connection and lock; True if the outbox was open."""
-        inherited, self._conn = self._conn, None
-        if inherited is not None:
-            _inherited.append(inherited)
-        # One of the parent's threads may have held the lock at fork time.
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._drops = Drops(self.url, (sqlite3.Error,))
-        self._size_checked = -_RECOUNT_INTERVAL
-        return inherited is not None
+        self._db.after_fork()
 
     def close(self) -> None:
         """Close the connection; events stay in the file. Closing twice is harmless."""
-        if self._pid != os.getpid():
-            self._disown_parent()  # a forked child closes nothing of its parent's
-            return
-        with self._lock:
-            conn, self._conn = self._conn, None
-        _open_outboxes.discard(self)
-        if conn is not None:
-            conn.close()
+        self._db.close()
+
+
+def _next_id(conn: sqlite3.Connection) -> int:
+    """The id after every event waiting, for rows written with their ``bodies`` row in
+    the same write transaction: new events come after all of them."""
+    (last,) = conn.execute("SELECT MAX(id) FROM events").fetchone()
+    return 1 if last is None else int(last) + 1
 
 
 def _dead_filter(pixel_id: str | None, reason: str | None) -> tuple[str, list[str]]:
