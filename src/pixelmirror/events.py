@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
@@ -28,6 +28,7 @@ from pixelmirror.meta import (
     MAX_FUTURE_SKEW,
     NEEDS_VALUE_AND_CURRENCY,
     identifies_user,
+    match_faults,
     max_age,
 )
 from pixelmirror.normalize import normalize_user_data
@@ -77,6 +78,34 @@ class BatchKey(NamedTuple):
     test_event_code: str | None
 
 
+class MatchSignature(NamedTuple):
+    """What match quality counts of a delivered event: its name, its ``user_data`` wire keys
+    and its :data:`~pixelmirror.meta.MATCH_FAULTS`. Names only, never a value."""
+
+    event_name: str
+    keys: tuple[str, ...]
+    faults: tuple[str, ...]
+
+
+def match_signature(
+    event_name: str, wire_keys: Iterable[str], action_source: object, event_source_url: object
+) -> MatchSignature:
+    """The :class:`MatchSignature` of an event, shared with the events that have the same
+    one (a few per shop), so a queued event holds a reference, not a copy."""
+    keys = tuple(wire_keys)
+    signature = MatchSignature(
+        event_name, keys, match_faults(event_name, keys, action_source, event_source_url)
+    )
+    if len(_signatures) < _MAX_SIGNATURES:
+        return _signatures.setdefault(signature, signature)
+    return _signatures.get(signature, signature)
+
+
+# Bounded: custom event names are the caller's, and a signature past the bound is only unshared.
+_MAX_SIGNATURES = 4096
+_signatures: dict[MatchSignature, MatchSignature] = {}
+
+
 class EventOptions(TypedDict, total=False):
     """The optional keywords of :meth:`ServerEvent.create`, for callers that pass them on
     (``PixelMirror.send``) without repeating them."""
@@ -110,6 +139,9 @@ class ServerEvent:
     test_event_code: str | None = None
     #: Which sink delivers it (see :mod:`pixelmirror.delivery`).
     destination: str = META
+    #: What match quality counts of it once delivered, known when it is made; None when
+    #: rebuilt from storage (the dispatcher then reads it from the payload).
+    match: MatchSignature | None = field(default=None, compare=False, repr=False)
 
     @property
     def expires_at(self) -> int:
@@ -211,6 +243,7 @@ class ServerEvent:
             action_source=action_source,
             payload=_dump(body),
             test_event_code=test_event_code or None,
+            match=match_signature(event_name, wire_user_data, action_source, event_source_url),
         )
 
 
