@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import random
+from collections.abc import Iterator
 from types import MappingProxyType
 
 import pytest
@@ -677,15 +679,47 @@ _USER_DATA = st.fixed_dictionaries(
 
 @settings(max_examples=500, deadline=None)
 @given(_USER_DATA, st.sampled_from([None, "gb", "us", "de"]))
-def test_the_fast_path_and_its_kept_hashes_match_the_general_path(
+def test_the_fast_path_and_its_kept_results_match_the_general_path(
     user_data: dict[str, str], default_country: str | None
 ) -> None:
-    general = normalize_user_data(
-        {key: _Text(value) for key, value in user_data.items()}, default_country=default_country
-    )
-    assert normalize_user_data(user_data, default_country=default_country) == general
-    # Again, now from the kept hashes:
-    assert normalize_user_data(user_data, default_country=default_country) == general
+    with _warnings() as general_warnings:
+        general = normalize_user_data(
+            {key: _Text(value) for key, value in user_data.items()},
+            default_country=default_country,
+        )
+    # Twice: the second call may come from the kept results, and must log the same drops.
+    for _ in range(2):
+        with _warnings() as warnings:
+            assert normalize_user_data(user_data, default_country=default_country) == general
+        assert warnings == general_warnings
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The messages the normaliser logs meanwhile (caplog is per test, not per example)."""
+    handler = _Collect()
+    logger = logging.getLogger("pixelmirror.normalize")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_kept_result_is_a_copy_the_caller_may_change() -> None:
+    user_data = {"email": "ann@example.com", "client_ip_address": "203.0.113.7"}
+    first = normalize_user_data(user_data)
+    first["em"] = "changed"
+    assert normalize_user_data(user_data)["em"] == sha256_hex("ann@example.com")
 
 
 # --------------------------------------------------------------------------------------------

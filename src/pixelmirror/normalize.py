@@ -365,27 +365,57 @@ def normalize_user_data(
     ``default_country``.
     """
     default = _default_country(default_country)
-    # The usual call (every value one plain string, every key once) takes a shorter road to
-    # the same result; anything else (lists, ints, dates, a key under two names) the general
-    # one below.
+    items = tuple(user_data.items())
+    # The usual call (every key and value a plain string) is kept whole, see _kept_strings;
+    # anything else (lists, ints, dates, str subclasses) takes the general road.
+    if all(type(key) is str and (value is None or type(value) is str) for key, value in items):
+        try:
+            return dict(_kept_strings(items, default))  # a copy: the caller owns its result
+        except _NotKept as not_kept:
+            return not_kept.wire_data
+    return _normalize_general(items, default)
+
+
+def _normalize_strings(
+    items: tuple[tuple[str, str | None], ...], default: str | None
+) -> dict[str, object]:
+    """:func:`normalize_user_data` for string keys and values; raises :class:`_NotKept` with
+    the result when it must not be kept (a value was dropped, or a key came twice)."""
     single: dict[str, tuple[str, str]] = {}
-    for key, value in user_data.items():
-        if type(key) is not str or (value is not None and type(value) is not str):
-            break
+    for key, value in items:
         wire = _WIRE_OF.get(key)
         if wire is None:
             raise ValueError(f"unknown user_data key {key!r}; accepted keys: {_ACCEPTED_KEYS}")
         if value is None:
             continue
-        if wire in single:
-            break
+        if wire in single:  # one key under two names: the general road, not kept
+            raise _NotKept(_normalize_general(items, default))
         single[wire] = (key, value)
-    else:
-        return _normalize_single(single, default)
+    return _normalize_single(single, default)
 
+
+class _NotKept(Exception):
+    """A result of :func:`_normalize_strings` that is not to be kept, carried to the caller."""
+
+    def __init__(self, wire_data: dict[str, object]) -> None:
+        super().__init__()
+        self.wire_data = wire_data
+
+
+# A visitor's events repeat their user data (PageView, AddToCart, Purchase): the results of
+# the last thousand, by (key, value) pairs and default country. Only exact str keys and values
+# come here, so a hit is equal text, not merely an equal value (1 == True). The rules are pure;
+# a result with a drop is not kept, so its warning is logged each time. ~2.5 KB an entry.
+_kept_strings = functools.lru_cache(maxsize=1024)(_normalize_strings)
+
+
+def _normalize_general(
+    items: tuple[tuple[str, object], ...], default: str | None
+) -> dict[str, object]:
+    """:func:`normalize_user_data` for any values: lists, ints, dates, a key under two names."""
     collected: dict[str, list[tuple[str, int, object]]] = {}
     multi: set[str] = set()
-    for key, value in user_data.items():
+    for key, value in items:
         wire = USER_DATA_KEYS.get(key) if isinstance(key, str) else None
         if wire is None:
             raise ValueError(f"unknown user_data key {key!r}; accepted keys: {_ACCEPTED_KEYS}")
@@ -413,10 +443,10 @@ def normalize_user_data(
 
     wire_data: dict[str, object] = {}
     for wire in WIRE_KEYS:
-        items = collected.get(wire)
-        if not items:
+        items_of_key = collected.get(wire)
+        if not items_of_key:
             continue
-        values = countries if wire == "country" else _normalized(wire, items, place)
+        values = countries if wire == "country" else _normalized(wire, items_of_key, place)
         if values:
             wire_data[wire] = values if wire in multi else values[0]
     return wire_data
@@ -445,19 +475,29 @@ def _place(country_hashes: list[str], default: str | None) -> _Place:
 
 
 def _normalize_single(single: dict[str, tuple[str, str]], default: str | None) -> dict[str, object]:
-    """:func:`normalize_user_data` for one string value per wire key (wire -> key, value)."""
+    """:func:`normalize_user_data` for one string value per wire key (wire -> key, value);
+    raises :class:`_NotKept` with the result if a value was dropped."""
     country = single.get("country")
     country_hash = _one("country", *country, _NOWHERE) if country is not None else None
     place = _place([country_hash] if isinstance(country_hash, str) else [], default)
     wire_data: dict[str, object] = {}
+    dropped = False
     for wire in WIRE_KEYS:
         item = single.get(wire)
         if item is None:
             continue
         result = country_hash if wire == "country" else _one(wire, item[0], item[1], place)
-        if result is not None:
+        if result is _DROPPED:
+            dropped = True
+        elif result is not None:
             wire_data[wire] = result
+    if dropped:
+        raise _NotKept(wire_data)
     return wire_data
+
+
+#: What :func:`_one` answers for a value it dropped (and logged); None is a blank value.
+_DROPPED = object()
 
 
 def _one(wire: str, key: str, value: str, place: _Place) -> object | None:
@@ -469,7 +509,7 @@ def _one(wire: str, key: str, value: str, place: _Place) -> object | None:
         return _hashed(wire, value, place)
     except _Drop as drop:
         _log.warning("user_data[%r]%s dropped: %s", key, "", drop.reason)
-        return None
+        return _DROPPED
 
 
 # A visitor's events repeat their user data (PageView, AddToCart, Purchase): the hashes of the
