@@ -8,6 +8,8 @@ import hashlib
 import ipaddress
 import logging
 import random
+import re
+import sys
 from collections.abc import Iterator
 from types import MappingProxyType
 
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
 from pixelmirror.normalize import normalize_user_data, sha256_hex
+from pixelmirror.phones import _EXTENSION
 
 
 def h(text: str) -> str:
@@ -818,6 +821,17 @@ def test_an_unknown_default_country_is_refused() -> None:
 )
 def test_an_extension_is_dropped(phone: str) -> None:
     assert one("phone", phone, country="us") == h("16505551212")
+
+
+def test_only_x_and_X_are_an_x_to_the_extension_pattern() -> None:
+    """phone_digits looks for an extension only in text holding an x, an X or a #: every form
+    of the pattern holds one, and no other character matches an x without regard to case."""
+    assert [c for c in range(sys.maxunicode + 1) if re.fullmatch("x", chr(c), re.I)] == [
+        ord("X"),
+        ord("x"),
+    ]
+    assert all(_EXTENSION.search(f"555 1212 {form}") for form in ["ext 1", "x1", "#1", "EXTN 1"])
+    assert not _EXTENSION.search("555 1212 ext")
 
 
 def _random_international(rng: random.Random) -> str:
