@@ -31,7 +31,7 @@ from pixelmirror.meta import (
     match_faults,
     max_age,
 )
-from pixelmirror.normalize import normalize_user_data
+from pixelmirror.normalize import WireUserData, wire_user_data
 
 
 def new_event_id() -> str:
@@ -196,39 +196,34 @@ class ServerEvent:
                 f"event_id must be a non-empty string of at most 256 characters; got {event_id!r}"
             )
 
-        wire_user_data = normalize_user_data(user_data, default_country=default_country)
+        user = wire_user_data(user_data, default_country=default_country)
         if action_source == "website":
             if not event_source_url:
                 raise ValueError("event_source_url is required when action_source is 'website'")
-            if "client_user_agent" not in wire_user_data:
+            if "client_user_agent" not in user.data:
                 raise ValueError(
                     "user_data['client_user_agent'] is required when action_source is 'website'"
                 )
-        if not identifies_user(wire_user_data):
+        if not identifies_user(user.data):
             raise ValueError(
                 "user_data does not identify the user well enough for Meta "
-                f"(usable keys after normalisation: {sorted(wire_user_data) or 'none'}); "
+                f"(usable keys after normalisation: {sorted(user.data) or 'none'}); "
                 "add an email, phone, external_id, fbp, fbc or client IP"
             )
 
-        body: dict[str, Any] = {
-            "event_name": event_name,
-            "event_time": when,
-            "event_id": event_id,
-            "action_source": action_source,
-            "user_data": wire_user_data,
-        }
+        # What follows user_data in the body.
+        rest: dict[str, Any] = {}
         for name, url in (("event_source_url", event_source_url), ("referrer_url", referrer_url)):
             if url is not None:
-                body[name] = _check_url(name, url)
+                rest[name] = _check_url(name, url)
         if custom_data:
-            body["custom_data"] = _check_custom_data(event_name, custom_data)
+            rest["custom_data"] = _check_custom_data(event_name, custom_data)
         elif event_name in NEEDS_VALUE_AND_CURRENCY:
             raise ValueError(f"a {event_name} needs custom_data with value and currency")
         if opt_out:
-            body["opt_out"] = True
+            rest["opt_out"] = True
         if data_processing_options is not None:
-            body.update(
+            rest.update(
                 _processing_options(
                     data_processing_options,
                     data_processing_options_country,
@@ -241,10 +236,42 @@ class ServerEvent:
             event_name=event_name,
             event_time=when,
             action_source=action_source,
-            payload=_dump(body),
+            payload=_payload(event_name, when, event_id, action_source, user, rest),
             test_event_code=test_event_code or None,
-            match=match_signature(event_name, wire_user_data, action_source, event_source_url),
+            match=match_signature(event_name, user.data, action_source, event_source_url),
         )
+
+
+def _payload(
+    event_name: str,
+    when: int,
+    event_id: str,
+    action_source: str,
+    user: WireUserData,
+    rest: Mapping[str, Any],
+) -> bytes:
+    """The event's JSON: ``_dump`` of ``{event_name, event_time, event_id, action_source,
+    user_data, **rest}``, with the user data's kept text written in straight when it has one
+    (a visitor's events share it)."""
+    user_text = user.text()
+    if user_text is None:
+        head = {
+            "event_name": event_name,
+            "event_time": when,
+            "event_id": event_id,
+            "action_source": action_source,
+            "user_data": user.data,
+        }
+        return _dump({**head, **rest})
+    tail = _dump(rest)  # b"{}" or b'{"event_source_url":...}'
+    return b"".join(
+        (
+            f'{{"event_name":{encode_string(event_name)},"event_time":{when},'
+            f'"event_id":{encode_string(event_id)},'
+            f'"action_source":{encode_string(action_source)},"user_data":{user_text}'.encode(),
+            b"}" if tail == b"{}" else b"," + tail[1:],
+        )
+    )
 
 
 # The encoder's own string escaping (ensure_ascii off), for JSON written straight.

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from datetime import date
+from json.encoder import encode_basestring
 from typing import cast
 
 from .meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
@@ -36,8 +37,10 @@ from .user_fields import (
 )
 
 __all__ = [
+    "WireUserData",
     "normalize_user_data",
     "sha256_hex",
+    "wire_user_data",
 ]
 
 _log = logging.getLogger("pixelmirror.normalize")
@@ -97,21 +100,52 @@ def normalize_user_data(
     Raises :class:`ValueError` for an unknown key, a value of the wrong type or an unknown
     ``default_country``.
     """
+    return dict(wire_user_data(user_data, default_country=default_country).data)
+
+
+class WireUserData:
+    """Normalised user data as :func:`wire_user_data` gives it: ``data``, the wire dict, may be
+    shared with other callers and must not be changed; :meth:`text` is its JSON."""
+
+    __slots__ = ("_text", "data")
+
+    def __init__(self, data: dict[str, object]) -> None:
+        self.data = data
+        self._text: str | None = None
+
+    def text(self) -> str | None:
+        """``data`` as compact JSON (what the events' encoder writes of it), made on the first
+        call and kept; None unless every value is a plain string (the caller encodes those)."""
+        if self._text is None:
+            fields = []
+            for key, value in self.data.items():
+                if type(value) is not str:
+                    return None
+                fields.append(f'"{key}":{encode_basestring(value)}')  # wire keys need no escape
+            self._text = "{" + ",".join(fields) + "}"
+        return self._text
+
+
+def wire_user_data(
+    user_data: Mapping[str, object], *, default_country: str | None = None
+) -> WireUserData:
+    """:func:`normalize_user_data`'s result, without a copy and with its JSON kept: for
+    callers that only read it (the events)."""
     default = _default_country(default_country)
     items = tuple(user_data.items())
     # The usual call (every key and value a plain string) is kept whole, see _kept_strings;
     # anything else (lists, ints, dates, str subclasses) takes the general road.
     if all(type(key) is str and (value is None or type(value) is str) for key, value in items):
         try:
-            return dict(_kept_strings(items, default))  # a copy: the caller owns its result
+            return _kept_strings(items, default)
         except _NotKept as not_kept:
-            return not_kept.wire_data
-    return _normalize_general(items, default)
+            return WireUserData(not_kept.wire_data)
+    return WireUserData(_normalize_general(items, default))
 
 
 def _normalize_strings(
     items: tuple[tuple[str, str | None], ...], default: str | None
-) -> dict[str, object]:
+) -> WireUserData:
     """:func:`normalize_user_data` for string keys and values; raises :class:`_NotKept` with
     the result when it must not be kept (a value was dropped, or a key came twice)."""
     single: dict[str, tuple[str, str]] = {}
@@ -124,7 +158,7 @@ def _normalize_strings(
         if wire in single:  # one key under two names: the general road, not kept
             raise _NotKept(_normalize_general(items, default))
         single[wire] = (key, value)
-    return _normalize_single(single, default)
+    return WireUserData(_normalize_single(single, default))
 
 
 class _NotKept(Exception):
@@ -138,7 +172,8 @@ class _NotKept(Exception):
 # A visitor's events repeat their user data (PageView, AddToCart, Purchase): the results of
 # the last thousand, by (key, value) pairs and default country. Only exact str keys and values
 # come here, so a hit is equal text, not merely an equal value (1 == True). The rules are pure;
-# a result with a drop is not kept, so its warning is logged each time. ~2.5 KB an entry.
+# a result with a drop is not kept, so its warning is logged each time. ~3.5 KB an entry
+# with its JSON.
 _kept_strings = functools.lru_cache(maxsize=1024)(_normalize_strings)
 
 
