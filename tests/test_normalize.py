@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import random
 import re
+import string
 import sys
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -21,6 +22,7 @@ from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
 from pixelmirror.normalize import normalize_user_data, sha256_hex
 from pixelmirror.phones import _EXTENSION
+from pixelmirror.user_fields import _ASCII_NOT_ALNUM, _ASCII_NOT_ALNUM_SPACE, _ZIP_JUNK
 
 
 def h(text: str) -> str:
@@ -821,6 +823,22 @@ def test_an_unknown_default_country_is_refused() -> None:
 )
 def test_an_extension_is_dropped(phone: str) -> None:
     assert one("phone", phone, country="us") == h("16505551212")
+
+
+def test_ascii_letters_and_digits_are_all_isalnum_passes() -> None:
+    """The rules skip their substitutions for ASCII text that isalnum: such text holds only
+    a-z, A-Z and 0-9, which none of those patterns removes (next test)."""
+    ascii_alnum = [c for c in map(chr, range(128)) if c.isalnum()]
+    assert "".join(ascii_alnum) == string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=20))
+def test_the_rules_substitutions_leave_ascii_letters_and_digits_alone(text: str) -> None:
+    lower = text.lower()
+    for pattern in (_ASCII_NOT_ALNUM, _ASCII_NOT_ALNUM_SPACE, _ZIP_JUNK):
+        assert pattern.sub("", lower) == lower
+    assert " ".join(lower.split()) == "".join(lower.split()) == lower
 
 
 def test_only_x_and_X_are_an_x_to_the_extension_pattern() -> None:

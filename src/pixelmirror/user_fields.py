@@ -36,7 +36,8 @@ def sha256_hex(value: str) -> str:
 def _fold(value: str) -> str:
     """Lookup key: lowercase, accents removed, only letters and digits (any script) kept."""
     if value.isascii():
-        return _ASCII_NOT_ALNUM.sub("", value.lower())
+        # Most lookups ("CA", "US") are letters already: nothing to remove.
+        return value.lower() if value.isalnum() else _ASCII_NOT_ALNUM.sub("", value.lower())
     decomposed = unicodedata.normalize("NFKD", value.lower())
     return "".join(ch for ch in decomposed if ch.isalnum())
 
@@ -50,6 +51,8 @@ def _letters(value: str, *, spaces: bool) -> str:
     all whitespace goes. Punctuation is deleted, not turned into a space: ``Mary-Ann`` ->
     ``maryann``.
     """
+    if value.isascii() and value.isalnum():  # "Ann": nothing to remove, no space to fold
+        return value.lower()
     if value.isascii():
         text = _ASCII_NOT_ALNUM_SPACE.sub("", value.lower())
     else:
@@ -232,7 +235,8 @@ _US_ZIP = re.compile(r"\d{5}(?:\d{4})?", re.ASCII)
 
 
 def _zip(text: str, place: Place) -> str:
-    code = _ZIP_JUNK.sub("", text.lower())
+    # Most codes hold no space or dash: no substitution then.
+    code = text.lower() if text.isascii() and text.isalnum() else _ZIP_JUNK.sub("", text.lower())
     if not code:
         raise Drop("nothing left after removing spaces and dashes")
     # US ZIP (5 digits) or ZIP+4: Meta wants the first 5 digits. Unless the country says
