@@ -353,9 +353,21 @@ def _random_event_inputs(rng: random.Random) -> dict[str, Any]:
     def some(low: int, high: int) -> str:
         return "".join(rng.choice(text) for _ in range(rng.randint(low, high)))
 
+    usable = {  # kept as they are, or hashed
+        "em": 'a"b\\é€😀@x.example',
+        "ph": "+1 (650) 555-1212",
+        "fn": 'Zoë "Q"',
+        "ct": "São Paulo",
+        "st": "CA",
+        "zp": "94025",
+        "country": "us",
+        "external_id": some(1, 20),
+        "fbp": some(1, 20),
+        "fbc": some(1, 20),
+    }
     user_data: dict[str, object] = {
-        key: rng.choice([some(1, 20), some(0, 3), None])
-        for key in ["em", "ph", "fn", "ct", "st", "zp", "country", "external_id", "fbp", "fbc"]
+        key: rng.choice([value, value, some(1, 20), some(0, 3), None])
+        for key, value in usable.items()
         if rng.random() < 0.5
     }
     user_data["client_user_agent"] = some(0, 30)
