@@ -27,6 +27,7 @@ from pixelmirror.meta import (
     MAX_EVENT_NAME_LENGTH,
     MAX_FUTURE_SKEW,
     NEEDS_VALUE_AND_CURRENCY,
+    carries_fbclid,
     identifies_user,
     match_faults,
     max_age,
@@ -93,17 +94,21 @@ def match_signature(
     """The :class:`MatchSignature` of an event, shared with the events that have the same
     one (a few per shop), so a queued event holds a reference, not a copy."""
     keys = tuple(wire_keys)
-    signature = MatchSignature(
-        event_name, keys, match_faults(event_name, keys, action_source, event_source_url)
-    )
-    if len(_signatures) < _MAX_SIGNATURES:
-        return _signatures.setdefault(signature, signature)
-    return _signatures.get(signature, signature)
+    website, fbclid = action_source == "website", carries_fbclid(event_source_url)
+    known = (event_name, keys, website, fbclid)
+    signature = _signatures.get(known)
+    if signature is None:
+        faults = match_faults(event_name, keys, website=website, fbclid=fbclid)
+        signature = MatchSignature(event_name, keys, faults)
+        if len(_signatures) < _MAX_SIGNATURES:
+            _signatures[known] = signature
+    return signature
 
 
-# Bounded: custom event names are the caller's, and a signature past the bound is only unshared.
+# By what decides them. Bounded: custom event names are the caller's, and a signature past
+# the bound is only unshared.
 _MAX_SIGNATURES = 4096
-_signatures: dict[MatchSignature, MatchSignature] = {}
+_signatures: dict[tuple[str, tuple[str, ...], bool, bool], MatchSignature] = {}
 
 
 class EventOptions(TypedDict, total=False):

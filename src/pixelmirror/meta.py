@@ -36,6 +36,7 @@ __all__ = [
     "WIRE_KEYS",
     "Fault",
     "advice",
+    "carries_fbclid",
     "error_number",
     "fault",
     "identifies_user",
@@ -140,22 +141,23 @@ MATCH_FAULTS: dict[str, str] = {
 
 
 def match_faults(
-    event_name: str, wire_keys: Collection[str], action_source: object, event_source_url: object
+    event_name: str, wire_keys: Collection[str], *, website: bool, fbclid: bool
 ) -> tuple[str, ...]:
     """The :data:`MATCH_FAULTS` of one event, from its name, its ``user_data`` wire keys,
-    its action source and its URL."""
+    whether it is a website event and whether its URL :func:`carries_fbclid`."""
     faults: tuple[str, ...] = ()
     if event_name == "Purchase" and "em" not in wire_keys and "ph" not in wire_keys:
         faults += ("purchase_without_email_or_phone",)
-    if (
-        isinstance(event_source_url, str)
-        and "fbclid=" in event_source_url
-        and "fbc" not in wire_keys
-    ):
+    if fbclid and "fbc" not in wire_keys:
         faults += ("fbclid_without_fbc",)
-    if action_source == "website" and "client_ip_address" not in wire_keys:
+    if website and "client_ip_address" not in wire_keys:
         faults += ("website_without_ip",)
     return faults
+
+
+def carries_fbclid(event_source_url: object) -> bool:
+    """Whether an event's URL came from an ad click (Meta's ``fbclid`` parameter)."""
+    return isinstance(event_source_url, str) and "fbclid=" in event_source_url
 
 
 _HASHED_ORDER = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id")
