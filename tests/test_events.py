@@ -16,6 +16,7 @@ from pixelmirror.escaping import safe_json
 from pixelmirror.events import EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
+from pixelmirror.normalize import WireUserData
 from pixelmirror.pageviews import page_views
 
 NOW = 1_800_000_000.0
@@ -342,3 +343,77 @@ def test_a_page_views_dropped_value_is_logged_on_every_page(
         page_views(["1"], event_id="e1", user_data=user_data, event_source_url="https://a.example/")
     dropped = [r for r in caplog.records if "client_ip_address" in r.getMessage()]
     assert len(dropped) == 3
+
+
+def _random_event_inputs(rng: random.Random) -> dict[str, Any]:
+    """create's arguments with odd text (quotes, backslashes, controls, non-ASCII) and odd
+    custom data, now and then one that create refuses."""
+    text = "abcXYZ 09\"\\é€\u2028\n\x00\x1f<>&'/😀"
+
+    def some(low: int, high: int) -> str:
+        return "".join(rng.choice(text) for _ in range(rng.randint(low, high)))
+
+    usable = {  # kept as they are, or hashed
+        "em": 'a"b\\é€😀@x.example',
+        "ph": "+1 (650) 555-1212",
+        "fn": 'Zoë "Q"',
+        "ct": "São Paulo",
+        "st": "CA",
+        "zp": "94025",
+        "country": "us",
+        "external_id": some(1, 20),
+        "fbp": some(1, 20),
+        "fbc": some(1, 20),
+    }
+    user_data: dict[str, object] = {
+        key: rng.choice([value, value, some(1, 20), some(0, 3), None])
+        for key, value in usable.items()
+        if rng.random() < 0.5
+    }
+    user_data["client_user_agent"] = some(0, 30)
+    user_data["client_ip_address"] = rng.choice(["203.0.113.9", "2001:db8::1", some(1, 6)])
+    if rng.random() < 0.2:
+        user_data[rng.choice(["em", "lead_id"])] = rng.choice([[some(1, 9), some(1, 9)], 12345])
+    custom: dict[str, object] = {
+        "value": rng.choice([1, 2.5, Decimal("9.99"), 10**20, 1e-7]),
+        "currency": rng.choice(["EUR", "usd"]),
+        some(1, 5): rng.choice([some(0, 8), [1, {"id": some(1, 4)}], {"b", "a"}, None]),
+    }
+    if rng.random() < 0.05:
+        custom["value"] = math.nan
+    return {
+        "event_name": rng.choice(["Purchase", "Lead", some(1, 12)]),
+        "action_source": rng.choice(["website", "app", "system_generated"]),
+        "user_data": user_data,
+        "custom_data": rng.choice([custom, None, {}]),
+        "event_id": rng.choice([uuid.uuid4().hex, some(1, 20)]),
+        "event_source_url": rng.choice(["https://shop.example/?q=" + some(0, 9), None]),
+        "referrer_url": rng.choice([None, "http://a.example/" + some(0, 6)]),
+        "opt_out": rng.random() < 0.2,
+        "data_processing_options": rng.choice([None, [], ["LDU"]]),
+        "default_country": rng.choice([None, "us", "de"]),
+        "now": rng.uniform(1.7e9, 1.8e9),
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_user_data_text_makes_the_payload_the_encoder_makes(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A visitor's user data is written into the payload from its kept JSON text; without the
+    text, the encoder writes the whole body. Both must be the same bytes."""
+    rng = random.Random(seed)
+
+    def made(args: dict[str, Any]) -> object:
+        try:
+            return ServerEvent.create(pixel_id="1", **args).payload
+        except ValueError as exc:
+            return ("ValueError", str(exc))
+
+    for _ in range(500):
+        args = _random_event_inputs(rng)
+        with monkeypatch.context() as patch:
+            patch.setattr(WireUserData, "text", lambda self: None)
+            encoded = made(args)
+        assert made(args) == encoded, args
+        assert made(args) == encoded, args  # again, from the kept user data

@@ -4,10 +4,12 @@ and registered on an app's own registry."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import PIXEL, TOKEN, MakeMirror
 from pixelmirror.cli import main
 from pixelmirror.delivery.dispatcher import Dispatcher
+from pixelmirror.delivery.tally import MatchQuality
+from pixelmirror.events import ServerEvent
 from pixelmirror.metrics import MetricsServer, PixelMirrorCollector, health
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.outbox import open_outbox
@@ -237,3 +241,42 @@ def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line_and_exits_2(
     assert code == 2
     assert err.startswith(f"pixelmirror: --metrics-port {port}: cannot listen on 127.0.0.1")
     assert len(err.splitlines()) == 1
+
+
+def test_match_quality_counts_the_same_from_a_carried_signature_as_from_the_payload() -> None:
+    """An event made here carries its signature; one rebuilt from storage is parsed. Random
+    events must count alike both ways."""
+    rng = random.Random(12)
+    contact = {
+        "em": "ann@example.com",
+        "ph": "+4915112345678",
+        "fn": "Ann",
+        "external_id": "c-1",
+        "client_ip_address": "203.0.113.9",
+        "fbc": "fb.1.1700000000000.IwAR2abc",
+        "fbp": "fb.1.1700000000000.123",
+    }
+    made, rebuilt = MatchQuality(), MatchQuality()
+    for _ in range(300):
+        source = rng.choice(["website", "app", "system_generated"])
+        user_data = {k: v for k, v in contact.items() if rng.random() < 0.5}
+        user_data.setdefault("external_id", "c-2")
+        if source == "website":
+            user_data["client_user_agent"] = "Mozilla/5.0 (X11)"
+        url = rng.choice(["https://shop.example/", "https://shop.example/?fbclid=IwAR2", None])
+        if source == "website" and url is None:
+            url = "https://shop.example/p"
+        name = rng.choice(["Purchase", "Lead", "PageView", "Custom Thing"])
+        event = ServerEvent.create(
+            name,
+            pixel_id=rng.choice([PIXEL, "999"]),
+            action_source=source,
+            user_data=user_data,
+            custom_data={"currency": "EUR", "value": 1},
+            event_source_url=url,
+        )
+        assert event.match is not None
+        made.count(event.pixel_id, [event])
+        rebuilt.count(event.pixel_id, [replace(event, match=None)])
+    assert made.counts() == rebuilt.counts()
+    assert made.shares() == rebuilt.shares()

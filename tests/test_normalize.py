@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import random
+import re
+import string
+import sys
+from collections.abc import Iterator
 from types import MappingProxyType
 
 import pytest
@@ -16,6 +21,8 @@ from hypothesis import strategies as st
 from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
 from pixelmirror.normalize import normalize_user_data, sha256_hex
+from pixelmirror.phones import _EXTENSION
+from pixelmirror.user_fields import _ASCII_NOT_ALNUM, _ASCII_NOT_ALNUM_SPACE, _ZIP_JUNK
 
 
 def h(text: str) -> str:
@@ -677,15 +684,47 @@ _USER_DATA = st.fixed_dictionaries(
 
 @settings(max_examples=500, deadline=None)
 @given(_USER_DATA, st.sampled_from([None, "gb", "us", "de"]))
-def test_the_fast_path_and_its_kept_hashes_match_the_general_path(
+def test_the_fast_path_and_its_kept_results_match_the_general_path(
     user_data: dict[str, str], default_country: str | None
 ) -> None:
-    general = normalize_user_data(
-        {key: _Text(value) for key, value in user_data.items()}, default_country=default_country
-    )
-    assert normalize_user_data(user_data, default_country=default_country) == general
-    # Again, now from the kept hashes:
-    assert normalize_user_data(user_data, default_country=default_country) == general
+    with _warnings() as general_warnings:
+        general = normalize_user_data(
+            {key: _Text(value) for key, value in user_data.items()},
+            default_country=default_country,
+        )
+    # Twice: the second call may come from the kept results, and must log the same drops.
+    for _ in range(2):
+        with _warnings() as warnings:
+            assert normalize_user_data(user_data, default_country=default_country) == general
+        assert warnings == general_warnings
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The messages the normaliser logs meanwhile (caplog is per test, not per example)."""
+    handler = _Collect()
+    logger = logging.getLogger("pixelmirror.normalize")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_kept_result_is_a_copy_the_caller_may_change() -> None:
+    user_data = {"email": "ann@example.com", "client_ip_address": "203.0.113.7"}
+    first = normalize_user_data(user_data)
+    first["em"] = "changed"
+    assert normalize_user_data(user_data)["em"] == sha256_hex("ann@example.com")
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,6 +823,33 @@ def test_an_unknown_default_country_is_refused() -> None:
 )
 def test_an_extension_is_dropped(phone: str) -> None:
     assert one("phone", phone, country="us") == h("16505551212")
+
+
+def test_ascii_letters_and_digits_are_all_isalnum_passes() -> None:
+    """The rules skip their substitutions for ASCII text that isalnum: such text holds only
+    a-z, A-Z and 0-9, which none of those patterns removes (next test)."""
+    ascii_alnum = [c for c in map(chr, range(128)) if c.isalnum()]
+    assert "".join(ascii_alnum) == string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=20))
+def test_the_rules_substitutions_leave_ascii_letters_and_digits_alone(text: str) -> None:
+    lower = text.lower()
+    for pattern in (_ASCII_NOT_ALNUM, _ASCII_NOT_ALNUM_SPACE, _ZIP_JUNK):
+        assert pattern.sub("", lower) == lower
+    assert " ".join(lower.split()) == "".join(lower.split()) == lower
+
+
+def test_only_x_and_X_are_an_x_to_the_extension_pattern() -> None:
+    """phone_digits looks for an extension only in text holding an x, an X or a #: every form
+    of the pattern holds one, and no other character matches an x without regard to case."""
+    assert [c for c in range(sys.maxunicode + 1) if re.fullmatch("x", chr(c), re.I)] == [
+        ord("X"),
+        ord("x"),
+    ]
+    assert all(_EXTENSION.search(f"555 1212 {form}") for form in ["ext 1", "x1", "#1", "EXTN 1"])
+    assert not _EXTENSION.search("555 1212 ext")
 
 
 def _random_international(rng: random.Random) -> str:

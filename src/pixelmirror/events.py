@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
@@ -27,10 +27,12 @@ from pixelmirror.meta import (
     MAX_EVENT_NAME_LENGTH,
     MAX_FUTURE_SKEW,
     NEEDS_VALUE_AND_CURRENCY,
+    carries_fbclid,
     identifies_user,
+    match_faults,
     max_age,
 )
-from pixelmirror.normalize import normalize_user_data
+from pixelmirror.normalize import WireUserData, wire_user_data
 
 
 def new_event_id() -> str:
@@ -77,6 +79,38 @@ class BatchKey(NamedTuple):
     test_event_code: str | None
 
 
+class MatchSignature(NamedTuple):
+    """What match quality counts of a delivered event: its name, its ``user_data`` wire keys
+    and its :data:`~pixelmirror.meta.MATCH_FAULTS`. Names only, never a value."""
+
+    event_name: str
+    keys: tuple[str, ...]
+    faults: tuple[str, ...]
+
+
+def match_signature(
+    event_name: str, wire_keys: Iterable[str], action_source: object, event_source_url: object
+) -> MatchSignature:
+    """The :class:`MatchSignature` of an event, shared with the events that have the same
+    one (a few per shop), so a queued event holds a reference, not a copy."""
+    keys = tuple(wire_keys)
+    website, fbclid = action_source == "website", carries_fbclid(event_source_url)
+    known = (event_name, keys, website, fbclid)
+    signature = _signatures.get(known)
+    if signature is None:
+        faults = match_faults(event_name, keys, website=website, fbclid=fbclid)
+        signature = MatchSignature(event_name, keys, faults)
+        if len(_signatures) < _MAX_SIGNATURES:
+            _signatures[known] = signature
+    return signature
+
+
+# By what decides them. Bounded: custom event names are the caller's, and a signature past
+# the bound is only unshared.
+_MAX_SIGNATURES = 4096
+_signatures: dict[tuple[str, tuple[str, ...], bool, bool], MatchSignature] = {}
+
+
 class EventOptions(TypedDict, total=False):
     """The optional keywords of :meth:`ServerEvent.create`, for callers that pass them on
     (``PixelMirror.send``) without repeating them."""
@@ -110,6 +144,9 @@ class ServerEvent:
     test_event_code: str | None = None
     #: Which sink delivers it (see :mod:`pixelmirror.delivery`).
     destination: str = META
+    #: What match quality counts of it once delivered, known when it is made; None when
+    #: rebuilt from storage (the dispatcher then reads it from the payload).
+    match: MatchSignature | None = field(default=None, compare=False, repr=False)
 
     @property
     def expires_at(self) -> int:
@@ -164,39 +201,34 @@ class ServerEvent:
                 f"event_id must be a non-empty string of at most 256 characters; got {event_id!r}"
             )
 
-        wire_user_data = normalize_user_data(user_data, default_country=default_country)
+        user = wire_user_data(user_data, default_country=default_country)
         if action_source == "website":
             if not event_source_url:
                 raise ValueError("event_source_url is required when action_source is 'website'")
-            if "client_user_agent" not in wire_user_data:
+            if "client_user_agent" not in user.data:
                 raise ValueError(
                     "user_data['client_user_agent'] is required when action_source is 'website'"
                 )
-        if not identifies_user(wire_user_data):
+        if not identifies_user(user.data):
             raise ValueError(
                 "user_data does not identify the user well enough for Meta "
-                f"(usable keys after normalisation: {sorted(wire_user_data) or 'none'}); "
+                f"(usable keys after normalisation: {sorted(user.data) or 'none'}); "
                 "add an email, phone, external_id, fbp, fbc or client IP"
             )
 
-        body: dict[str, Any] = {
-            "event_name": event_name,
-            "event_time": when,
-            "event_id": event_id,
-            "action_source": action_source,
-            "user_data": wire_user_data,
-        }
+        # What follows user_data in the body.
+        rest: dict[str, Any] = {}
         for name, url in (("event_source_url", event_source_url), ("referrer_url", referrer_url)):
             if url is not None:
-                body[name] = _check_url(name, url)
+                rest[name] = _check_url(name, url)
         if custom_data:
-            body["custom_data"] = _check_custom_data(event_name, custom_data)
+            rest["custom_data"] = _check_custom_data(event_name, custom_data)
         elif event_name in NEEDS_VALUE_AND_CURRENCY:
             raise ValueError(f"a {event_name} needs custom_data with value and currency")
         if opt_out:
-            body["opt_out"] = True
+            rest["opt_out"] = True
         if data_processing_options is not None:
-            body.update(
+            rest.update(
                 _processing_options(
                     data_processing_options,
                     data_processing_options_country,
@@ -209,9 +241,42 @@ class ServerEvent:
             event_name=event_name,
             event_time=when,
             action_source=action_source,
-            payload=_dump(body),
+            payload=_payload(event_name, when, event_id, action_source, user, rest),
             test_event_code=test_event_code or None,
+            match=match_signature(event_name, user.data, action_source, event_source_url),
         )
+
+
+def _payload(
+    event_name: str,
+    when: int,
+    event_id: str,
+    action_source: str,
+    user: WireUserData,
+    rest: Mapping[str, Any],
+) -> bytes:
+    """The event's JSON: ``_dump`` of ``{event_name, event_time, event_id, action_source,
+    user_data, **rest}``, with the user data's kept text written in straight when it has one
+    (a visitor's events share it)."""
+    user_text = user.text()
+    if user_text is None:
+        head = {
+            "event_name": event_name,
+            "event_time": when,
+            "event_id": event_id,
+            "action_source": action_source,
+            "user_data": user.data,
+        }
+        return _dump({**head, **rest})
+    tail = _dump(rest)  # b"{}" or b'{"event_source_url":...}'
+    return b"".join(
+        (
+            f'{{"event_name":{encode_string(event_name)},"event_time":{when},'
+            f'"event_id":{encode_string(event_id)},'
+            f'"action_source":{encode_string(action_source)},"user_data":{user_text}'.encode(),
+            b"}" if tail == b"{}" else b"," + tail[1:],
+        )
+    )
 
 
 # The encoder's own string escaping (ensure_ascii off), for JSON written straight.

@@ -24,6 +24,7 @@ __all__ = [
     "LDU_COUNTRIES",
     "LDU_STATES",
     "LIMITED_DATA_USE",
+    "MATCH_FAULTS",
     "MAX_EVENTS_PER_REQUEST",
     "MAX_EVENT_AGE",
     "MAX_EVENT_NAME_LENGTH",
@@ -35,9 +36,11 @@ __all__ = [
     "WIRE_KEYS",
     "Fault",
     "advice",
+    "carries_fbclid",
     "error_number",
     "fault",
     "identifies_user",
+    "match_faults",
     "max_age",
 ]
 
@@ -125,6 +128,36 @@ def identifies_user(wire_keys: Collection[str]) -> bool:
     """Whether ``user_data`` with these wire keys is enough for Meta to accept the event."""
     keys = frozenset(wire_keys)
     return bool(keys) and not any(keys <= weak for weak in _INSUFFICIENT_SETS)
+
+
+#: What match quality flags in a delivered event, each with what it means: Meta matches it
+#: worse than it could (see ``delivery/tally.py``).
+MATCH_FAULTS: dict[str, str] = {
+    "purchase_without_email_or_phone": "a Purchase carried neither em nor ph",
+    "fbclid_without_fbc": "the event_source_url carried fbclid= but user_data had no fbc",
+    # (a website event without client_user_agent is refused when it is made)
+    "website_without_ip": "a website event without client_ip_address",
+}
+
+
+def match_faults(
+    event_name: str, wire_keys: Collection[str], *, website: bool, fbclid: bool
+) -> tuple[str, ...]:
+    """The :data:`MATCH_FAULTS` of one event, from its name, its ``user_data`` wire keys,
+    whether it is a website event and whether its URL :func:`carries_fbclid`."""
+    faults: tuple[str, ...] = ()
+    if event_name == "Purchase" and "em" not in wire_keys and "ph" not in wire_keys:
+        faults += ("purchase_without_email_or_phone",)
+    if fbclid and "fbc" not in wire_keys:
+        faults += ("fbclid_without_fbc",)
+    if website and "client_ip_address" not in wire_keys:
+        faults += ("website_without_ip",)
+    return faults
+
+
+def carries_fbclid(event_source_url: object) -> bool:
+    """Whether an event's URL came from an ad click (Meta's ``fbclid`` parameter)."""
+    return isinstance(event_source_url, str) and "fbclid=" in event_source_url
 
 
 _HASHED_ORDER = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id")

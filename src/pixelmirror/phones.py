@@ -26,7 +26,8 @@ class Unusable(ValueError):
 # "+44 (0)20 7946 0000": the bracketed national trunk zero after an international prefix is
 # not dialled from abroad and not part of the E.164 number.
 _TRUNK_ZERO = re.compile(r"(\+\s*\d{1,3}\s*)\(\s*0\s*\)")
-# An extension at the end ("ext. 123", "x123", "#123") reaches a desk, not a subscriber.
+# An extension at the end ("ext. 123", "x123", "#123") reaches a desk, not a subscriber. Each
+# form holds an x or a #, and only x and X are an x to IGNORECASE.
 _EXTENSION = re.compile(r"\s*(?:(?:ext|extn|extension)\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
 
 
@@ -34,9 +35,10 @@ def phone_digits(text: str, country: str | None) -> str:
     """The digits Meta hashes for a phone number: country code first, no trunk prefix, no
     extension. ``country`` (alpha-2) completes a number written the national way, for the
     countries of :data:`pixelmirror._geo.PHONE_NUMBERING`; raises :class:`Unusable`."""
-    if "(" in text:
+    # Each pattern is tried only where it can match: substituting costs more than looking.
+    if "(" in text and _TRUNK_ZERO.search(text):
         text = _TRUNK_ZERO.sub(r"\1", text)
-    if _EXTENSION.search(text):
+    if ("x" in text or "X" in text or "#" in text) and _EXTENSION.search(text):
         text = _EXTENSION.sub("", text)
     digits = _NON_DIGITS.sub("", text)
     if not digits.isascii():  # other scripts' digits, e.g. Arabic-Indic

@@ -410,7 +410,7 @@ class Dispatcher:
             with self._pause_lock:
                 self._paused.pop(pixel_id, None)
             self._count(pixel_id, sent=len(claims))
-            self.quality.count(pixel_id, (c.event.payload for c in claims))
+            self.quality.count(pixel_id, (c.event for c in claims))
 
     def _send(self, key: BatchKey, claims: Sequence[Claimed]) -> None:
         """One sink call, timed whatever it answers."""

@@ -17,19 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelmirror.delivery.errors import DeliveryError
+from pixelmirror.events import MatchSignature, ServerEvent, match_signature
 from pixelmirror.outbox.base import Claimed
 
 #: Upper bounds (seconds) of the latency buckets: Graph answers in tens to hundreds of ms,
 #: a slow or throttled one in seconds.
 LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-#: The faults :class:`MatchQuality` flags, each with what it means.
-FAULTS: dict[str, str] = {
-    "purchase_without_email_or_phone": "a Purchase carried neither em nor ph",
-    "fbclid_without_fbc": "the event_source_url carried fbclid= but user_data had no fbc",
-    # (a website event without client_user_agent is refused when it is made)
-    "website_without_ip": "a website event without client_ip_address",
-}
 
 
 class Latency:
@@ -76,33 +69,31 @@ class KeyCounts:
 
 class MatchQuality:
     """Per pixel and event name: how many delivered events carried each ``user_data`` key,
-    and how many had one of :data:`FAULTS`.
+    and how many had one of :data:`~pixelmirror.meta.MATCH_FAULTS`.
 
-    Counted from the payloads on the dispatcher's thread after Meta accepted them (a JSON
-    parse of some microseconds each), so the request path pays nothing and a worker counts
-    what the web processes built.
+    Counted on the dispatcher's thread after Meta accepted the events, by their
+    :class:`~pixelmirror.events.MatchSignature`: an event made in this process carries it,
+    one rebuilt from storage has its payload parsed (some microseconds). The request path
+    pays nothing and a worker counts what the web processes built.
     """
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], KeyCounts] = {}
         self._lock = threading.Lock()
 
-    def count(self, pixel_id: str, payloads: Iterable[bytes]) -> None:
-        seen = []
-        for payload in payloads:
-            try:
-                event = json.loads(payload)
-                name = str(event["event_name"])
-                keys = frozenset(event.get("user_data") or ())
-            except (ValueError, KeyError, TypeError):  # not an event we made: nothing to say
-                continue
-            seen.append((name, keys, faults_of(event, name, keys)))
+    def count(self, pixel_id: str, events: Iterable[ServerEvent]) -> None:
+        # A batch holds a few signatures many times over: count each once, then add.
+        seen = Counter(event.match or _signature_of(event.payload) for event in events)
         with self._lock:
-            for name, keys, faults in seen:
-                counts = self._counts.setdefault((pixel_id, name), KeyCounts())
-                counts.events += 1
-                counts.keys.update(keys)
-                counts.faults.update(faults)
+            for signature, n in seen.items():
+                if signature is None:
+                    continue
+                counts = self._counts.setdefault((pixel_id, signature.event_name), KeyCounts())
+                counts.events += n
+                for key in signature.keys:
+                    counts.keys[key] += n
+                for fault in signature.faults:
+                    counts.faults[fault] += n
 
     def counts(self) -> dict[tuple[str, str], KeyCounts]:
         """A copy of the counts by (pixel, event name)."""
@@ -120,17 +111,17 @@ class MatchQuality:
         return report
 
 
-def faults_of(event: dict[str, Any], name: str, keys: frozenset[str]) -> list[str]:
-    """The :data:`FAULTS` of one event (its wire form)."""
-    faults = []
-    if name == "Purchase" and not keys & {"em", "ph"}:
-        faults.append("purchase_without_email_or_phone")
-    url = event.get("event_source_url")
-    if isinstance(url, str) and "fbclid=" in url and "fbc" not in keys:
-        faults.append("fbclid_without_fbc")
-    if event.get("action_source") == "website" and "client_ip_address" not in keys:
-        faults.append("website_without_ip")
-    return faults
+def _signature_of(payload: bytes) -> MatchSignature | None:
+    """The signature of a stored event's payload; None for one that is not an event we made."""
+    try:
+        event = json.loads(payload)
+        name = str(event["event_name"])
+        keys = dict.fromkeys(event.get("user_data") or ())
+        return match_signature(
+            name, keys, event.get("action_source"), event.get("event_source_url")
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def log_fields(
