@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 
-from pixelmirror.events import ENCODER, ServerEvent, encode_string
+from pixelmirror.events import ENCODER, ServerEvent, encode_string, match_signature
 from pixelmirror.meta import LIMITED_DATA_USE, identifies_user
 from pixelmirror.normalize import normalize_user_data
 
@@ -40,9 +40,9 @@ def page_views(
     """
     # The checks create makes before it normalises come first, so errors come in its order.
     usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    user_json = _page_user_data(user_data, default_country) if usual else None
+    user = _page_user_data(user_data, default_country) if usual else None
     if (
-        user_json is None
+        user is None
         or not _is_url(event_source_url)
         or not (referrer_url is None or _is_url(referrer_url))
         or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
@@ -64,6 +64,7 @@ def page_views(
             for pixel_id in pixel_ids
         ]
     assert isinstance(event_source_url, str)
+    user_json, wire_keys = user
     when = int(time.time() if now is None else now)
     parts = [
         f'{{"event_name":"PageView","event_time":{when},"event_id":{encode_string(event_id)},'
@@ -77,15 +78,18 @@ def page_views(
     parts.append("}")
     payload = "".join(parts).encode()
     code = test_event_code or None
+    match = match_signature("PageView", wire_keys, "website", event_source_url)
     return [
-        ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code)
+        ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code, match=match)
         for pixel_id in pixel_ids
     ]
 
 
-def _page_user_data(user_data: Mapping[str, object], default_country: str | None) -> str | None:
-    """The wire user data's JSON for a website event, or None when Meta would refuse it (no
-    user agent, too little to identify the user).
+def _page_user_data(
+    user_data: Mapping[str, object], default_country: str | None
+) -> tuple[str, tuple[str, ...]] | None:
+    """The wire user data's JSON for a website event and its keys, or None when Meta would
+    refuse it (no user agent, too little to identify the user).
 
     A visitor's pages repeat their user data (the same ids, address and browser): the text
     of the last few hundred plain ones is kept. Only data none of whose values was dropped
@@ -104,16 +108,18 @@ def _page_user_data(user_data: Mapping[str, object], default_country: str | None
     wire = normalize_user_data(user_data, default_country=default_country)
     if "client_user_agent" not in wire or not identifies_user(wire):
         return None
-    text = _user_data_json(wire)
+    made = _user_data_json(wire), tuple(wire)
     if key is not None and len(wire) == sum(value is not None for _, value in key[1]):
         if len(_PAGE_USER_DATA) >= _PAGE_USER_DATA_KEPT:
             _PAGE_USER_DATA.clear()  # simpler than an LRU, and a miss costs only the rules
-        _PAGE_USER_DATA[key] = text
-    return text
+        _PAGE_USER_DATA[key] = made
+    return made
 
 
 _PAGE_USER_DATA_KEPT = 512
-_PAGE_USER_DATA: dict[tuple[str | None, tuple[tuple[str, object], ...]], str] = {}
+_PAGE_USER_DATA: dict[
+    tuple[str | None, tuple[tuple[str, object], ...]], tuple[str, tuple[str, ...]]
+] = {}
 
 
 def _user_data_json(wire: Mapping[str, object]) -> str:
