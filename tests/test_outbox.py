@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import redisutil
+from pixelmirror.delivery.tally import MatchQuality
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox import Claimed, MemoryOutbox, Outbox, OutboxCounts, open_outbox
 from pixelmirror.outbox import redis as redis_outbox
@@ -109,6 +112,68 @@ def test_claim_returns_events_unchanged_in_put_order(outbox: Outbox, make_event:
     assert [claim.attempts for claim in claims] == [0, 0, 0]
     assert len({claim.receipt for claim in claims}) == 3
     assert outbox.claim(10, lease=HOUR) == []
+
+
+def _made_events(rng: random.Random, count: int) -> list[ServerEvent]:
+    """Events of one pixel as create makes them: random names (any text), sources, user data
+    and URLs, so their match signatures vary."""
+    contact = {
+        "em": "ann@example.com",
+        "ph": "+4915112345678",
+        "fn": "Ann",
+        "client_ip_address": "203.0.113.9",
+        "fbc": "fb.1.1700000000000.IwAR2abc",
+        "fbp": "fb.1.1700000000000.123",
+    }
+    names = ["Purchase", "Lead", "PageView", 'Say "hi", \\o/', "Zoë ✓ 中", "a|b\tc", "[1]"]
+    events = []
+    for _ in range(count):
+        source = rng.choice(["website", "app", "system_generated"])
+        user_data = {key: value for key, value in contact.items() if rng.random() < 0.5}
+        user_data["external_id"] = "c-1"
+        url = rng.choice(["https://shop.example/", "https://shop.example/?fbclid=IwAR2", None])
+        if source == "website":
+            user_data["client_user_agent"] = "Mozilla/5.0 (X11)"
+            url = url or "https://shop.example/p"
+        events.append(
+            ServerEvent.create(
+                rng.choice(names),
+                pixel_id="1",
+                action_source=source,
+                user_data=user_data,
+                custom_data={"currency": "EUR", "value": 1},
+                event_source_url=url,
+            )
+        )
+    return events
+
+
+def test_a_claimed_event_carries_the_match_signature_it_was_made_with(outbox: Outbox) -> None:
+    events = _made_events(random.Random(7), 300)
+    outbox.put(events)
+
+    claims = outbox.claim(1000, lease=HOUR)
+
+    assert [claim.event for claim in claims] == events
+    assert all(event.match is not None for event in events)
+    assert [claim.event.match for claim in claims] == [event.match for event in events]
+
+
+def test_an_event_stored_without_its_match_signature_is_counted_from_its_payload(
+    outbox: Outbox,
+) -> None:
+    # As older versions stored them: SQLite rows with no signature, Redis entries without
+    # the field.
+    events = _made_events(random.Random(8), 200)
+    outbox.put([replace(event, match=None) for event in events])
+
+    claims = outbox.claim(1000, lease=HOUR)
+
+    assert [claim.event.match for claim in claims] == [None] * len(events)
+    stored, made = MatchQuality(), MatchQuality()
+    stored.count("1", [claim.event for claim in claims])
+    made.count("1", events)
+    assert stored.counts() == made.counts()
 
 
 def test_put_of_nothing_takes_nothing(outbox: Outbox) -> None:

@@ -24,7 +24,7 @@ from pixelmirror import PixelMirror
 from pixelmirror.cli import main
 from pixelmirror.delivery.dispatcher import ERROR_BACKOFF_MAX, Dispatcher
 from pixelmirror.delivery.graph import GraphClient
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import MatchSignature, ServerEvent, signature_text
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
 from pixelmirror.outbox.redis import RedisOutbox
 from pixelmirror.outbox.redis_options import DEFAULT_GROUP, RedisOptions
@@ -287,7 +287,8 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
     open_redis: OpenRedis, server: redis.Redis, stream: str
 ) -> None:
     # One packed argument per event, unpacked by the script: the same entries as XADD with
-    # the fields as arguments, for any text (colons and digits included) and any payload.
+    # the fields as arguments, for any text (colons and digits included) and any payload;
+    # claims give back the match signatures written.
     rng = random.Random(12)
     alphabet = "0123456789:az_- \u00e9\u4e2d\U0001f600"
 
@@ -304,10 +305,21 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
             payload=rng.randbytes(rng.randint(0, 3000)),
             test_event_code=rng.choice([None, "", some_text()]),
             destination=rng.choice(["meta", "audit", some_text()]),
+            match=rng.choice(
+                [
+                    None,
+                    MatchSignature(
+                        some_text(),
+                        tuple(some_text() for _ in range(rng.randint(0, 3))),
+                        tuple(some_text() for _ in range(rng.randint(0, 2))),
+                    ),
+                ]
+            ),
         )
         for _ in range(300)
     ]
-    open_redis().write(events)
+    outbox = open_redis()
+    outbox.write(events)
     for event in events:
         fields: dict[str, str | int | bytes] = {
             "pixel_id": event.pixel_id,
@@ -321,11 +333,17 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
             fields["test_event_code"] = event.test_event_code
         if event.destination != "meta":
             fields["destination"] = event.destination
+        if event.match is not None:
+            fields["match"] = signature_text(event.match)
         server.xadd(f"{stream}:expected", fields)
 
     written = [list(entry.items()) for _, entry in server.xrange(stream)]
     expected = [list(entry.items()) for _, entry in server.xrange(f"{stream}:expected")]
     assert written == expected
+    claimed = {}
+    while claims := outbox.claim(1000, lease=HOUR):
+        claimed.update((claim.event.event_id, claim.event.match) for claim in claims)
+    assert claimed == {event.event_id: event.match for event in events}
 
 
 def test_maxlen_trims_the_oldest_and_counts_them_as_dropped(

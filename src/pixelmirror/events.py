@@ -111,6 +111,45 @@ _MAX_SIGNATURES = 4096
 _signatures: dict[tuple[str, tuple[str, ...], bool, bool], MatchSignature] = {}
 
 
+def signature_text(signature: MatchSignature) -> str:
+    """How a durable outbox stores ``signature`` beside the event: the JSON of ``[event
+    name, keys, faults]``, safe for any event name."""
+    text = _texts.get(signature)
+    if text is None:
+        text = json.dumps(signature, separators=(",", ":"))
+        if len(_texts) < _MAX_SIGNATURES:
+            _texts[signature] = text
+    return text
+
+
+def stored_signature(text: str | None) -> MatchSignature | None:
+    """The signature :func:`signature_text` wrote, or None (none stored, or not ours): the
+    dispatcher then reads it from the payload. A shop has a few, each parsed once."""
+    if text is None:
+        return None
+    signature = _parsed.get(text)
+    if signature is None:
+        try:
+            name, keys, faults = json.loads(text)
+        except (ValueError, TypeError):
+            return None
+        if not (isinstance(name, str) and _strings(keys) and _strings(faults)):
+            return None
+        signature = MatchSignature(name, tuple(keys), tuple(faults))
+        if len(_parsed) < _MAX_SIGNATURES:
+            _parsed[text] = signature
+    return signature
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# Both ways, bounded as _signatures is.
+_texts: dict[MatchSignature, str] = {}
+_parsed: dict[str, MatchSignature] = {}
+
+
 class EventOptions(TypedDict, total=False):
     """The optional keywords of :meth:`ServerEvent.create`, for callers that pass them on
     (``PixelMirror.send``) without repeating them."""
@@ -144,8 +183,9 @@ class ServerEvent:
     test_event_code: str | None = None
     #: Which sink delivers it (see :mod:`pixelmirror.delivery`).
     destination: str = META
-    #: What match quality counts of it once delivered, known when it is made; None when
-    #: rebuilt from storage (the dispatcher then reads it from the payload).
+    #: What match quality counts of it once delivered, known when it is made and stored with
+    #: it; None when rebuilt from a row or entry written without it (the dispatcher then
+    #: reads it from the payload).
     match: MatchSignature | None = field(default=None, compare=False, repr=False)
 
     @property

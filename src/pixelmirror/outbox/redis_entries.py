@@ -3,6 +3,9 @@
 An entry's fields are the event's (:func:`packed_entry`). ``destination`` is written only
 for events that are not Meta's, so Meta's entries are laid out as pixelmirror 0.1 wrote
 them, and an entry without the field is Meta's: old and new processes share a stream.
+``match`` holds the event's match signature (:func:`~pixelmirror.events.signature_text`),
+so the dispatcher need not parse the payload to count it; older processes ignore it, and an
+entry without it has its payload parsed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pixelmirror.events import META, ServerEvent
+from pixelmirror.events import META, ServerEvent, signature_text, stored_signature
 from pixelmirror.outbox.base import Claimed
 
 
@@ -38,6 +41,9 @@ def packed_entry(event: ServerEvent) -> bytes:
     if event.destination != META:  # absent: Meta's, as every entry of 0.1 is
         destination = event.destination.encode()
         packed += b"11:destination%d:%s" % (len(destination), destination)
+    if event.match is not None:
+        match = signature_text(event.match).encode()
+        packed += b"5:match%d:%s" % (len(match), match)
     return packed
 
 
@@ -56,6 +62,7 @@ def entry_event(raw: Any) -> ServerEvent:
     fields = {text(name): value for name, value in pairs}
     code = fields.get("test_event_code")
     destination = fields.get("destination")
+    match = fields.get("match")
     return ServerEvent(
         pixel_id=text(fields.get("pixel_id", b"")),
         event_id=text(fields.get("event_id", b"")),
@@ -65,6 +72,7 @@ def entry_event(raw: Any) -> ServerEvent:
         payload=bytes(fields.get("payload", b"")),
         test_event_code=None if code is None else text(code),
         destination=META if destination is None else text(destination),
+        match=None if match is None else stored_signature(text(match)),
     )
 
 

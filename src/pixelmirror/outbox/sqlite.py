@@ -17,6 +17,7 @@ from pixelmirror.outbox.sqlite_schema import (
     BODY_COLUMNS,
     EVENT_COLUMNS,
     KEY_COLUMNS,
+    WRITTEN_BODY_COLUMNS,
     body_row,
     event_from_row,
     key_row,
@@ -24,7 +25,7 @@ from pixelmirror.outbox.sqlite_schema import (
 
 Synchronous = Literal["normal", "full"]
 
-_ClaimedRow = tuple[int, str, "str | None", str, str, int, str, bytes, str, int]
+_ClaimedRow = tuple[int, int, "str | None", str, "str | None", str, str, int, str, bytes, str]
 
 #: Dead letters moved back per transaction by ``replay_dead``.
 REPLAY_CHUNK = 2000
@@ -153,7 +154,8 @@ class SQLiteOutbox(Outbox):
                 f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)", keys
             )
             conn.executemany(
-                f"INSERT INTO bodies (id, {BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", bodies
+                f"INSERT INTO bodies (id, {WRITTEN_BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                bodies,
             )
             self._size_hint += len(taken)
         if len(taken) < len(events):
@@ -208,11 +210,14 @@ class SQLiteOutbox(Outbox):
             )
             # The fresh token names this claim's rows; the index finds them by their due.
             rows: list[_ClaimedRow] = conn.execute(
-                f"SELECT id, {EVENT_COLUMNS}, attempts FROM events JOIN bodies USING (id)"
+                f"SELECT id, attempts, match_signature, {EVENT_COLUMNS}"
+                " FROM events JOIN bodies USING (id)"
                 " WHERE due = ? AND claim_token = ? ORDER BY id",
                 (until, token),
             ).fetchall()
-        return [Claimed(f"{row[0]}:{token}", event_from_row(row[1:-1]), row[-1]) for row in rows]
+        return [
+            Claimed(f"{row[0]}:{token}", event_from_row(row[3:], row[2]), row[1]) for row in rows
+        ]
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:
         if not claims:

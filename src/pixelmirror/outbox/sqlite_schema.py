@@ -5,6 +5,9 @@ rows with the same id: its place in the queue (``events``: batch key, attempts, 
 claim token), which claims, renewals and releases rewrite, and what is sent (``bodies``:
 event id, name, time, source and the ~1.3 KB payload), written once and deleted with its
 ``events`` row by a trigger. A claim thus rewrites a narrow row, not the payload.
+``bodies`` also keeps the event's match signature (``match_signature``, see
+:func:`~pixelmirror.events.signature_text`), so the dispatcher need not parse the payload
+to count it; rows moved from older files, or replayed from ``dead``, have none.
 
 Older files are upgraded in the transaction that reads their version, so every process
 sees one schema or the other: version 1 (pixelmirror 0.1) had no ``destination`` column
@@ -16,14 +19,16 @@ from __future__ import annotations
 
 import sqlite3
 
-from pixelmirror.events import META, ServerEvent
+from pixelmirror.events import META, ServerEvent, signature_text, stored_signature
 
 SCHEMA_VERSION = 3
 
 #: The batch key's columns, in :class:`~pixelmirror.events.BatchKey`'s order.
 KEY_COLUMNS = "destination, pixel_id, test_event_code"
-#: What is sent, in ``bodies``.
+#: What is sent, in ``bodies`` (and ``dead``).
 BODY_COLUMNS = "event_id, event_name, event_time, action_source, payload"
+#: ``bodies``' columns the writer fills, in :func:`body_row`'s order.
+WRITTEN_BODY_COLUMNS = f"{BODY_COLUMNS}, match_signature"
 #: An event's columns, in :func:`event_from_row`'s order: ``dead``'s, or ``events`` joined
 #: with ``bodies`` (``USING (id)``).
 EVENT_COLUMNS = (
@@ -52,7 +57,8 @@ _TABLES = (
         event_name TEXT NOT NULL,
         event_time INTEGER NOT NULL,
         action_source TEXT NOT NULL,
-        payload BLOB NOT NULL
+        payload BLOB NOT NULL,
+        match_signature TEXT
     )""",
     f"""CREATE TABLE IF NOT EXISTS dead (
         id INTEGER PRIMARY KEY AUTOINCREMENT,{_KEY_FIELDS}
@@ -73,12 +79,12 @@ _TABLES = (
 )
 
 KeyRow = tuple[str, str, "str | None"]
-BodyRow = tuple[str, str, int, str, bytes]
+BodyRow = tuple[str, str, int, str, bytes, "str | None"]
 EventRow = tuple[str, "str | None", str, str, int, str, bytes, str]
 
 
-def event_from_row(row: EventRow) -> ServerEvent:
-    """The event stored in ``EVENT_COLUMNS``."""
+def event_from_row(row: EventRow, match: str | None = None) -> ServerEvent:
+    """The event stored in ``EVENT_COLUMNS``, with its stored ``match_signature``."""
     pixel_id, code, event_id, name, when, source, payload, destination = row
     return ServerEvent(
         pixel_id=pixel_id,
@@ -89,6 +95,7 @@ def event_from_row(row: EventRow) -> ServerEvent:
         action_source=source,
         payload=payload,
         destination=destination,
+        match=stored_signature(match),
     )
 
 
@@ -98,8 +105,16 @@ def key_row(event: ServerEvent) -> KeyRow:
 
 
 def body_row(event: ServerEvent) -> BodyRow:
-    """``event``'s ``BODY_COLUMNS``."""
-    return event.event_id, event.event_name, event.event_time, event.action_source, event.payload
+    """``event``'s ``WRITTEN_BODY_COLUMNS``."""
+    match = None if event.match is None else signature_text(event.match)
+    return (
+        event.event_id,
+        event.event_name,
+        event.event_time,
+        event.action_source,
+        event.payload,
+        match,
+    )
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
