@@ -73,8 +73,9 @@ class MatchQuality:
 
     Counted on the dispatcher's thread after Meta accepted the events, by their
     :class:`~pixelmirror.events.MatchSignature`: an event made in this process carries it,
-    one rebuilt from storage has its payload parsed (some microseconds). The request path
-    pays nothing and a worker counts what the web processes built.
+    a durable outbox stores it with the event and gives it back; one stored without it (by
+    an older version) has its payload parsed (some microseconds). The request path pays
+    nothing and a worker counts what the web processes built.
     """
 
     def __init__(self) -> None:
