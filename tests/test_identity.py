@@ -97,7 +97,16 @@ def test_visitor_cookie_validity(token: str | None, kept: bool, set_cookie: bool
         assert again.set_cookies == ()
 
 
-@pytest.mark.parametrize("token", [signed(), signed(key=OLD_KEY), signed(at=NOW - MAX_AGE // 2)])
+@pytest.mark.parametrize(
+    "token",
+    [
+        signed(),
+        signed(key=OLD_KEY),
+        signed(at=NOW - MAX_AGE // 2),
+        signed("not an id!"),
+        signed(key=OTHER_KEY),
+    ],
+)
 def test_a_token_seen_before_gets_the_verdict_of_a_first_sight_at_every_age(token: str) -> None:
     # One identity sees the token again and again as it ages (its verdict kept after the first
     # page); each answer is what an identity seeing it for the first time gives.
@@ -109,6 +118,7 @@ def test_a_token_seen_before_gets_the_verdict_of_a_first_sight_at_every_age(toke
         assert again is not None
         assert first is not None
         assert (again.visitor_id == VID) is (first.visitor_id == VID)
+        assert again.external_id == sha256_hex(again.visitor_id)
         assert [c.split("=", 1)[0] for c in again.set_cookies] == [
             c.split("=", 1)[0] for c in first.set_cookies
         ]
