@@ -1,21 +1,23 @@
 """Timestamped signatures for cookies, in itsdangerous' ``TimestampSigner`` token format.
 
-Why a signer of our own: every request with a cookie opens one. itsdangerous derives the key
-again for each signature and computes the HMAC through ``hmac.new`` with a Python digest
-wrapper; :class:`Seal` keys one HMAC object per key once and copies it per token, and reads
-the timestamp as an integer (no ``datetime``). Opening a visitor cookie measured about 13 to
-6 µs, sealing one 8 to 5 µs, on the request path of every returning visitor. The tokens are
-itsdangerous' byte for byte (same key derivation, salt, digest and encoding), so either side
-verifies the other's, and the verdicts are those of ``TimestampSigner.unsign``.
+Why a signer of our own: every new visitor's page seals a token, and a returning visitor's
+first page in a process opens one. itsdangerous derives the key again for each signature and
+computes the HMAC through ``hmac.new`` with a Python digest wrapper; :class:`Seal` keys one
+HMAC object per key once and copies it per token, reads the timestamp as an integer (no
+``datetime``), does the URL-safe base64 in ``binascii`` calls, and encodes each second's
+stamp once. Opening a visitor cookie measured about 13 µs with itsdangerous and under
+3.5 µs here, sealing one 8 µs and under 3. The tokens are itsdangerous' byte for byte (same key
+derivation, salt, digest and encoding), so either side verifies the other's, and the
+verdicts are those of ``TimestampSigner.unsign``.
 """
 
 from __future__ import annotations
 
+import binascii
 import hmac
 from collections.abc import Sequence
 
 from itsdangerous import TimestampSigner
-from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import HMACAlgorithm
 
 __all__ = ["Seal"]
@@ -23,6 +25,19 @@ __all__ = ["Seal"]
 # The last second a datetime can hold (9999-12-31 23:59:59 UTC): itsdangerous refuses a
 # token stamped later, because it cannot turn the stamp into a datetime.
 _LAST_STAMP = 253_402_300_799
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def _encode(data: bytes) -> bytes:
+    """``itsdangerous.encoding.base64_encode``: URL-safe base64 without padding."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
+
+
+def _decode(data: bytes) -> bytes:
+    """``itsdangerous.encoding.base64_decode`` of bytes, as lenient (characters outside the
+    alphabet skipped, ``+`` and ``/`` taken too); ``binascii.Error`` where it refuses."""
+    return binascii.a2b_base64((data + b"=" * (-len(data) % 4)).translate(_FROM_URLSAFE))
 
 
 class Seal:
@@ -34,7 +49,7 @@ class Seal:
     matched, so a token of a retired key can be re-signed.
     """
 
-    __slots__ = ("_keyed", "_keys", "_signers")
+    __slots__ = ("_keyed", "_keys", "_signers", "_stamp")
 
     def __init__(self, keys: Sequence[str], salt: str) -> None:
         self._signers = tuple(TimestampSigner(key, salt=salt) for key in keys)
@@ -44,6 +59,8 @@ class Seal:
         self._keyed = tuple(
             _keyed_hmac(signer, key) for signer, key in zip(self._signers, self._keys, strict=True)
         )
+        # The last second sealed and its encoding: replaced whole, so threads need no lock.
+        self._stamp = (-1, b"")
 
     def _signature(self, index: int, value: bytes) -> bytes:
         keyed = self._keyed[index]
@@ -56,8 +73,12 @@ class Seal:
 
     def seal(self, value: bytes, now: float) -> str:
         stamp = max(0, int(now))
-        stamped = value + b"." + base64_encode(stamp.to_bytes((stamp.bit_length() + 7) // 8, "big"))
-        signature = base64_encode(self._signature(0, stamped))
+        last, encoded = self._stamp
+        if stamp != last:
+            encoded = _encode(stamp.to_bytes((stamp.bit_length() + 7) // 8, "big"))
+            self._stamp = (stamp, encoded)
+        stamped = value + b"." + encoded
+        signature = _encode(self._signature(0, stamped))
         return (stamped + b"." + signature).decode("ascii")
 
     def open(self, token: str) -> tuple[bytes, int, bool] | None:
@@ -75,8 +96,8 @@ class Seal:
         if not sep:
             return None
         try:
-            signature = base64_decode(encoded_signature)
-        except Exception:
+            signature = _decode(encoded_signature)
+        except binascii.Error:
             return None
         newest: bool | None = None
         for index in range(len(self._keyed)):
@@ -89,8 +110,8 @@ class Seal:
         if not sep:
             return None
         try:
-            seconds = int.from_bytes(base64_decode(stamp), "big")
-        except Exception:
+            seconds = int.from_bytes(_decode(stamp), "big")
+        except binascii.Error:
             return None
         if seconds > _LAST_STAMP:
             return None  # a timestamp no clock can hold
