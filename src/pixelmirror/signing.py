@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from itsdangerous import TimestampSigner
 from itsdangerous.signer import HMACAlgorithm
 
-__all__ = ["Seal"]
+__all__ = ["Seal", "urlsafe_b64encode"]
 
 # The last second a datetime can hold (9999-12-31 23:59:59 UTC): itsdangerous refuses a
 # token stamped later, because it cannot turn the stamp into a datetime.
@@ -29,7 +29,7 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-def _encode(data: bytes) -> bytes:
+def urlsafe_b64encode(data: bytes) -> bytes:
     """``itsdangerous.encoding.base64_encode``: URL-safe base64 without padding."""
     return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
 
@@ -75,10 +75,10 @@ class Seal:
         stamp = max(0, int(now))
         last, encoded = self._stamp
         if stamp != last:
-            encoded = _encode(stamp.to_bytes((stamp.bit_length() + 7) // 8, "big"))
+            encoded = urlsafe_b64encode(stamp.to_bytes((stamp.bit_length() + 7) // 8, "big"))
             self._stamp = (stamp, encoded)
         stamped = value + b"." + encoded
-        signature = _encode(self._signature(0, stamped))
+        signature = urlsafe_b64encode(self._signature(0, stamped))
         return (stamped + b"." + signature).decode("ascii")
 
     def open(self, token: str) -> tuple[bytes, int, bool] | None:
