@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -8,7 +11,7 @@ from hypothesis import strategies as st
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from itsdangerous.encoding import base64_encode
 
-from pixelmirror.signing import Seal
+from pixelmirror.signing import Seal, _hmac_pads
 
 KEY = "k" * 32
 OLD_KEY = "o" * 32
@@ -160,3 +163,18 @@ def test_mangled_tokens_get_itsdangerous_verdicts(seed: int) -> None:
                 token[min(at, len(token) - 1)] = rng.choice(_MANGLING)
         mangled = "".join(token)
         assert seal.open(mangled) == _verdict(mangled), mangled
+
+
+@pytest.mark.parametrize("digest", [hashlib.sha1, hashlib.sha256, hashlib.sha512, hashlib.md5])
+def test_hmac_from_the_kept_pads_is_hmac_new_for_any_key_and_value(digest: Any) -> None:
+    rng = random.Random(digest().name)
+    for _ in range(300):
+        # Keys up to past two blocks: a long key is hashed first, as hmac.new does.
+        key, value = rng.randbytes(rng.randint(0, 300)), rng.randbytes(rng.randint(0, 200))
+        signer = TimestampSigner(key, salt=SALT, digest_method=digest, key_derivation="none")
+        pads = _hmac_pads(signer, key)
+        assert pads is not None
+        inner, outer = pads[0].copy(), pads[1].copy()
+        inner.update(value)
+        outer.update(inner.digest())
+        assert outer.digest() == hmac.new(key, value, digest).digest()
