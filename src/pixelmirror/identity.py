@@ -41,6 +41,8 @@ _MAX_VISITOR_COOKIE = 256
 CLOCK_SKEW = 300.0
 # Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
+# Returning visitors whose Visitor is kept (~1 MB at most, their User-Agents included).
+_RETURNING_KEPT = 2048
 # 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
 # them: 22 characters.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -138,6 +140,7 @@ class Identity:
         )
         self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
         self._opened: dict[str, _Opened] = {}
+        self._returning: dict[tuple[str | None, ...], Visitor] = {}
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -157,15 +160,21 @@ class Identity:
         if set_cookies and self._secure and not self._warned_http:
             self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb.read(facts, trusted, now, set_cookies)
-        return Visitor(
-            visitor_id=visitor_id,
-            external_id=external_id,
-            fbp=fbp,
-            fbc=fbc,
-            client_ip=self._proxies.client_ip(facts, peer, trusted),
-            user_agent=user_agent,
-            set_cookies=tuple(set_cookies),
-        )
+        client_ip = self._proxies.client_ip(facts, peer, trusted)
+        if set_cookies:
+            return Visitor(
+                visitor_id, external_id, fbp, fbc, client_ip, user_agent, tuple(set_cookies)
+            )
+        # A returning visitor tells the same on page after page: the same (immutable) Visitor
+        # serves them all.
+        said = (visitor_id, fbp, fbc, client_ip, user_agent)
+        visitor = self._returning.get(said)
+        if visitor is None:
+            visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent)
+            if len(self._returning) >= _RETURNING_KEPT:
+                self._returning.clear()
+            self._returning[said] = visitor
+        return visitor
 
     def is_crawler(self, facts: RequestFacts) -> bool:
         """Whether the crawler filter keeps this request out (what :meth:`resolve` checks
