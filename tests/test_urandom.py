@@ -4,44 +4,44 @@ import ast
 import base64
 import os
 import random
+from typing import TypeVar
 
 import pytest
 
 from pixelmirror import _urandom, fbcookies, identity
 from pixelmirror._urandom import Pool
 
+T = TypeVar("T")
 
-def _seeded_urandom(monkeypatch: pytest.MonkeyPatch, seed: int) -> list[bytes]:
-    """Make the pools' os.urandom deterministic; returns the batches it handed out."""
+
+def _seeded_draws(
+    monkeypatch: pytest.MonkeyPatch, seed: int, pool: Pool[T], size: int
+) -> tuple[list[T], list[bytes]]:
+    """600 draws (three batches) from a fresh pool minting as ``pool`` does, over seeded
+    bytes; and the ``size`` bytes each value was made of, in the same order."""
     rng = random.Random(seed)
     handed: list[bytes] = []
 
-    def urandom(size: int) -> bytes:
-        handed.append(rng.randbytes(size))
+    def urandom(count: int) -> bytes:
+        handed.append(rng.randbytes(count))
         return handed[-1]
 
     monkeypatch.setattr(_urandom.os, "urandom", urandom)
-    return handed
-
-
-def _chunks(batches: list[bytes], size: int) -> list[bytes]:
+    fresh = Pool(pool._mint, size=size)
+    drawn = [fresh.draw() for _ in range(600)]
     # A pool pops from the end of each batch it minted.
-    return [
-        batch[at : at + size] for batch in batches for at in reversed(range(0, len(batch), size))
+    made_of = [
+        batch[at : at + size] for batch in handed for at in reversed(range(0, len(batch), size))
     ]
+    return drawn, made_of[: len(drawn)]
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_visitor_ids_are_what_token_urlsafe_makes_of_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    handed = _seeded_urandom(monkeypatch, seed)
-    pool = Pool(identity._visitor_ids._mint, size=16)
-    drawn = [pool.draw() for _ in range(600)]  # three batches
-    expected = [
-        base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") for raw in _chunks(handed, 16)
-    ]
-    assert drawn == expected[: len(drawn)]
+    drawn, made_of = _seeded_draws(monkeypatch, seed, identity._visitor_ids, 16)
+    assert drawn == [base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") for raw in made_of]
     assert all(identity._VISITOR_ID.fullmatch(drawn_id) for drawn_id in drawn)
 
 
@@ -49,14 +49,11 @@ def test_visitor_ids_are_what_token_urlsafe_makes_of_the_same_bytes(
 def test_fbp_numbers_are_what_getrandbits_31_makes_of_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    handed = _seeded_urandom(monkeypatch, seed)
-    pool = Pool(fbcookies._fbp_numbers._mint, size=4)
-    drawn = [pool.draw() for _ in range(600)]
-    chunks = iter(_chunks(handed, 4))
+    drawn, made_of = _seeded_draws(monkeypatch, seed, fbcookies._fbp_numbers, 4)
     # SystemRandom.getrandbits(31): four bytes of os.urandom, big-endian, the top 31 bits.
+    chunks = iter(made_of)
     monkeypatch.setattr(random, "_urandom", lambda size: next(chunks))
-    expected = [random.SystemRandom().getrandbits(31) for _ in drawn]
-    assert drawn == expected
+    assert drawn == [random.SystemRandom().getrandbits(31) for _ in made_of]
     assert all(0 <= number < 2**31 for number in drawn)
 
 
