@@ -11,12 +11,12 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
+from pixelmirror.web.adapter import Adapter, Served
+from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
 from pixelmirror.web.response import BeaconAnswer, Headers, server_host
-from pixelmirror.web.routes import warn_misplaced_tracks
 
 if TYPE_CHECKING:
     # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
@@ -24,13 +24,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger("pixelmirror.web")
-
-
-class Served(Protocol):
-    """What the middleware needs of the object that owns the pages (a ``PixelMirror``)."""
-
-    @property
-    def pages(self) -> Pages: ...
 
 
 class EnvironHeaders(Mapping[str, str]):
@@ -80,30 +73,19 @@ def request_facts(environ: WSGIEnvironment) -> RequestFacts:
     )
 
 
-class PixelMirrorWSGI:
+class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
     """WSGI middleware: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``.
 
     Place it inside any compression middleware: it only touches uncompressed HTML.
     """
 
-    def __init__(self, app: WSGIApplication, mirror: Served) -> None:
-        self.app = app
-        self.mirror = mirror
-        self.pages = mirror.pages
-        self._routes_checked = False  # once, at the first request: the routes are all there
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._routes_checked:
-            self._routes_checked = True
-            warn_misplaced_tracks(self.app)
         pages = self.pages
-        try:
-            facts = request_facts(environ)
-            if pages.is_beacon(facts):
-                return self._beacon(facts, environ, start_response)
-        except Exception:
-            logger.exception("could not read the request; passing it through")
+        facts = self._facts(request_facts, environ)
+        if facts is None:
             return self.app(environ, start_response)
+        if pages.is_beacon(facts):
+            return self._beacon(facts, environ, start_response)
         request = pages.start(facts)
         if request is None:
             return self.app(environ, start_response)
@@ -130,6 +112,8 @@ class PixelMirrorWSGI:
 
 class _Responder:
     """One request's ``start_response`` and body, fed through its :class:`PageRequest`."""
+
+    __slots__ = ("request", "server_start_response", "status_line", "written")
 
     def __init__(self, request: PageRequest, start_response: StartResponse) -> None:
         self.request = request
@@ -177,6 +161,8 @@ class _Responder:
 class _Body:
     """The app's iterable, fed through the responder; ``close()`` always reaches the app's.
     The request's events are mirrored once the body is exhausted or closed."""
+
+    __slots__ = ("responder", "result")
 
     def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
         self.result = result
