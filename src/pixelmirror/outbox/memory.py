@@ -57,9 +57,14 @@ class MemoryOutbox:
             room = self.max_events - self._size
             taken = events[:room] if room < len(events) else events
             for event in taken:
-                self._ready.setdefault(event.batch_key, deque()).append((event, 0))
+                key = event.batch_key
+                queue = self._ready.get(key)
+                if queue is None:
+                    queue = self._ready[key] = deque()
+                queue.append((event, 0))
             self._size += len(taken)
-        self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
+        if len(taken) < len(events):
+            self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
         return len(taken)
 
     def write(self, events: Sequence[ServerEvent]) -> int:
