@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,15 @@ class EnvironHeaders(Mapping[str, str]):
             raise KeyError(name)
         return value
 
+    # Mapping's get and ``in`` go through __getitem__ and raise KeyError for each header
+    # the request lacks: most of those asked for (proxy headers, Sec-GPC, ...).
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._environ.get(self._key(name))
+        return value if isinstance(value, str) else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and isinstance(self._environ.get(self._key(name)), str)
+
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
             if key.startswith("HTTP_"):
@@ -60,17 +70,23 @@ def request_facts(environ: WSGIEnvironment) -> RequestFacts:
     host = environ.get("HTTP_HOST") or server_host(
         environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
     )
-    # PEP 3333 strings are bytes decoded as latin-1: re-encode to quote the raw path.
-    raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if not _QUOTED.fullmatch(path):  # what quote() would change: PEP 3333 strings are
+        path = quote(path.encode("latin-1"), safe=_PATH_SAFE)  # bytes decoded as latin-1
     return RequestFacts(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        scheme=scheme,
-        host=host,
-        path=quote(raw_path, safe="/:@!$&'()*+,;=%~") or "/",
-        query=environ.get("QUERY_STRING", ""),
-        headers=EnvironHeaders(environ),
-        peer=environ.get("REMOTE_ADDR"),
+        environ.get("REQUEST_METHOD", "GET"),
+        scheme,
+        host,
+        path or "/",
+        environ.get("QUERY_STRING", ""),
+        EnvironHeaders(environ),
+        environ.get("REMOTE_ADDR"),
     )
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=%~"
+#: A path quote(path, safe=_PATH_SAFE) leaves as it is: ASCII letters, digits, "_.-~", safe.
+_QUOTED = re.compile(r"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
 
 
 class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
