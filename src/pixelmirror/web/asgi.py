@@ -168,15 +168,16 @@ class _Responder:
             more = message.get("more_body", False)
             released, body = request.feed(message.get("body", b""), more=more)
             if released is not None:
-                await self._start(released)
+                await self.server_send(self._started(released))
                 await self.server_send({**message, "body": body})
         else:  # pathsend, trailers, ...: the page goes as the app made it
-            await self._start(request.release()[0])
+            await self.server_send(self._started(request.release()[0]))
             await self.server_send(message)
 
-    async def _start(self, headers: Headers) -> None:
+    def _started(self, headers: Headers) -> Message:
+        """The held ``http.response.start`` with these headers."""
         assert self.start is not None
-        await self.server_send({**self.start, "headers": _encode(headers)})
+        return {**self.start, "headers": _encode(headers)}
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
