@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
+from pixelmirror.web.adapter import Adapter, Served
+from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
 from pixelmirror.web.response import BeaconAnswer, Headers, server_host
-from pixelmirror.web.routes import warn_misplaced_tracks
 
 if TYPE_CHECKING:
     # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
@@ -24,13 +25,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger("pixelmirror.web")
-
-
-class Served(Protocol):
-    """What the middleware needs of the object that owns the pages (a ``PixelMirror``)."""
-
-    @property
-    def pages(self) -> Pages: ...
 
 
 class EnvironHeaders(Mapping[str, str]):
@@ -53,6 +47,15 @@ class EnvironHeaders(Mapping[str, str]):
             raise KeyError(name)
         return value
 
+    # Mapping's get and ``in`` go through __getitem__ and raise KeyError for each header
+    # the request lacks: most of those asked for (proxy headers, Sec-GPC, ...).
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._environ.get(self._key(name))
+        return value if isinstance(value, str) else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and isinstance(self._environ.get(self._key(name)), str)
+
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
             if key.startswith("HTTP_"):
@@ -67,43 +70,38 @@ def request_facts(environ: WSGIEnvironment) -> RequestFacts:
     host = environ.get("HTTP_HOST") or server_host(
         environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
     )
-    # PEP 3333 strings are bytes decoded as latin-1: re-encode to quote the raw path.
-    raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if not _QUOTED.fullmatch(path):  # what quote() would change: PEP 3333 strings are
+        path = quote(path.encode("latin-1"), safe=_PATH_SAFE)  # bytes decoded as latin-1
     return RequestFacts(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        scheme=scheme,
-        host=host,
-        path=quote(raw_path, safe="/:@!$&'()*+,;=%~") or "/",
-        query=environ.get("QUERY_STRING", ""),
-        headers=EnvironHeaders(environ),
-        peer=environ.get("REMOTE_ADDR"),
+        environ.get("REQUEST_METHOD", "GET"),
+        scheme,
+        host,
+        path or "/",
+        environ.get("QUERY_STRING", ""),
+        EnvironHeaders(environ),
+        environ.get("REMOTE_ADDR"),
     )
 
 
-class PixelMirrorWSGI:
+_PATH_SAFE = "/:@!$&'()*+,;=%~"
+#: A path quote(path, safe=_PATH_SAFE) leaves as it is: ASCII letters, digits, "_.-~", safe.
+_QUOTED = re.compile(r"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
+
+
+class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
     """WSGI middleware: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``.
 
     Place it inside any compression middleware: it only touches uncompressed HTML.
     """
 
-    def __init__(self, app: WSGIApplication, mirror: Served) -> None:
-        self.app = app
-        self.mirror = mirror
-        self.pages = mirror.pages
-        self._routes_checked = False  # once, at the first request: the routes are all there
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._routes_checked:
-            self._routes_checked = True
-            warn_misplaced_tracks(self.app)
         pages = self.pages
-        try:
-            facts = request_facts(environ)
-            if pages.is_beacon(facts):
-                return self._beacon(facts, environ, start_response)
-        except Exception:
-            logger.exception("could not read the request; passing it through")
+        facts = self._facts(request_facts, environ)
+        if facts is None:
             return self.app(environ, start_response)
+        if pages.is_beacon(facts):
+            return self._beacon(facts, environ, start_response)
         request = pages.start(facts)
         if request is None:
             return self.app(environ, start_response)
@@ -130,6 +128,8 @@ class PixelMirrorWSGI:
 
 class _Responder:
     """One request's ``start_response`` and body, fed through its :class:`PageRequest`."""
+
+    __slots__ = ("request", "server_start_response", "status_line", "written")
 
     def __init__(self, request: PageRequest, start_response: StartResponse) -> None:
         self.request = request
@@ -177,6 +177,8 @@ class _Responder:
 class _Body:
     """The app's iterable, fed through the responder; ``close()`` always reaches the app's.
     The request's events are mirrored once the body is exhausted or closed."""
+
+    __slots__ = ("responder", "result")
 
     def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
         self.result = result
