@@ -83,8 +83,7 @@ _TEXT_NAMES = b"|".join(sorted(_TEXT_ELEMENTS))
 # read as text with their end tag (a script only without ``<!--``, whose escapes the state
 # machine follows, and not the snippet's own). All the scanner would step over one by one;
 # it stops at a ``<`` that may matter, or one cut by the end of the bytes, where the state
-# machine takes over. The repeat is possessive: nothing follows it, so giving an iteration
-# back never helps, and the engine is spared the state it keeps to do so.
+# machine takes over.
 _ORDINARY = re.compile(
     rb"(?:[^<]+"
     rb"|<(?!(?i:%(names)s)%(end)s)%(tag)s"
@@ -93,7 +92,7 @@ _ORDINARY = re.compile(
     rb"|<(?i:(%(text)s))%(end)s%(tail)s[^<]*(?:<(?!/(?i:\1)%(end)s)[^<]*)*</(?i:\1)%(end)s%(tail)s"
     rb"|<(?!%(marker)s[\t\n\f\r />=])(?i:script)%(end)s%(tail)s"
     rb"[^<]*(?:<(?!!--|/(?i:script)%(end)s)[^<]*)*</(?i:script)%(end)s%(tail)s"
-    rb")*+"
+    rb")*"
     % {
         b"names": _NAMES,
         b"end": _END,
