@@ -7,17 +7,15 @@ as the app made it, and the app's iterable is always closed.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from pixelmirror.web.adapter import Adapter, Served
+from pixelmirror.web.environ import request_facts
 from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
-from pixelmirror.web.response import BeaconAnswer, Headers, server_host
+from pixelmirror.web.response import BeaconAnswer, Headers
 
 if TYPE_CHECKING:
     # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
@@ -25,68 +23,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger("pixelmirror.web")
-
-
-class EnvironHeaders(Mapping[str, str]):
-    """Lower-case header names over a WSGI environ, read lazily: most go unread."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: WSGIEnvironment) -> None:
-        self._environ = environ
-
-    @staticmethod
-    @functools.lru_cache(maxsize=256)  # the same few names on every request
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-
-    def __getitem__(self, name: str) -> str:
-        value = self._environ[self._key(name)]
-        if not isinstance(value, str):
-            raise KeyError(name)
-        return value
-
-    # Mapping's get and ``in`` go through __getitem__ and raise KeyError for each header
-    # the request lacks: most of those asked for (proxy headers, Sec-GPC, ...).
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self._environ.get(self._key(name))
-        return value if isinstance(value, str) else default
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and isinstance(self._environ.get(self._key(name)), str)
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self._environ:
-            if key.startswith("HTTP_"):
-                yield key[5:].replace("_", "-").lower()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def request_facts(environ: WSGIEnvironment) -> RequestFacts:
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or server_host(
-        environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
-    )
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    if not _QUOTED.fullmatch(path):  # what quote() would change: PEP 3333 strings are
-        path = quote(path.encode("latin-1"), safe=_PATH_SAFE)  # bytes decoded as latin-1
-    return RequestFacts(
-        environ.get("REQUEST_METHOD", "GET"),
-        scheme,
-        host,
-        path or "/",
-        environ.get("QUERY_STRING", ""),
-        EnvironHeaders(environ),
-        environ.get("REMOTE_ADDR"),
-    )
-
-
-_PATH_SAFE = "/:@!$&'()*+,;=%~"
-#: A path quote(path, safe=_PATH_SAFE) leaves as it is: ASCII letters, digits, "_.-~", safe.
-_QUOTED = re.compile(r"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
 
 
 class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
@@ -224,4 +160,4 @@ def _status_code(status: str) -> int:
         return 500
 
 
-__all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask", "request_facts"]
+__all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask"]
