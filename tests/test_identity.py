@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 from typing import Any
 
@@ -9,16 +10,19 @@ from itsdangerous import TimestampSigner
 
 from identitykit import (
     CHROME,
+    FBC,
     FBP,
     KEY,
     MAX_AGE,
     NOW,
     OLD_KEY,
     OTHER_KEY,
+    SAFARI,
     TRUSTED,
     VID,
     cookie,
     make,
+    parse,
     request,
     resolve,
     signed,
@@ -28,6 +32,7 @@ from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import (
     CLOCK_SKEW,
     VISITOR_SALT,
+    Visitor,
     is_crawler,
 )
 from pixelmirror.normalize import sha256_hex
@@ -97,7 +102,16 @@ def test_visitor_cookie_validity(token: str | None, kept: bool, set_cookie: bool
         assert again.set_cookies == ()
 
 
-@pytest.mark.parametrize("token", [signed(), signed(key=OLD_KEY), signed(at=NOW - MAX_AGE // 2)])
+@pytest.mark.parametrize(
+    "token",
+    [
+        signed(),
+        signed(key=OLD_KEY),
+        signed(at=NOW - MAX_AGE // 2),
+        signed("not an id!"),
+        signed(key=OTHER_KEY),
+    ],
+)
 def test_a_token_seen_before_gets_the_verdict_of_a_first_sight_at_every_age(token: str) -> None:
     # One identity sees the token again and again as it ages (its verdict kept after the first
     # page); each answer is what an identity seeing it for the first time gives.
@@ -109,9 +123,48 @@ def test_a_token_seen_before_gets_the_verdict_of_a_first_sight_at_every_age(toke
         assert again is not None
         assert first is not None
         assert (again.visitor_id == VID) is (first.visitor_id == VID)
+        assert again.external_id == sha256_hex(again.visitor_id)
         assert [c.split("=", 1)[0] for c in again.set_cookies] == [
             c.split("=", 1)[0] for c in first.set_cookies
         ]
+
+
+def _without_random_parts(visitor: Visitor) -> str:
+    """The visitor's repr with a new visitor's id, hash and token, and a new _fbp, masked."""
+    text = repr(visitor)
+    minted = dict(parse(set_cookie)[:2] for set_cookie in visitor.set_cookies)
+    if visitor.visitor_id not in (VID, VID2):
+        text = text.replace(minted["_pm_vid"], "<token>")
+        text = text.replace(visitor.visitor_id, "<id>").replace(visitor.external_id, "<hash>")
+    if "_fbp" in minted:
+        text = text.replace(minted["_fbp"], "<fbp>")
+    return text
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_identity_page_after_page_answers_as_a_fresh_one(seed: int) -> None:
+    # One identity keeps token verdicts and returning visitors; each answer must be what an
+    # identity seeing the request first gives (a new visitor's random id aside).
+    rng = random.Random(seed)
+    kept = make(trusted_proxies=TRUSTED)
+    tokens = [signed(), signed(VID2), signed(key=OLD_KEY), signed(at=NOW - MAX_AGE // 2), "x"]
+    for _ in range(400):
+        cookies = {"_pm_vid": rng.choice(tokens), "_fbp": rng.choice([FBP, "fb.bad", ""])}
+        if rng.random() < 0.3:
+            cookies["_fbc"] = rng.choice([FBC, "fb.1.2.x.y.z"])
+        facts = request(
+            cookies={name: value for name, value in cookies.items() if value},
+            ua=rng.choice([CHROME, SAFARI, " " + CHROME]),
+            query=rng.choice(["", "fbclid=IwAR1AbC", "fbclid=Other"]),
+            peer=rng.choice(["203.0.113.9", "10.0.0.1", "2001:db8::1"]),
+            headers={"x-forwarded-for": rng.choice(["198.51.100.7", "198.51.100.8"])},
+        )
+        now = NOW + rng.choice([0, 1, 60, MAX_AGE // 2 + 5, MAX_AGE + 1])
+        again = kept.resolve(facts, now=now)
+        first = make(trusted_proxies=TRUSTED).resolve(facts, now=now)
+        assert again is not None
+        assert first is not None
+        assert _without_random_parts(again) == _without_random_parts(first)
 
 
 VID2 = "ZyXwVuTsRqPoNmLkJiHgFe"

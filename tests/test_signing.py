@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+import random
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from itsdangerous.encoding import base64_encode
 
-from pixelmirror.signing import Seal
+from pixelmirror.signing import Seal, _hmac_pads
 
 KEY = "k" * 32
 OLD_KEY = "o" * 32
@@ -113,3 +118,63 @@ def test_a_stamp_past_the_year_9999_is_refused_as_itsdangerous_does(at: int) -> 
         assert Seal([KEY], SALT).open(token) is None
     else:
         assert Seal([KEY], SALT).open(token) == (b"v", at, True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_seal_stamps_second_after_second_as_itsdangerous_does(seed: int) -> None:
+    # One Seal keeps the last second's encoded stamp: repeated, fractional, earlier and
+    # later times must all give itsdangerous' token.
+    rng = random.Random(seed)
+    seal = Seal([KEY], SALT)
+    at = float(rng.choice(TIMES))
+    for _ in range(300):
+        at = max(0.0, at + rng.choice([0.0, 0.25, 0.999, 1.0, -1.0, 3600.0, -0.5, 2**20]))
+        value = rng.choice(VALUES)
+        assert seal.seal(value, at) == _SignerAt(KEY, int(at)).sign(value).decode(), at
+
+
+# What may stand in a mangled token: base64 of both alphabets, padding, separators, and
+# characters outside every alphabet (skipped by the lenient decoder, as by itsdangerous').
+_MANGLING = "AQgw09az_-+/=.. *~\té\n"
+
+
+def _verdict(token: str) -> tuple[bytes, int, bool] | None:
+    try:
+        value, at = TimestampSigner(KEY, salt=SALT).unsign(token, return_timestamp=True)
+    except (BadSignature, ValueError):
+        return None
+    return value, int(at.timestamp()), True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mangled_tokens_get_itsdangerous_verdicts(seed: int) -> None:
+    rng = random.Random(seed)
+    seal = Seal([KEY], SALT)
+    for _ in range(1000):
+        token = list(seal.seal(rng.choice(VALUES), rng.choice(TIMES)))
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randrange(len(token) + 1)
+            action = rng.randrange(3)
+            if action == 0:
+                token.insert(at, rng.choice(_MANGLING))
+            elif token and action == 1:
+                del token[min(at, len(token) - 1)]
+            elif token:
+                token[min(at, len(token) - 1)] = rng.choice(_MANGLING)
+        mangled = "".join(token)
+        assert seal.open(mangled) == _verdict(mangled), mangled
+
+
+@pytest.mark.parametrize("digest", [hashlib.sha1, hashlib.sha256, hashlib.sha512, hashlib.md5])
+def test_hmac_from_the_kept_pads_is_hmac_new_for_any_key_and_value(digest: Any) -> None:
+    rng = random.Random(digest().name)
+    for _ in range(300):
+        # Keys up to past two blocks: a long key is hashed first, as hmac.new does.
+        key, value = rng.randbytes(rng.randint(0, 300)), rng.randbytes(rng.randint(0, 200))
+        signer = TimestampSigner(key, salt=SALT, digest_method=digest, key_derivation="none")
+        pads = _hmac_pads(signer, key)
+        assert pads is not None
+        inner, outer = pads[0].copy(), pads[1].copy()
+        inner.update(value)
+        outer.update(inner.digest())
+        assert outer.digest() == hmac.new(key, value, digest).digest()

@@ -3,18 +3,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pytest
 
 from conftest import PIXEL, SECRET, TOKEN, MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, current_event, track
 from pixelmirror.testing import FakeGraphAPI
-from pixelmirror.wsgi import PixelMirrorWSGI
+from pixelmirror.wsgi import EnvironHeaders, PixelMirrorWSGI, request_facts
 from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
 
 if TYPE_CHECKING:
@@ -530,3 +532,26 @@ def test_a_missing_signing_key_fails_at_start_up(make_mirror: MakeMirror) -> Non
     mirror = make_mirror(secret_key=())
     with pytest.raises(ConfigError, match="PIXELMIRROR_SECRET_KEY is required"):
         mirror.wsgi(tracked_app())
+
+
+def test_a_request_path_is_what_quote_makes_of_it_byte_for_byte() -> None:
+    # request_facts leaves a path that quote() would not change as it is: the same text.
+    rng = random.Random(12)
+    kept = "aZ09_.-~/:@!$&'()*+,;=%"
+    changed = '?#[] "<>\\^`{|}\t\x7f\x80\xe9\xff'
+    for _ in range(5000):
+        alphabet = kept if rng.random() < 0.5 else kept + changed
+        script = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
+        path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        env = {"SCRIPT_NAME": script, "PATH_INFO": path, "HTTP_HOST": "shop.test"}
+        expected = quote((script + path).encode("latin-1"), safe="/:@!$&'()*+,;=%~") or "/"
+        assert request_facts(env).path == expected
+
+
+def test_environ_headers_get_and_in_answer_as_a_mapping_does() -> None:
+    env = {"HTTP_REFERER": "https://a.test/", "CONTENT_TYPE": "text/html", "HTTP_X_ODD": 3}
+    headers = EnvironHeaders(env)  # type: ignore[arg-type]
+    for name in ("referer", "Referer", "content-type", "x-odd", "sec-gpc", "forwarded"):
+        assert headers.get(name) == Mapping.get(headers, name)
+        assert headers.get(name, "-") == Mapping.get(headers, name, "-")
+        assert (name in headers) == Mapping.__contains__(headers, name)

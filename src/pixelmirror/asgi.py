@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.web import asgi
-from pixelmirror.web.asgi import ASGIApp, Message, Receive, Scope, Send, request_facts
+from pixelmirror.web.asgi import ASGIApp, Message, Receive, Send
+from pixelmirror.web.scope import Scope, request_facts
 
 
 class PixelMirrorMiddleware(asgi.PixelMirrorMiddleware):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
 
+from pixelmirror._urandom import Pool
 from pixelmirror.meta import (
     ACTION_SOURCES,
     CURRENCY,
@@ -39,32 +39,20 @@ def new_event_id() -> str:
     """A fresh, unguessable event id (the dedup key shared by the pixel and CAPI).
 
     ``uuid.uuid4().hex``: 16 random bytes with the version and variant bits set as ``uuid4``
-    sets them. Ids are minted 256 at a time from one ``os.urandom`` call (every request
-    makes one, and a syscall per id costs more than the id); ``list.pop`` is atomic, so
-    threads need no lock.
+    sets them, drawn from a pool (every request makes one, and a system call per id costs
+    more than the id).
     """
-    try:
-        return _ids.pop()
-    except IndexError:
-        _ids.extend(_mint_ids())
-        return _ids.pop()
+    return _ids.draw()
 
 
-def _mint_ids() -> list[str]:
-    raw = os.urandom(16 * _IDS_PER_MINT)
-    return [
-        f"{(int.from_bytes(raw[at : at + 16], 'big') & _UUID4_CLEAR) | _UUID4_SET:032x}"
-        for at in range(0, len(raw), 16)
-    ]
+def _uuid4_hex(raw: bytes) -> str:
+    return f"{(int.from_bytes(raw, 'big') & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
 # UUID version 4 (bits 76-79) and the RFC 4122 variant (bits 62-63), as uuid.UUID sets them.
 _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
-_IDS_PER_MINT = 256
-_ids: list[str] = []
-# A forked child (gunicorn's preloaded workers) must not mint the ids its parent has left.
-os.register_at_fork(after_in_child=_ids.clear)
+_ids = Pool(_uuid4_hex, size=16)
 
 
 #: The destination of events that name none: Meta's Conversions API.

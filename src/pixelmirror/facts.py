@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Any, Generic, TypeVar, overload
+
+T = TypeVar("T")
+
+
+class _computed_once(Generic[T]):
+    """``functools.cached_property`` without the lock it takes on every first access before
+    Python 3.12: the value is computed from the request's immutable facts, so two threads
+    that race compute equal values, and either may stay."""
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _computed_once[T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+    def __get__(self, instance: object, owner: type | None = None) -> T | _computed_once[T]:
+        if instance is None:
+            return self
+        # Stored in the instance's __dict__, which later lookups find before this
+        # non-data descriptor.
+        value = instance.__dict__[self._name] = self._compute(instance)
+        return value
 
 
 @dataclass(frozen=True)
@@ -32,31 +56,44 @@ class RequestFacts:
         query = f"?{self.query}" if self.query else ""
         return f"{self.scheme}://{self.host}{self.path}{query}"
 
-    @cached_property
+    @property
     def cookies(self) -> Mapping[str, str]:
         """Cookies of the request; the first of two same-named cookies wins, as browsers send
         the most specific first. Malformed pairs are skipped."""
-        return {name: values[0] for name, values in self._cookie_jar.items()}
+        return self._cookie_jar[0]
 
     def cookie_values(self, name: str) -> list[str]:
         """Every value sent for cookie ``name``, in order: a sibling subdomain's cookie of
         the same name comes along with ours, and it may come first."""
-        return list(self._cookie_jar.get(name, ()))
+        first, repeated = self._cookie_jar
+        values = repeated.get(name)
+        if values is not None:
+            return list(values)
+        value = first.get(name)
+        return [] if value is None else [value]
 
-    @cached_property
-    def _cookie_jar(self) -> dict[str, list[str]]:
-        """Each cookie name's values in order: the header parsed once per request."""
-        jar: dict[str, list[str]] = {}
+    @_computed_once
+    def _cookie_jar(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """Each cookie name's first value, and every value of the names sent more than once:
+        the header parsed once per request."""
+        first: dict[str, str] = {}
+        repeated: dict[str, list[str]] = {}
         for pair in self.headers.get("cookie", "").split(";"):
             name, sep, value = pair.partition("=")
+            if not sep:
+                continue
             name = name.strip()
-            if sep and name:
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                values = jar.get(name)
+            if not name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if name in first:
+                values = repeated.get(name)
                 if values is None:
-                    jar[name] = [value]
+                    repeated[name] = [first[name], value]
                 else:
                     values.append(value)
-        return jar
+            else:
+                first[name] = value
+        return first, repeated

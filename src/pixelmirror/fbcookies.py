@@ -11,10 +11,10 @@ host-only cookies.
 from __future__ import annotations
 
 import re
-import secrets
 from urllib.parse import parse_qsl
 
 from pixelmirror._domains import hostname, is_ip, registrable_domain
+from pixelmirror._urandom import Pool
 from pixelmirror.config import Config
 from pixelmirror.facts import RequestFacts
 from pixelmirror.proxies import Proxies
@@ -34,6 +34,8 @@ _FBCLID_ONLY = re.compile(_FBCLID)
 _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9_-]{{1,16}})?")
 
 _FB_SUFFIX = f"; Path=/; Max-Age={FB_MAX_AGE}"
+# _fbp's random part: uniform below 2**31, as secrets.randbelow(2**31) draws it.
+_fbp_numbers = Pool(lambda raw: int.from_bytes(raw, "big") >> 1, size=4)
 _SITES_KEPT = 256
 
 
@@ -87,7 +89,7 @@ class FbCookies:
         if scheme == "https":
             suffix += "; Secure"
         if fbp is None:
-            fbp = f"fb.{index}.{millis}.{secrets.randbelow(2**31)}"
+            fbp = f"fb.{index}.{millis}.{_fbp_numbers.draw()}"
             set_cookies.append(f"_fbp={fbp}{suffix}")
         if new_click:
             fbc = f"fb.{index}.{millis}.{fbclid}"

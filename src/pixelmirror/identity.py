@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pixelmirror import _domains
 from pixelmirror._domains import is_local
+from pixelmirror._urandom import Pool
 from pixelmirror.bots import CrawlerFilter, is_crawler
 from pixelmirror.config import Config, ConfigError
 from pixelmirror.consent import Consent
@@ -26,7 +27,7 @@ from pixelmirror.facts import RequestFacts
 from pixelmirror.fbcookies import FbCookies
 from pixelmirror.normalize import sha256_hex
 from pixelmirror.proxies import Proxies
-from pixelmirror.signing import Seal
+from pixelmirror.signing import Seal, urlsafe_b64encode
 
 # is_crawler: documented here since 0.1 for sites composing their own is_bot.
 __all__ = ["Identity", "Visitor", "is_crawler"]
@@ -38,10 +39,24 @@ VISITOR_SALT = "pixelmirror.visitor"
 _MAX_VISITOR_COOKIE = 256
 # A signature from a little in the future is clock skew between our own servers.
 CLOCK_SKEW = 300.0
-# Visitor tokens whose verdict is kept (~0.5 MB at most).
+# Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
-# secrets.token_urlsafe(16): 22 characters of the URL-safe base64 alphabet.
+# Returning visitors whose Visitor is kept (~1 MB at most, their User-Agents included).
+_RETURNING_KEPT = 2048
+# 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
+# them: 22 characters.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+_visitor_ids = Pool(lambda raw: urlsafe_b64encode(raw).decode("ascii"), size=16)
+
+
+class _Opened(NamedTuple):
+    """What a visitor token that verified says, worked out once per token."""
+
+    visitor_id: str
+    #: ``sha256_hex(visitor_id)``.
+    external_id: str
+    signed_at: int
+    by_newest_key: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +84,10 @@ class Identity:
 
     Security and privacy defaults:
 
-    - The visitor id is random (``secrets.token_urlsafe(16)``) and travels only in a cookie
-      signed in itsdangerous' format (:mod:`pixelmirror.signing`, salt
-      ``pixelmirror.visitor``): ``HttpOnly; SameSite=Lax; Path=/``, ``Secure`` unless
-      ``cookie_secure`` is off, host-only unless ``cookie_domain``
+    - The visitor id is random (16 bytes of ``os.urandom``, as ``secrets.token_urlsafe(16)``
+      makes it) and travels only in a cookie signed in itsdangerous' format
+      (:mod:`pixelmirror.signing`, salt ``pixelmirror.visitor``): ``HttpOnly; SameSite=Lax;
+      Path=/``, ``Secure`` unless ``cookie_secure`` is off, host-only unless ``cookie_domain``
       is set. A cookie that is missing, tampered with, signed by an unknown key, older than
       ``cookie_max_age``, oversized or of the wrong shape is replaced by a new id; it is never
       an error. ``secret_key`` is newest first: the first key signs, all keys verify, and a
@@ -124,7 +139,8 @@ class Identity:
             f"; Path=/; Max-Age={config.cookie_max_age}{cookie_attributes(config)}"
         )
         self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
-        self._opened: dict[str, tuple[bytes, int, bool]] = {}
+        self._opened: dict[str, _Opened] = {}
+        self._returning: dict[tuple[str | None, ...], Visitor] = {}
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -138,20 +154,27 @@ class Identity:
         if not self._consent.given(facts):
             return None
         set_cookies: list[str] = []
-        visitor_id = self._visitor_id(facts.cookie_values(self._cookie_name), now, set_cookies)
+        tokens = facts.cookie_values(self._cookie_name)
+        visitor_id, external_id = self._visitor_id(tokens, now, set_cookies)
         peer, trusted = self._proxies.peer(facts)
         if set_cookies and self._secure and not self._warned_http:
             self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb.read(facts, trusted, now, set_cookies)
-        return Visitor(
-            visitor_id=visitor_id,
-            external_id=sha256_hex(visitor_id),
-            fbp=fbp,
-            fbc=fbc,
-            client_ip=self._proxies.client_ip(facts, peer, trusted),
-            user_agent=user_agent,
-            set_cookies=tuple(set_cookies),
-        )
+        client_ip = self._proxies.client_ip(facts, peer, trusted)
+        if set_cookies:
+            return Visitor(
+                visitor_id, external_id, fbp, fbc, client_ip, user_agent, tuple(set_cookies)
+            )
+        # A returning visitor tells the same on page after page: the same (immutable) Visitor
+        # serves them all.
+        said = (visitor_id, fbp, fbc, client_ip, user_agent)
+        visitor = self._returning.get(said)
+        if visitor is None:
+            visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent)
+            if len(self._returning) >= _RETURNING_KEPT:
+                self._returning.clear()
+            self._returning[said] = visitor
+        return visitor
 
     def is_crawler(self, facts: RequestFacts) -> bool:
         """Whether the crawler filter keeps this request out (what :meth:`resolve` checks
@@ -159,15 +182,17 @@ class Identity:
         user_agent = facts.headers.get("user-agent", "").strip() or None
         return self._crawlers.excludes(facts, user_agent)
 
-    def _visitor_id(self, tokens: Sequence[str], now: float, set_cookies: list[str]) -> str:
+    def _visitor_id(
+        self, tokens: Sequence[str], now: float, set_cookies: list[str]
+    ) -> tuple[str, str]:
+        """``(visitor id, external id)``: of the first token that verifies and is in date,
+        else of a new visitor."""
         # A sibling subdomain may send its own cookie of the same name, garbage to us, and
         # maybe first: the first one that verifies is the visitor's.
         for token in tokens:
-            if not token or len(token) > _MAX_VISITOR_COOKIE:
-                continue
             opened = self._opened.get(token)
             if opened is None:
-                opened = self._visitor_seal.open(token)
+                opened = self._open(token)
                 if opened is None:
                     continue
                 # A returning visitor sends the same token on every page: keep what it says
@@ -176,16 +201,29 @@ class Identity:
                 if len(self._opened) >= _OPENED_KEPT:
                     self._opened.clear()
                 self._opened[token] = opened
-            value, signed_at, newest_key = opened
+            visitor_id, external_id, signed_at, by_newest_key = opened
             age = now - signed_at
-            visitor_id = value.decode("ascii", "replace")
-            if -CLOCK_SKEW <= age <= self._max_age and _VISITOR_ID.fullmatch(visitor_id):
-                if not newest_key or age > self._max_age / 2:
+            if -CLOCK_SKEW <= age <= self._max_age:
+                if not by_newest_key or age > self._max_age / 2:
                     set_cookies.append(self._visitor_cookie(visitor_id, now))
-                return visitor_id
-        visitor_id = secrets.token_urlsafe(16)
+                return visitor_id, external_id
+        visitor_id = _visitor_ids.draw()
         set_cookies.append(self._visitor_cookie(visitor_id, now))
-        return visitor_id
+        return visitor_id, sha256_hex(visitor_id)
+
+    def _open(self, token: str) -> _Opened | None:
+        """What a token says, or None when it is not ours (oversized, tampered, another key,
+        not an id of the shape we mint)."""
+        if not token or len(token) > _MAX_VISITOR_COOKIE:
+            return None
+        opened = self._visitor_seal.open(token)
+        if opened is None:
+            return None
+        value, signed_at, by_newest_key = opened
+        visitor_id = value.decode("ascii", "replace")
+        if not _VISITOR_ID.fullmatch(visitor_id):
+            return None
+        return _Opened(visitor_id, sha256_hex(visitor_id), signed_at, by_newest_key)
 
     def _warn_if_http(self, facts: RequestFacts, trusted: bool) -> None:
         """Say once that a ``Secure`` visitor cookie went out over plain http: browsers drop

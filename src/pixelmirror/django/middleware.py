@@ -28,9 +28,9 @@ from django.http import (
 from django.utils.encoding import escape_uri_path
 
 from pixelmirror.django.conf import DjangoFacts, get_mirror, identifies
+from pixelmirror.web.environ import EnvironHeaders
 from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages
 from pixelmirror.web.response import BeaconAnswer, Headers
-from pixelmirror.web.wsgi import EnvironHeaders
 
 logger = logging.getLogger("pixelmirror")
 

@@ -1,9 +1,10 @@
 """Meta's documented Conversions API rules, as the fake keeps them.
 
 This module is deliberately an independent copy of the rules pixelmirror's production code
-follows (``events.py``, ``normalize.py``, ``config.py``, ``accounts.py``): it imports none of
-them. A fake that borrowed production's rules would agree with production's mistakes; with
-its own copy, a rule production gets wrong makes the fake refuse what production sends.
+follows (``meta.py``, ``events.py``, ``user_fields.py``, ``config.py``, ``accounts.py``): it
+imports none of them. A fake that borrowed production's rules would agree with production's
+mistakes; with its own copy, a rule production gets wrong makes the fake refuse what
+production sends.
 
 Everything here is pure: constants, and :func:`check_event`, which raises
 :class:`EventRejected` for the first rule an event breaks.

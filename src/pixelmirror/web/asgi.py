@@ -9,65 +9,32 @@ bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, comp
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
-from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
-from pixelmirror.web.response import server_host
-from pixelmirror.web.routes import warn_misplaced_tracks
+from pixelmirror.web.adapter import Adapter
+from pixelmirror.web.adapter import Served as ServesPages
+from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
+from pixelmirror.web.response import Headers
+from pixelmirror.web.scope import Scope, request_facts
 
 logger = logging.getLogger("pixelmirror.web")
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class Served(Protocol):
-    """What the middleware needs of the object that owns the pages (a ``PixelMirror``): the
-    pages, and the sender to start at lifespan startup and flush at shutdown."""
-
-    @property
-    def pages(self) -> Pages: ...
+class Served(ServesPages, Protocol):
+    """The pages' owner, and the sender to start at lifespan startup and flush at shutdown."""
 
     def start(self) -> None: ...
 
     def flush(self, timeout: float = ...) -> bool: ...
 
 
-def request_facts(scope: Scope) -> RequestFacts:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
-        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        if name in headers:
-            value = headers[name] + ("; " if name == "cookie" else ", ") + value
-        headers[name] = value
-    scheme = scope.get("scheme", "http")
-    server = scope.get("server")
-    host = headers.get("host") or (
-        server_host(server[0], server[1], scheme) if server else "localhost"
-    )
-    raw_path = scope.get("raw_path")
-    path = (
-        raw_path.decode("latin-1")
-        if raw_path
-        else scope.get("root_path", "") + scope.get("path", "/")
-    )
-    client = scope.get("client")
-    return RequestFacts(
-        method=scope.get("method", "GET"),
-        scheme=scheme,
-        host=host,
-        path=path,
-        query=scope.get("query_string", b"").decode("latin-1"),
-        headers=headers,
-        peer=client[0] if client else None,
-    )
-
-
-class PixelMirrorMiddleware:
+class PixelMirrorMiddleware(Adapter[ASGIApp, Served]):
     """ASGI middleware: ``app = mirror.asgi(app)``, or in Starlette and FastAPI
     ``app.add_middleware(PixelMirrorMiddleware, mirror=mirror)``.
 
@@ -77,30 +44,21 @@ class PixelMirrorMiddleware:
     Place it inside any compression middleware: it only touches uncompressed HTML.
     """
 
-    def __init__(self, app: ASGIApp, mirror: Served) -> None:
-        self.app = app
-        self.mirror = mirror
-        self.pages = mirror.pages
-        self._routes_checked = False  # once, at the first request: the routes are all there
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             pages = self.pages
-            if not self._routes_checked:
-                self._routes_checked = True
-                warn_misplaced_tracks(scope.get("app"), self.app)
-            try:
-                facts = request_facts(scope)
-                beacon = pages.is_beacon(facts)
-            except Exception:
-                logger.exception("could not read the request; passing it through")
-            else:
-                if beacon:
+            facts = self._facts(request_facts, scope, scope.get("app"))
+            if facts is not None:
+                if pages.is_beacon(facts):
                     await self._beacon(facts, receive, send)
                     return
                 request = pages.start(facts)
                 if request is not None:
-                    await _Responder(request, send).run(self.app, scope, receive)
+                    try:
+                        with request:
+                            await self.app(scope, receive, _Responder(request, send).send)
+                    finally:
+                        request.done()
                     return
         elif scope["type"] == "lifespan":
             receive = self._watch_lifespan(receive)
@@ -139,22 +97,19 @@ class PixelMirrorMiddleware:
 class _Responder:
     """One request's ``send``, fed through its :class:`PageRequest`."""
 
+    __slots__ = ("request", "server_send", "start")
+
     def __init__(self, request: PageRequest, send: Send) -> None:
         self.request = request
         self.server_send = send
         self.start: Message | None = None
 
-    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
-        try:
-            with self.request:
-                await app(scope, receive, self.send)
-        finally:
-            self.request.done()
-
     async def send(self, message: Message) -> None:
         kind, request = message["type"], self.request
         if kind == "http.response.start":
-            headers = _decode(message.get("headers", ()))
+            headers = [
+                (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
+            ]
             start = request.respond(int(message["status"]), headers)
             if start is None:
                 self.start = message
@@ -168,19 +123,16 @@ class _Responder:
             more = message.get("more_body", False)
             released, body = request.feed(message.get("body", b""), more=more)
             if released is not None:
-                await self._start(released)
+                await self.server_send(self._started(released))
                 await self.server_send({**message, "body": body})
         else:  # pathsend, trailers, ...: the page goes as the app made it
-            await self._start(request.release()[0])
+            await self.server_send(self._started(request.release()[0]))
             await self.server_send(message)
 
-    async def _start(self, headers: Sequence[tuple[str, str]]) -> None:
+    def _started(self, headers: Headers) -> Message:
+        """The held ``http.response.start`` with these headers."""
         assert self.start is not None
-        await self.server_send({**self.start, "headers": _encode(headers)})
-
-
-def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        return {**self.start, "headers": _encode(headers)}
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -16,7 +16,7 @@ Security-minded defaults:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 __all__ = ["rewrite_headers", "should_inject"]
 
@@ -48,6 +48,8 @@ _PRIVATE_DROPS = frozenset(
         "x-accel-expires",
     }
 )
+# Every header name rewrite_headers may change or drop.
+_REWRITTEN = _DIGEST_HEADERS | _PRIVATE_DROPS | {"content-length", "etag", "cache-control"}
 
 
 def should_inject(method: str, status: int, headers: Sequence[tuple[str, str]]) -> bool:
@@ -112,13 +114,19 @@ def rewrite_headers(
 
     Every other header is kept byte-identical and in order.
     """
-    cache_values = [value for name, value in headers if name.lower() == "cache-control"]
+    keys = [name.lower() for name, _ in headers]
+    cache_values = (
+        [value for key, (_, value) in zip(keys, headers, strict=True) if key == "cache-control"]
+        if "cache-control" in keys
+        else []
+    )
     keep_cache = not private or _already_private(cache_values)
     out: list[tuple[str, str]] = []
     added_private = False
-    for name, value in headers:
-        key = name.lower()
-        if key == "content-length":
+    for key, (name, value) in zip(keys, headers, strict=True):
+        if key not in _REWRITTEN:  # most headers: kept as they are
+            out.append((name, value))
+        elif key == "content-length":
             try:
                 length = int(value.strip())
             except ValueError:
@@ -145,28 +153,14 @@ def rewrite_headers(
                 out.append((name, ", ".join(directives)))
         else:
             out.append((name, value))
+    # Names we add are in lower case when the app writes all of its own that way (ASGI style).
+    lower = bool(keys) and keys == [name for name, _ in headers]
     if private and not cache_values:
-        out.append((_styled(headers, "Cache-Control"), "private, no-cache"))
-    return _append_cookies(out, headers, set_cookies)
-
-
-def _append_cookies(
-    out: list[tuple[str, str]],
-    original: Sequence[tuple[str, str]],
-    set_cookies: Sequence[str],
-) -> list[tuple[str, str]]:
+        out.append(("cache-control" if lower else "Cache-Control", "private, no-cache"))
     if set_cookies:
-        name = _styled(original, "Set-Cookie")
+        name = "set-cookie" if lower else "Set-Cookie"
         out.extend((name, cookie) for cookie in set_cookies)
     return out
-
-
-def _styled(headers: Iterable[tuple[str, str]], name: str) -> str:
-    """``name`` in lower case when the app writes all its header names that way (ASGI style)."""
-    names = [key for key, _ in headers]
-    if names and all(key == key.lower() for key in names):
-        return name.lower()
-    return name
 
 
 def _directives(value: str) -> list[str]:

@@ -81,6 +81,7 @@ class Pages:
         self._csp_nonce = csp_nonce
         self._gated = consent_gated or config.consent_cookie is not None or config.honor_gpc
         self.carry = Carry(config) if self.identity is not None else None
+        self._mirror_pageviews = config.pageview and config.mode == "inline"
         self._beacon_allowed = frozenset(config.beacon_events) | {"PageView"}
         self._beacon_visitors = RateLimiter(config.beacon_rate)
         self._beacon_ips = RateLimiter(5 * config.beacon_rate)
@@ -161,7 +162,7 @@ class Pages:
     def plan(self, visit: Visit, status: int, headers: Sequence[tuple[str, str]]) -> Plan | None:
         """Decide what the response gets, once its status and headers are known."""
         account, visitor = visit.account, visit.visitor
-        tracked = [event.browser() for event in visit.tracked_for(status)]
+        tracked = [event.browser() for event in visit.tracked_for(status)] if visit.tracked else []
         announce = self._announce(visit, tracked, status) if tracked else None
         injectable = should_inject(visit.facts.method, status, headers)
         if tracked or (injectable and visitor is not None and self.config.mode == "inline"):
@@ -272,9 +273,9 @@ class Pages:
         ``injected``: the page got the snippet, so its PageView is mirrored too."""
         if visit.visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
             return
-        tracked = visit.tracked_for(status)
+        tracked = visit.tracked_for(status) if visit.tracked else ()
         # In beacon mode the page's PageView comes back through the beacon.
-        pageview = injected and self.config.pageview and self.config.mode == "inline"
+        pageview = injected and self._mirror_pageviews
         if not tracked and not pageview:
             return
         user_data = self._request_user_data(visit)
@@ -321,7 +322,7 @@ class Pages:
             "fbc": visitor.fbc,
         }
         self.identify(visit)
-        return _merge_user_data(user_data, visit.identified or {})
+        return _merge_user_data(user_data, visit.identified) if visit.identified else user_data
 
     def _page_fields(self, visit: Visit) -> dict[str, Any]:
         """What every server copy of one request shares: the page, its referrer, options."""

@@ -23,13 +23,14 @@ Headers = list[tuple[str, str]]
 EVENTS_HEADER = "X-PixelMirror-Events"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """What the adapter does to one response: decided by ``Pages.plan``.
 
     With a ``snippet``, the adapter holds the response in a :class:`HeldPage` until the
     snippet has its place; a page without one gets the ``fallback`` plan instead. Without a
-    snippet, :meth:`apply` gives the response's headers.
+    snippet, :meth:`apply` gives the response's headers. Made for every page and never
+    changed: slots and no frozen ``__setattr__``, cheaper to make.
     """
 
     snippet: bytes | None = None
@@ -62,10 +63,11 @@ class HeldPage:
     they came and joined once, with the snippet, on the way out.
     """
 
+    __slots__ = ("chunks", "headers", "injected", "max_buffer", "plan", "scanner", "size")
+
     def __init__(self, plan: Plan, headers: Sequence[tuple[str, str]], max_buffer: int) -> None:
         assert plan.snippet is not None
         self.plan = plan
-        self.snippet = plan.snippet
         self.headers = headers
         self.max_buffer = max_buffer
         self.chunks: list[bytes] = []
@@ -85,32 +87,30 @@ class HeldPage:
             point = scanner.end()
         if point is not None:
             self.injected = True
+            plan = self.plan
+            snippet = plan.snippet
+            assert snippet is not None
             headers = rewrite_headers(
                 self.headers,
-                added_length=len(self.snippet),
-                set_cookies=self.plan.cookies,
-                private=self.plan.private,
+                added_length=len(snippet),
+                set_cookies=plan.cookies,
+                private=plan.private,
             )
-            return headers, self._spliced(point)
+            return headers, self._spliced(point, snippet)
         if more and not scanner.done and self.size <= self.max_buffer:
             return None
         return self.give_up()
 
-    def _spliced(self, point: int) -> bytes:
+    def _spliced(self, point: int, snippet: bytes) -> bytes:
         """The held bytes with the snippet at ``point``, in one join (views, no copies)."""
         start = 0
-        for index, chunk in enumerate(self.chunks):
+        chunks = self.chunks
+        for index, chunk in enumerate(chunks):
             if start + len(chunk) >= point:
                 view = memoryview(chunk)
                 at = point - start
                 return b"".join(
-                    (
-                        *self.chunks[:index],
-                        view[:at],
-                        self.snippet,
-                        view[at:],
-                        *self.chunks[index + 1 :],
-                    )
+                    (*chunks[:index], view[:at], snippet, view[at:], *chunks[index + 1 :])
                 )
             start += len(chunk)
         raise AssertionError("the insertion point lies in the held bytes")

@@ -7,16 +7,15 @@ as the app made it, and the app's iterable is always closed.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
-from pixelmirror.web.pages import MAX_BODY, PageRequest, Pages, RequestFacts
-from pixelmirror.web.response import BeaconAnswer, Headers, server_host
-from pixelmirror.web.routes import warn_misplaced_tracks
+from pixelmirror.web.adapter import Adapter, Served
+from pixelmirror.web.environ import request_facts
+from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
+from pixelmirror.web.response import BeaconAnswer, Headers
 
 if TYPE_CHECKING:
     # typeshed's WSGI types: the ones Flask, Werkzeug and WSGI servers are checked with.
@@ -26,84 +25,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pixelmirror.web")
 
 
-class Served(Protocol):
-    """What the middleware needs of the object that owns the pages (a ``PixelMirror``)."""
-
-    @property
-    def pages(self) -> Pages: ...
-
-
-class EnvironHeaders(Mapping[str, str]):
-    """Lower-case header names over a WSGI environ, read lazily: most go unread."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: WSGIEnvironment) -> None:
-        self._environ = environ
-
-    @staticmethod
-    @functools.lru_cache(maxsize=256)  # the same few names on every request
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-
-    def __getitem__(self, name: str) -> str:
-        value = self._environ[self._key(name)]
-        if not isinstance(value, str):
-            raise KeyError(name)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self._environ:
-            if key.startswith("HTTP_"):
-                yield key[5:].replace("_", "-").lower()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def request_facts(environ: WSGIEnvironment) -> RequestFacts:
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or server_host(
-        environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
-    )
-    # PEP 3333 strings are bytes decoded as latin-1: re-encode to quote the raw path.
-    raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
-    return RequestFacts(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        scheme=scheme,
-        host=host,
-        path=quote(raw_path, safe="/:@!$&'()*+,;=%~") or "/",
-        query=environ.get("QUERY_STRING", ""),
-        headers=EnvironHeaders(environ),
-        peer=environ.get("REMOTE_ADDR"),
-    )
-
-
-class PixelMirrorWSGI:
+class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
     """WSGI middleware: ``app.wsgi_app = mirror.wsgi(app.wsgi_app)``.
 
     Place it inside any compression middleware: it only touches uncompressed HTML.
     """
 
-    def __init__(self, app: WSGIApplication, mirror: Served) -> None:
-        self.app = app
-        self.mirror = mirror
-        self.pages = mirror.pages
-        self._routes_checked = False  # once, at the first request: the routes are all there
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._routes_checked:
-            self._routes_checked = True
-            warn_misplaced_tracks(self.app)
         pages = self.pages
-        try:
-            facts = request_facts(environ)
-            if pages.is_beacon(facts):
-                return self._beacon(facts, environ, start_response)
-        except Exception:
-            logger.exception("could not read the request; passing it through")
+        facts = self._facts(request_facts, environ)
+        if facts is None:
             return self.app(environ, start_response)
+        if pages.is_beacon(facts):
+            return self._beacon(facts, environ, start_response)
         request = pages.start(facts)
         if request is None:
             return self.app(environ, start_response)
@@ -130,6 +64,8 @@ class PixelMirrorWSGI:
 
 class _Responder:
     """One request's ``start_response`` and body, fed through its :class:`PageRequest`."""
+
+    __slots__ = ("request", "server_start_response", "status_line", "written")
 
     def __init__(self, request: PageRequest, start_response: StartResponse) -> None:
         self.request = request
@@ -178,6 +114,8 @@ class _Body:
     """The app's iterable, fed through the responder; ``close()`` always reaches the app's.
     The request's events are mirrored once the body is exhausted or closed."""
 
+    __slots__ = ("responder", "result")
+
     def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
         self.result = result
         self.responder = responder
@@ -222,4 +160,4 @@ def _status_code(status: str) -> int:
         return 500
 
 
-__all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask", "request_facts"]
+__all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask"]
