@@ -245,6 +245,42 @@ def test_flush_sends_everything_from_the_background_thread(
     assert sorted(fake.event_ids()) == sorted(e.event_id for e in events)
 
 
+class PausingAckOutbox(RecordingOutbox):
+    """A memory outbox whose ``ack`` acks, then holds the sender until :attr:`go`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked = threading.Event()
+        self.go = threading.Event()
+
+    def ack(self, claims: Sequence[Claimed]) -> None:
+        super().ack(claims)
+        self.acked.set()
+        assert self.go.wait(timeout=30), "the test never let the sender go"
+
+
+def test_flush_returns_once_the_sent_batch_is_counted_not_only_acked(
+    fake: FakeGraphAPI,
+) -> None:
+    outbox = PausingAckOutbox()
+    client = GraphClient(TOKEN, transport=fake.transport)
+    dispatcher = Dispatcher(outbox, client)
+    dispatcher.start()
+    try:
+        outbox.put([lead()])
+        assert outbox.acked.wait(timeout=10)
+        # The batch has left the outbox but is not counted yet: a flush is not done.
+        assert outbox.counts().unfinished == 0
+        assert dispatcher.flush(timeout=0.05) is False
+        outbox.go.set()
+        assert dispatcher.flush(timeout=10)
+        assert dispatcher.counts.sent == 1
+    finally:
+        outbox.go.set()
+        dispatcher.stop(timeout=5)
+        client.close()
+
+
 def test_flush_reports_false_at_its_timeout_during_an_outage(
     dispatcher: Dispatcher, fake: FakeGraphAPI, outbox: RecordingOutbox
 ) -> None:

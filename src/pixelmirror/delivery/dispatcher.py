@@ -157,6 +157,9 @@ class Dispatcher:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._flushing = 0
+        # Batches between their claim and their counts: an acked batch has left the outbox
+        # before it is counted, and a flush must not return in between.
+        self._in_hand = 0
         self._threads: list[threading.Thread] = []
 
     @classmethod
@@ -210,7 +213,7 @@ class Dispatcher:
         self._flushing += 1
         try:
             self._wakeup.set()
-            while self.outbox.counts().unfinished:
+            while self._in_hand or self.outbox.counts().unfinished:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
                     return False
@@ -280,12 +283,19 @@ class Dispatcher:
         )
         if not claims:
             return 0
-        if self._stopping.is_set():
-            self.outbox.release(claims, delay=0.0, failed=False)
-            return 0
-        with self._heartbeat.holding(claims):
-            self._deliver(self._drop_expired(claims))
-        return len(claims)
+        # Claimed, the batch is unfinished in the outbox until its ack: count it from here.
+        with self._counts_lock:
+            self._in_hand += 1
+        try:
+            if self._stopping.is_set():
+                self.outbox.release(claims, delay=0.0, failed=False)
+                return 0
+            with self._heartbeat.holding(claims):
+                self._deliver(self._drop_expired(claims))
+            return len(claims)
+        finally:
+            with self._counts_lock:
+                self._in_hand -= 1
 
     def _still_paused(self) -> tuple[str, ...]:
         """The pixels to skip, after ending the pauses whose probe is due or whose sink now
