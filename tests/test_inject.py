@@ -308,6 +308,9 @@ PIECES = [
     b"<iframe>", b"</iframe>", b"<noembed>", b"</noembed>", b"<noframes>", b"</noframes>",
     b"<plaintext>", MARKER, MARKER + b'="">', b"<script data-pixelmirror>",
     b"<script data-pixelmirrorx>", b'"' + MARKER + b'"', b"<scriptx>", b"<titlex>",
+    # names of every first letter, which the scanner sorts tags by
+    b"<Link rel=x>", b'<div a="b">', b"</div>", b"</Meta >", b"<i>", b"</i>", b"<nav/>",
+    b"<Span x='>'>", b"</h1>", b"<xmpx a>", b"</TD>", b"</body>", b"<Iframes>",
 ]  # fmt: skip
 
 # What tends to confuse a scanner inside a comment, a script or another text element.

@@ -76,27 +76,35 @@ _ATTRIBUTE = (
     rb"""(?:"[^"]*"|'[^']*'|[^\t\n\f\r >"'][^\t\n\f\r >]*(?![^\t\n\f\r >])|(?=>))"""
     rb"|(?![\t\n\f\r ]*=))"
 )
-_TAG_TAIL = rb"(?:[\t\n\f\r /]|" + _ATTRIBUTE + rb")*>"
-_TAG_NAME_AND_TAIL = rb"[A-Za-z][^\t\n\f\r />]*(?![^\t\n\f\r />])" + _TAG_TAIL
+# Spaces and slashes between attributes run in one repeat of their own: the engine pays per
+# round of a group repeat, not per byte of a character repeat.
+_TAG_TAIL = rb"[\t\n\f\r /]*(?:" + _ATTRIBUTE + rb"[\t\n\f\r /]*)*>"
+# A tag name after its first letter, and the rest of the tag.
+_NAME_AND_TAIL = rb"[^\t\n\f\r />]*(?![^\t\n\f\r />])" + _TAG_TAIL
 _TEXT_NAMES = b"|".join(sorted(_TEXT_ELEMENTS))
 # Text and what holds no insertion point, all there: ordinary tags, doctypes, and elements
 # read as text with their end tag (a script only without ``<!--``, whose escapes the state
 # machine follows, and not the snippet's own). All the scanner would step over one by one;
 # it stops at a ``<`` that may matter, or one cut by the end of the bytes, where the state
-# machine takes over.
+# machine takes over. Text runs between the markup rather than as a round of its own, and
+# tags whose first letter starts none of the names that matter (html, head, meta, link, div,
+# ...) skip the look at those names: the alternatives match disjoint tags, so their order
+# only decides how soon the engine finds the one that fits.
 _ORDINARY = re.compile(
-    rb"(?:[^<]+"
-    rb"|<(?!(?i:%(names)s)%(end)s)%(tag)s"
-    rb"|</(?!(?i:head)%(end)s)%(tag)s"
-    rb"|<![A-Za-z][^>]*>"
+    rb"[^<]*(?:(?:"
+    rb"<[ac-hj-moqru-wyzAC-HJ-MOQRU-WYZ]%(name_and_tail)s"
+    rb"|</[a-gi-zA-GI-Z]%(name_and_tail)s"
     rb"|<(?i:(%(text)s))%(end)s%(tail)s[^<]*(?:<(?!/(?i:\1)%(end)s)[^<]*)*</(?i:\1)%(end)s%(tail)s"
     rb"|<(?!%(marker)s[\t\n\f\r />=])(?i:script)%(end)s%(tail)s"
     rb"[^<]*(?:<(?!!--|/(?i:script)%(end)s)[^<]*)*</(?i:script)%(end)s%(tail)s"
-    rb")*"
+    rb"|<![A-Za-z][^>]*>"
+    rb"|<(?!(?i:%(names)s)%(end)s)[A-Za-z]%(name_and_tail)s"
+    rb"|</(?!(?i:head)%(end)s)[A-Za-z]%(name_and_tail)s"
+    rb")[^<]*)*"
     % {
         b"names": _NAMES,
         b"end": _END,
-        b"tag": _TAG_NAME_AND_TAIL,
+        b"name_and_tail": _NAME_AND_TAIL,
         b"tail": _TAG_TAIL,
         b"text": _TEXT_NAMES,
         b"marker": MARKER[1:],
