@@ -4,8 +4,10 @@ import inspect
 import json
 import math
 import os
+import pickle
 import random
 import uuid
+from dataclasses import MISSING, FrozenInstanceError, fields, replace
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -417,3 +419,20 @@ def test_the_kept_user_data_text_makes_the_payload_the_encoder_makes(
             encoded = made(args)
         assert made(args) == encoded, args
         assert made(args) == encoded, args  # again, from the kept user data
+
+
+def test_the_constructor_takes_the_fields_in_order_with_their_defaults() -> None:
+    parameters = list(inspect.signature(ServerEvent).parameters.values())
+    assert [(p.name, p.default) for p in parameters] == [
+        (f.name, inspect.Parameter.empty if f.default is MISSING else f.default)
+        for f in fields(ServerEvent)
+    ]
+    event = build()
+    rebuilt = ServerEvent(*(getattr(event, f.name) for f in fields(ServerEvent)))
+    assert [getattr(rebuilt, f.name) for f in fields(ServerEvent)] == [
+        getattr(event, f.name) for f in fields(ServerEvent)
+    ]
+    assert rebuilt == event == replace(event, match=None) != replace(event, destination="audit")
+    assert pickle.loads(pickle.dumps(event)) == event
+    with pytest.raises(FrozenInstanceError):
+        event.pixel_id = "5678"  # type: ignore[misc]

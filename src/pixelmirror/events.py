@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
@@ -114,7 +114,7 @@ class EventOptions(TypedDict, total=False):
     data_processing_options_state: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ServerEvent:
     """One Conversions API event, validated, normalised, hashed and serialised.
 
@@ -135,6 +135,30 @@ class ServerEvent:
     #: What match quality counts of it once delivered, known when it is made; None when
     #: rebuilt from storage (the dispatcher then reads it from the payload).
     match: MatchSignature | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        pixel_id: str,
+        event_id: str,
+        event_name: str,
+        event_time: int,
+        action_source: str,
+        payload: bytes,
+        test_event_code: str | None = None,
+        destination: str = META,
+        match: MatchSignature | None = None,
+    ) -> None:
+        # Each slot written through its descriptor: a frozen dataclass's own __init__ calls
+        # object.__setattr__ per field, twice the cost, and every page view makes one.
+        _set_pixel_id(self, pixel_id)
+        _set_event_id(self, event_id)
+        _set_event_name(self, event_name)
+        _set_event_time(self, event_time)
+        _set_action_source(self, action_source)
+        _set_payload(self, payload)
+        _set_test_event_code(self, test_event_code)
+        _set_destination(self, destination)
+        _set_match(self, match)
 
     @property
     def expires_at(self) -> int:
@@ -233,6 +257,22 @@ class ServerEvent:
             test_event_code=test_event_code or None,
             match=match_signature(event_name, user.data, action_source, event_source_url),
         )
+
+
+def _slot_setter(name: str) -> Callable[[ServerEvent, Any], None]:
+    setter: Callable[[ServerEvent, Any], None] = getattr(ServerEvent, name).__set__
+    return setter
+
+
+_set_pixel_id = _slot_setter("pixel_id")
+_set_event_id = _slot_setter("event_id")
+_set_event_name = _slot_setter("event_name")
+_set_event_time = _slot_setter("event_time")
+_set_action_source = _slot_setter("action_source")
+_set_payload = _slot_setter("payload")
+_set_test_event_code = _slot_setter("test_event_code")
+_set_destination = _slot_setter("destination")
+_set_match = _slot_setter("match")
 
 
 def _payload(
