@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pixelmirror.escaping import safe_json
-from pixelmirror.events import EventOptions, ServerEvent, new_event_id
+from pixelmirror.events import BrowserEvent, EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.normalize import WireUserData
@@ -436,3 +436,24 @@ def test_the_constructor_takes_the_fields_in_order_with_their_defaults() -> None
     assert pickle.loads(pickle.dumps(event)) == event
     with pytest.raises(FrozenInstanceError):
         event.pixel_id = "5678"  # type: ignore[misc]
+
+
+def test_a_browser_events_constructor_takes_its_fields_and_fills_the_factory_ones() -> None:
+    names = list(inspect.signature(BrowserEvent).parameters)
+    assert names == [f.name for f in fields(BrowserEvent)]
+    first, second = BrowserEvent("Lead"), BrowserEvent("Lead")
+    assert len(first.event_id) == 32
+    assert first.event_id != second.event_id
+    assert first.custom_data == {}
+    assert first.custom_data is not second.custom_data
+    assert first.pixel_id is None
+    event = BrowserEvent("Purchase", "p1", {"value": 1}, "222")
+    assert event == BrowserEvent(
+        name="Purchase", event_id="p1", custom_data={"value": 1}, pixel_id="222"
+    )
+    assert repr(event) == (
+        "BrowserEvent(name='Purchase', event_id='p1', custom_data={'value': 1}, pixel_id='222')"
+    )
+    assert replace(event, pixel_id=None).pixel_id is None
+    with pytest.raises(FrozenInstanceError):
+        event.name = "Lead"  # type: ignore[misc]

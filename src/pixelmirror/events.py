@@ -259,20 +259,21 @@ class ServerEvent:
         )
 
 
-def _slot_setter(name: str) -> Callable[[ServerEvent, Any], None]:
-    setter: Callable[[ServerEvent, Any], None] = getattr(ServerEvent, name).__set__
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """How a hand-written ``__init__`` of a frozen slots dataclass writes field ``name``."""
+    setter: Callable[[Any, Any], None] = getattr(cls, name).__set__
     return setter
 
 
-_set_pixel_id = _slot_setter("pixel_id")
-_set_event_id = _slot_setter("event_id")
-_set_event_name = _slot_setter("event_name")
-_set_event_time = _slot_setter("event_time")
-_set_action_source = _slot_setter("action_source")
-_set_payload = _slot_setter("payload")
-_set_test_event_code = _slot_setter("test_event_code")
-_set_destination = _slot_setter("destination")
-_set_match = _slot_setter("match")
+_set_pixel_id = _slot_setter(ServerEvent, "pixel_id")
+_set_event_id = _slot_setter(ServerEvent, "event_id")
+_set_event_name = _slot_setter(ServerEvent, "event_name")
+_set_event_time = _slot_setter(ServerEvent, "event_time")
+_set_action_source = _slot_setter(ServerEvent, "action_source")
+_set_payload = _slot_setter(ServerEvent, "payload")
+_set_test_event_code = _slot_setter(ServerEvent, "test_event_code")
+_set_destination = _slot_setter(ServerEvent, "destination")
+_set_match = _slot_setter(ServerEvent, "match")
 
 
 def _payload(
@@ -346,7 +347,12 @@ ENCODER = json.JSONEncoder(
 )
 
 
-@dataclass(frozen=True, slots=True)
+#: The default of a hand-written ``__init__``'s parameter whose field has a
+#: ``default_factory``: that field gets a fresh value.
+_FRESH: Any = object()
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class BrowserEvent:
     """One event fired in the page, deduplicated against its server copy by ``event_id``.
 
@@ -362,6 +368,19 @@ class BrowserEvent:
     custom_data: Mapping[str, object] = field(default_factory=dict)
     pixel_id: str | None = None
 
+    def __init__(
+        self,
+        name: str,
+        event_id: str = _FRESH,
+        custom_data: Mapping[str, object] = _FRESH,
+        pixel_id: str | None = None,
+    ) -> None:
+        # Each slot written through its descriptor, as ServerEvent's: every page makes one.
+        _set_name(self, name)
+        _set_browser_event_id(self, new_event_id() if event_id is _FRESH else event_id)
+        _set_custom_data(self, {} if custom_data is _FRESH else custom_data)
+        _set_pixel_id_of_browser(self, pixel_id)
+
     def announced(self, *, with_data: bool = True) -> dict[str, object]:
         """The event for the page's ``window.pixelmirror.fire``: ``{event, eventID,
         custom_data?, pixel_id?}``."""
@@ -371,6 +390,12 @@ class BrowserEvent:
         if self.pixel_id:
             announced["pixel_id"] = self.pixel_id
         return announced
+
+
+_set_name = _slot_setter(BrowserEvent, "name")
+_set_browser_event_id = _slot_setter(BrowserEvent, "event_id")
+_set_custom_data = _slot_setter(BrowserEvent, "custom_data")
+_set_pixel_id_of_browser = _slot_setter(BrowserEvent, "pixel_id")
 
 
 def check_event_name(event_name: object) -> None:
