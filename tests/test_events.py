@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pixelmirror.escaping import safe_json
-from pixelmirror.events import BrowserEvent, EventOptions, ServerEvent, new_event_id
+from pixelmirror.events import BatchKey, BrowserEvent, EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.normalize import WireUserData
@@ -72,7 +72,10 @@ def test_payload_carries_every_field_once_serialised() -> None:
     }
     assert len(body["user_data"]["em"]) == 64
     assert (event.pixel_id, event.event_id, event.event_time) == ("1234", "evt-1", int(NOW - 60))
-    assert event.batch_key == ("meta", "1234", "TEST42")
+    assert event.batch_key == BatchKey(
+        destination="meta", pixel_id="1234", test_event_code="TEST42"
+    )
+    assert type(event.batch_key) is BatchKey
 
 
 def test_event_id_and_time_default_to_fresh_values() -> None:
