@@ -4,8 +4,10 @@ import inspect
 import json
 import math
 import os
+import pickle
 import random
 import uuid
+from dataclasses import MISSING, FrozenInstanceError, fields, replace
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from pixelmirror.escaping import safe_json
-from pixelmirror.events import EventOptions, ServerEvent, new_event_id
+from pixelmirror.events import BatchKey, BrowserEvent, EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
 from pixelmirror.normalize import WireUserData
@@ -70,7 +72,10 @@ def test_payload_carries_every_field_once_serialised() -> None:
     }
     assert len(body["user_data"]["em"]) == 64
     assert (event.pixel_id, event.event_id, event.event_time) == ("1234", "evt-1", int(NOW - 60))
-    assert event.batch_key == ("meta", "1234", "TEST42")
+    assert event.batch_key == BatchKey(
+        destination="meta", pixel_id="1234", test_event_code="TEST42"
+    )
+    assert type(event.batch_key) is BatchKey
 
 
 def test_event_id_and_time_default_to_fresh_values() -> None:
@@ -420,3 +425,41 @@ def test_the_kept_user_data_text_makes_the_payload_the_encoder_makes(
             encoded = made(args)
         assert made(args) == encoded, args
         assert made(args) == encoded, args  # again, from the kept user data
+
+
+def test_the_constructor_takes_the_fields_in_order_with_their_defaults() -> None:
+    parameters = list(inspect.signature(ServerEvent).parameters.values())
+    assert [(p.name, p.default) for p in parameters] == [
+        (f.name, inspect.Parameter.empty if f.default is MISSING else f.default)
+        for f in fields(ServerEvent)
+    ]
+    event = build()
+    rebuilt = ServerEvent(*(getattr(event, f.name) for f in fields(ServerEvent)))
+    assert [getattr(rebuilt, f.name) for f in fields(ServerEvent)] == [
+        getattr(event, f.name) for f in fields(ServerEvent)
+    ]
+    assert rebuilt == event == replace(event, match=None) != replace(event, destination="audit")
+    assert pickle.loads(pickle.dumps(event)) == event
+    with pytest.raises(FrozenInstanceError):
+        event.pixel_id = "5678"  # type: ignore[misc]
+
+
+def test_a_browser_events_constructor_takes_its_fields_and_fills_the_factory_ones() -> None:
+    names = list(inspect.signature(BrowserEvent).parameters)
+    assert names == [f.name for f in fields(BrowserEvent)]
+    first, second = BrowserEvent("Lead"), BrowserEvent("Lead")
+    assert len(first.event_id) == 32
+    assert first.event_id != second.event_id
+    assert first.custom_data == {}
+    assert first.custom_data is not second.custom_data
+    assert first.pixel_id is None
+    event = BrowserEvent("Purchase", "p1", {"value": 1}, "222")
+    assert event == BrowserEvent(
+        name="Purchase", event_id="p1", custom_data={"value": 1}, pixel_id="222"
+    )
+    assert repr(event) == (
+        "BrowserEvent(name='Purchase', event_id='p1', custom_data={'value': 1}, pixel_id='222')"
+    )
+    assert replace(event, pixel_id=None).pixel_id is None
+    with pytest.raises(FrozenInstanceError):
+        event.name = "Lead"  # type: ignore[misc]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import inspect
 import random
+from dataclasses import MISSING, FrozenInstanceError, fields, replace
 
 import pytest
 
@@ -52,3 +54,20 @@ def test_cookie_values_hands_out_a_copy() -> None:
     facts = _facts("a=1; a=2")
     facts.cookie_values("a").append("3")
     assert facts.cookie_values("a") == ["1", "2"]
+
+
+def test_the_constructor_takes_the_fields_in_order_with_their_defaults() -> None:
+    parameters = list(inspect.signature(RequestFacts).parameters.values())
+    assert [(p.name, p.default) for p in parameters] == [
+        (f.name, inspect.Parameter.empty if f.default is MISSING else f.default)
+        for f in fields(RequestFacts)
+    ]
+    facts = RequestFacts("GET", "https", "shop.example", "/a", "q=1", {"cookie": "a=1"}, "10.0.0.1")
+    assert [getattr(facts, f.name) for f in fields(facts)] == [
+        "GET", "https", "shop.example", "/a", "q=1", {"cookie": "a=1"}, "10.0.0.1"
+    ]  # fmt: skip
+    assert facts == replace(facts)
+    assert facts != replace(facts, path="/b")
+    assert facts.cookies == {"a": "1"}
+    with pytest.raises(FrozenInstanceError):
+        facts.path = "/b"  # type: ignore[misc]

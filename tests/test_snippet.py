@@ -502,8 +502,8 @@ def test_a_beacon_page_loads_the_pixel_at_once_only_when_the_site_asks_no_consen
 
 def _random_snippet_inputs(rng: random.Random) -> dict[str, Any]:
     """render_snippet's arguments: random option sets, ids, nonces and events, now and then
-    holding markup, ``%``, non-ASCII text or the template's own stand-ins."""
-    odd = "aZ09-_.~%<>&\"' /é€\u2028"
+    holding markup, ``%``, NUL, non-ASCII text or the template's own stand-ins."""
+    odd = "aZ09-_.~%<>&\"' /é€\u2028\x00"
 
     def some(chars: str, low: int, high: int) -> str:
         return "".join(rng.choice(chars) for _ in range(rng.randint(low, high)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, TypedDict
@@ -153,7 +153,7 @@ class EventOptions(TypedDict, total=False):
     data_processing_options_state: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ServerEvent:
     """One Conversions API event, validated, normalised, hashed and serialised.
 
@@ -176,6 +176,30 @@ class ServerEvent:
     #: reads it from the payload).
     match: MatchSignature | None = field(default=None, compare=False, repr=False)
 
+    def __init__(
+        self,
+        pixel_id: str,
+        event_id: str,
+        event_name: str,
+        event_time: int,
+        action_source: str,
+        payload: bytes,
+        test_event_code: str | None = None,
+        destination: str = META,
+        match: MatchSignature | None = None,
+    ) -> None:
+        # Each slot written through its descriptor: a frozen dataclass's own __init__ calls
+        # object.__setattr__ per field, twice the cost, and every page view makes one.
+        _set_pixel_id(self, pixel_id)
+        _set_event_id(self, event_id)
+        _set_event_name(self, event_name)
+        _set_event_time(self, event_time)
+        _set_action_source(self, action_source)
+        _set_payload(self, payload)
+        _set_test_event_code(self, test_event_code)
+        _set_destination(self, destination)
+        _set_match(self, match)
+
     @property
     def expires_at(self) -> int:
         """Unix time after which Meta would reject this event (and its whole batch)."""
@@ -183,7 +207,9 @@ class ServerEvent:
 
     @property
     def batch_key(self) -> BatchKey:
-        return BatchKey(self.destination, self.pixel_id, self.test_event_code)
+        # tuple.__new__ straight: the NamedTuple's own __new__ is a Python call, and an
+        # outbox asks every event it takes for its key.
+        return tuple.__new__(BatchKey, (self.destination, self.pixel_id, self.test_event_code))
 
     @classmethod
     def create(
@@ -275,6 +301,23 @@ class ServerEvent:
         )
 
 
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """How a hand-written ``__init__`` of a frozen slots dataclass writes field ``name``."""
+    setter: Callable[[Any, Any], None] = getattr(cls, name).__set__
+    return setter
+
+
+_set_pixel_id = _slot_setter(ServerEvent, "pixel_id")
+_set_event_id = _slot_setter(ServerEvent, "event_id")
+_set_event_name = _slot_setter(ServerEvent, "event_name")
+_set_event_time = _slot_setter(ServerEvent, "event_time")
+_set_action_source = _slot_setter(ServerEvent, "action_source")
+_set_payload = _slot_setter(ServerEvent, "payload")
+_set_test_event_code = _slot_setter(ServerEvent, "test_event_code")
+_set_destination = _slot_setter(ServerEvent, "destination")
+_set_match = _slot_setter(ServerEvent, "match")
+
+
 def _payload(
     event_name: str,
     when: int,
@@ -346,7 +389,12 @@ ENCODER = json.JSONEncoder(
 )
 
 
-@dataclass(frozen=True, slots=True)
+#: The default of a hand-written ``__init__``'s parameter whose field has a
+#: ``default_factory``: that field gets a fresh value.
+_FRESH: Any = object()
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class BrowserEvent:
     """One event fired in the page, deduplicated against its server copy by ``event_id``.
 
@@ -362,6 +410,19 @@ class BrowserEvent:
     custom_data: Mapping[str, object] = field(default_factory=dict)
     pixel_id: str | None = None
 
+    def __init__(
+        self,
+        name: str,
+        event_id: str = _FRESH,
+        custom_data: Mapping[str, object] = _FRESH,
+        pixel_id: str | None = None,
+    ) -> None:
+        # Each slot written through its descriptor, as ServerEvent's: every page makes one.
+        _set_name(self, name)
+        _set_browser_event_id(self, new_event_id() if event_id is _FRESH else event_id)
+        _set_custom_data(self, {} if custom_data is _FRESH else custom_data)
+        _set_pixel_id_of_browser(self, pixel_id)
+
     def announced(self, *, with_data: bool = True) -> dict[str, object]:
         """The event for the page's ``window.pixelmirror.fire``: ``{event, eventID,
         custom_data?, pixel_id?}``."""
@@ -371,6 +432,12 @@ class BrowserEvent:
         if self.pixel_id:
             announced["pixel_id"] = self.pixel_id
         return announced
+
+
+_set_name = _slot_setter(BrowserEvent, "name")
+_set_browser_event_id = _slot_setter(BrowserEvent, "event_id")
+_set_custom_data = _slot_setter(BrowserEvent, "custom_data")
+_set_pixel_id_of_browser = _slot_setter(BrowserEvent, "pixel_id")
 
 
 def check_event_name(event_name: object) -> None:

@@ -31,7 +31,7 @@ class _computed_once(Generic[T]):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RequestFacts:
     """A request as the adapters hand it to :class:`~pixelmirror.mirror.PixelMirror`.
 
@@ -49,6 +49,27 @@ class RequestFacts:
     query: str
     headers: Mapping[str, str]
     peer: str | None = None
+
+    def __init__(
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        peer: str | None = None,
+    ) -> None:
+        # Written straight into __dict__: a frozen dataclass's own __init__ calls
+        # object.__setattr__ once per field, and every request makes one of these.
+        facts = self.__dict__
+        facts["method"] = method
+        facts["scheme"] = scheme
+        facts["host"] = host
+        facts["path"] = path
+        facts["query"] = query
+        facts["headers"] = headers
+        facts["peer"] = peer
 
     @property
     def url(self) -> str:
