@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import asgi_overhead
+import server_apps
 from harness import (
     BENCH_DIR,
     CHROME_UA,
@@ -72,7 +73,13 @@ def serve(
     kind: str, variant: str, graph_url: str | None = None, page: str = "constant"
 ) -> Iterator[str]:
     port = _free_port()
-    env = dict(os.environ, BENCH_VARIANT=variant, BENCH_PAGE=page, PYTHONPATH=str(BENCH_DIR))
+    env = dict(
+        os.environ,
+        BENCH_VARIANT=variant,
+        BENCH_PAGE=page,
+        BENCH_BURN_ROUNDS=str(server_apps.BURN_ROUNDS),
+        PYTHONPATH=str(BENCH_DIR),
+    )
     env.pop("BENCH_GRAPH_URL", None)
     if graph_url:
         env["BENCH_GRAPH_URL"] = graph_url
