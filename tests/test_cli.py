@@ -329,6 +329,17 @@ def test_the_installed_command_reports_an_unreachable_redis_in_one_line(
 # replay-dead --dry-run
 
 
+def _mirror_on(
+    store: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> PixelMirror:
+    """A mirror that only queues, on the test's SQLite file or (``store`` "redis") on a
+    fresh stream of the real server."""
+    if store == "redis":
+        stream = request.getfixturevalue("stream")
+        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
+    return PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_replay_dead_dry_run_counts_by_pixel_and_reason_and_replays_nothing(
     env: dict[str, str],
@@ -337,10 +348,7 @@ def test_replay_dead_dry_run_counts_by_pixel_and_reason_and_replays_nothing(
     capsys: pytest.CaptureFixture[str],
     store: str,
 ) -> None:
-    if store == "redis":
-        stream = request.getfixturevalue("stream")  # the real server, a fresh key prefix
-        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
-    mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+    mirror = _mirror_on(store, monkeypatch, request)
     for pixel in ("111", "111", "111", "222"):
         mirror.send(
             "Lead",
@@ -377,10 +385,7 @@ def _bury_mixed_letters(
 ) -> None:
     """Dead letters: pixel 111 twice "Invalid parameter" and once "token_expired", pixel
     222 once "invalid parameter"."""
-    if store == "redis":
-        stream = request.getfixturevalue("stream")  # the real server, a fresh key prefix
-        monkeypatch.setenv("PIXELMIRROR_OUTBOX", redisutil.outbox_url(stream))
-    mirror = PixelMirror(dispatch="external", transport=FakeGraphAPI().transport)
+    mirror = _mirror_on(store, monkeypatch, request)
     letters = [
         ("111", "Invalid parameter"),
         ("111", "token_expired"),

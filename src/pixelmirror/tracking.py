@@ -84,6 +84,8 @@ class Visit:
 
     def tracked_for(self, status: int) -> list[TrackedEvent]:
         """The tracked events that count for a response with this status."""
+        if not self.tracked:  # most pages: no list to build
+            return []
         return [event for event in self.tracked if event.when(status)]
 
 

@@ -162,7 +162,7 @@ class Pages:
     def plan(self, visit: Visit, status: int, headers: Sequence[tuple[str, str]]) -> Plan | None:
         """Decide what the response gets, once its status and headers are known."""
         account, visitor = visit.account, visit.visitor
-        tracked = [event.browser() for event in visit.tracked_for(status)] if visit.tracked else []
+        tracked = [event.browser() for event in visit.tracked_for(status)]
         announce = self._announce(visit, tracked, status) if tracked else None
         injectable = should_inject(visit.facts.method, status, headers)
         if tracked or (injectable and visitor is not None and self.config.mode == "inline"):
@@ -273,7 +273,7 @@ class Pages:
         ``injected``: the page got the snippet, so its PageView is mirrored too."""
         if visit.visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
             return
-        tracked = visit.tracked_for(status) if visit.tracked else ()
+        tracked = visit.tracked_for(status)
         # In beacon mode the page's PageView comes back through the beacon.
         pageview = injected and self._mirror_pageviews
         if not tracked and not pageview:
