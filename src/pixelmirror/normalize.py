@@ -38,8 +38,10 @@ from .user_fields import (
 
 __all__ = [
     "WireUserData",
+    "check_default_country",
     "normalize_user_data",
     "sha256_hex",
+    "visitor_wire",
     "wire_user_data",
 ]
 
@@ -143,6 +145,68 @@ def wire_user_data(
     return WireUserData(_normalize_general(items, default))
 
 
+def visitor_wire(
+    external_id: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    fbc: str | None,
+    fbp: str | None,
+) -> tuple[str, tuple[str, ...]] | None:
+    """The JSON text and wire keys of a visitor's own user data, what :func:`wire_user_data`
+    gives (and its text writes) for ``{external_id, client_ip_address, client_user_agent,
+    fbp, fbc}``; None when a rule would change or drop a value (the general road then makes
+    them, and logs the drop), or there is no SHA-256 hex ``external_id``.
+
+    pixelmirror makes these values in wire form (a SHA-256 hex id, a canonical IP, a stripped
+    user agent, valid cookies), so each rule has only to give its value back: checked here
+    once per visitor instead of normalised on every event.
+    """
+    # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay as they are.
+    try:
+        if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
+            return None
+    except (TypeError, ValueError):
+        return None
+    # In WIRE_KEYS order; a None value is skipped, as wire_user_data skips it.
+    text = f'{{"external_id":"{external_id}"'
+    keys: tuple[str, ...] = ("external_id",)
+    try:
+        if client_ip is not None:
+            if type(client_ip) is not str or plain("client_ip_address", client_ip) != client_ip:
+                return None
+            text += f',"client_ip_address":"{client_ip}"'  # a canonical IP needs no escape
+            keys += ("client_ip_address",)
+        if user_agent is not None:
+            if type(user_agent) is not str:
+                return None
+            agent = _AGENTS.get(user_agent)
+            if agent is None:
+                if plain("client_user_agent", user_agent) != user_agent:
+                    return None
+                if len(_AGENTS) >= _AGENTS_KEPT:
+                    _AGENTS.clear()
+                agent = _AGENTS[user_agent] = (
+                    f',"client_user_agent":{encode_basestring(user_agent)}'
+                )
+            text += agent
+            keys += ("client_user_agent",)
+        for key, value in (("fbc", fbc), ("fbp", fbp)):
+            if value is not None:
+                if type(value) is not str or plain(key, value) != value:
+                    return None
+                text += f',"{key}":{encode_basestring(value)}'
+                keys += (key,)
+    except Drop:
+        return None
+    return text + "}", keys
+
+
+# Visitors share a few hundred browsers: each User-Agent's JSON, written once (a blank one,
+# which the rule drops, is never kept).
+_AGENTS_KEPT = 512
+_AGENTS: dict[str, str] = {}
+
+
 def _normalize_strings(
     items: tuple[tuple[str, str | None], ...], default: str | None
 ) -> WireUserData:
@@ -220,7 +284,16 @@ def _normalize_general(
     return wire_data
 
 
+def check_default_country(name: str | None) -> None:
+    """Raise what normalising raises for an unknown ``default_country``."""
+    if name is not None:
+        _default_country(name)
+
+
+@functools.lru_cache(maxsize=64)
 def _default_country(name: str | None) -> str | None:
+    """The code of ``default_country``; a site has one, each event asks (an error is not
+    kept, so it is raised every time)."""
     if name is None:
         return None
     code = country_code(name)
