@@ -38,7 +38,7 @@ from .user_fields import (
 
 __all__ = [
     "WireUserData",
-    "check_default_country",
+    "default_country_code",
     "normalize_user_data",
     "sha256_hex",
     "visitor_wire",
@@ -133,7 +133,7 @@ def wire_user_data(
 ) -> WireUserData:
     """:func:`normalize_user_data`'s result, without a copy and with its JSON kept: for
     callers that only read it (the events)."""
-    default = _default_country(default_country)
+    default = default_country_code(default_country)
     items = tuple(user_data.items())
     # The usual call (every key and value a plain string) is kept whole, see _kept_strings;
     # anything else (lists, ints, dates, str subclasses) takes the general road.
@@ -161,42 +161,41 @@ def visitor_wire(
     user agent, valid cookies), so each rule has only to give its value back: checked here
     once per visitor instead of normalised on every event.
     """
-    # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay as they are.
     try:
+        # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay.
         if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
             return None
-    except (TypeError, ValueError):
-        return None
-    # In WIRE_KEYS order; a None value is skipped, as wire_user_data skips it.
-    text = f'{{"external_id":"{external_id}"'
-    keys: tuple[str, ...] = ("external_id",)
-    try:
+        # In WIRE_KEYS order; a None value is skipped, as wire_user_data skips it. plain()
+        # gives a text back as it is, or changes it, or drops it (raising Drop).
+        text = f'{{"external_id":"{external_id}"'
+        keys: tuple[str, ...] = ("external_id",)
         if client_ip is not None:
-            if type(client_ip) is not str or plain("client_ip_address", client_ip) != client_ip:
+            if plain("client_ip_address", client_ip) != client_ip:
                 return None
             text += f',"client_ip_address":"{client_ip}"'  # a canonical IP needs no escape
             keys += ("client_ip_address",)
         if user_agent is not None:
-            if type(user_agent) is not str:
-                return None
             agent = _AGENTS.get(user_agent)
             if agent is None:
                 if plain("client_user_agent", user_agent) != user_agent:
                     return None
                 if len(_AGENTS) >= _AGENTS_KEPT:
                     _AGENTS.clear()
-                agent = _AGENTS[user_agent] = (
-                    f',"client_user_agent":{encode_basestring(user_agent)}'
-                )
+                agent = f',"client_user_agent":{encode_basestring(user_agent)}'
+                _AGENTS[user_agent] = agent
             text += agent
             keys += ("client_user_agent",)
-        for key, value in (("fbc", fbc), ("fbp", fbp)):
-            if value is not None:
-                if type(value) is not str or plain(key, value) != value:
-                    return None
-                text += f',"{key}":{encode_basestring(value)}'
-                keys += (key,)
-    except Drop:
+        if fbc is not None:
+            if plain("fbc", fbc) != fbc:
+                return None
+            text += f',"fbc":{encode_basestring(fbc)}'
+            keys += ("fbc",)
+        if fbp is not None:
+            if plain("fbp", fbp) != fbp:
+                return None
+            text += f',"fbp":{encode_basestring(fbp)}'
+            keys += ("fbp",)
+    except (Drop, TypeError, ValueError):  # not a text, or not an address
         return None
     return text + "}", keys
 
@@ -284,16 +283,10 @@ def _normalize_general(
     return wire_data
 
 
-def check_default_country(name: str | None) -> None:
-    """Raise what normalising raises for an unknown ``default_country``."""
-    if name is not None:
-        _default_country(name)
-
-
 @functools.lru_cache(maxsize=64)
-def _default_country(name: str | None) -> str | None:
-    """The code of ``default_country``; a site has one, each event asks (an error is not
-    kept, so it is raised every time)."""
+def default_country_code(name: str | None) -> str | None:
+    """The code of ``default_country``, or the ValueError normalising raises for an unknown
+    one; a site has one, each event asks (an error is not kept: raised every time)."""
     if name is None:
         return None
     code = country_code(name)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from pixelmirror.events import ENCODER, ServerEvent, encode_string, match_signature
 from pixelmirror.meta import LIMITED_DATA_USE, identifies_user
-from pixelmirror.normalize import check_default_country, normalize_user_data
+from pixelmirror.normalize import default_country_code, normalize_user_data
 
 
 def page_views(
@@ -45,7 +45,8 @@ def page_views(
     if not usual:
         user = None
     elif user_wire is not None and "client_user_agent" in user_wire[1]:
-        check_default_country(default_country)  # what normalising would raise
+        if default_country is not None:
+            default_country_code(default_country)  # raises what normalising would
         user = user_wire
     else:
         user = _page_user_data(user_data, default_country)

@@ -286,7 +286,7 @@ class Pages:
         if pageview:
             # The visitor's own user data alone has its wire form made already.
             wire = None if visit.identified else visitor.wire
-            events += self._page_views(fields, pixels, visit.page_event_id, user_data, wire)
+            events = self._page_views(fields, pixels, visit.page_event_id, user_data, wire)
         for event in tracked:
             events += self._copies(
                 fields,
