@@ -41,7 +41,8 @@ _MAX_VISITOR_COOKIE = 256
 CLOCK_SKEW = 300.0
 # Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
-# Returning visitors whose Visitor is kept (~1 MB at most, their User-Agents included).
+# Returning visitors whose Visitor is kept (~2 MB at most, their User-Agents and wire user
+# data included).
 _RETURNING_KEPT = 2048
 # 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
 # them: 22 characters.
