@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pixelmirror.escaping import safe_json
 from pixelmirror.events import BatchKey, BrowserEvent, EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
-from pixelmirror.normalize import WireUserData
+from pixelmirror.normalize import WireUserData, sha256_hex, visitor_wire, wire_user_data
 from pixelmirror.pageviews import page_views
 
 NOW = 1_800_000_000.0
@@ -463,3 +464,102 @@ def test_a_browser_events_constructor_takes_its_fields_and_fills_the_factory_one
     assert replace(event, pixel_id=None).pixel_id is None
     with pytest.raises(FrozenInstanceError):
         event.name = "Lead"  # type: ignore[misc]
+
+
+def _random_visitor_fields(rng: random.Random) -> dict[str, Any]:
+    """A visitor's user data as identity makes it, and now and then one no rule keeps."""
+    text = "abcXYZ 09\"\\é€\u2028\u0000\u001f\t\n<>&'/😀"
+
+    def some(low: int, high: int) -> str:
+        return "".join(rng.choice(text) for _ in range(rng.randint(low, high)))
+
+    digest = sha256_hex(some(0, 20))
+    v4 = ".".join(str(rng.randint(0, 255)) for _ in range(4))
+    v6 = ipaddress.IPv6Address(rng.getrandbits(128))
+    mapped, zoned = f"::ffff:{v4}", f"fe80::1%eth{rng.randint(0, 9)}"
+    fbp, fbc = "fb.1.1700000000000.123456789", "fb.1.1700000000000.IwAR1A-b_"
+
+    def pick(usual: list[object], odd: list[object]) -> object:
+        return rng.choice(usual if rng.random() < 0.85 else odd)
+
+    return {
+        "external_id": pick(
+            [digest], [digest.upper(), f" {digest}", digest[:63], "g" * 64, "", some(1, 9)]
+        ),
+        "client_ip_address": pick(
+            [v4, v6.compressed, None],
+            [v6.exploded, mapped, zoned, f" {v4}", "010.1.2.3", "", " ", some(1, 12)],
+        ),
+        "client_user_agent": pick([UA, some(1, 40).strip() or UA], [None, "", " ", f" {UA}"]),
+        "fbp": pick([None, fbp], ["", " ", some(1, 12)]),
+        "fbc": pick([None, fbc], ["", " ", some(1, 12)]),
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_visitors_wire_user_data_is_what_normalising_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    straight = 0
+    for _ in range(1000):
+        user_data = _random_visitor_fields(rng)
+        made = visitor_wire(
+            user_data["external_id"],
+            user_data["client_ip_address"],
+            user_data["client_user_agent"],
+            user_data["fbc"],
+            user_data["fbp"],
+        )
+        if made is None:
+            continue
+        straight += 1
+        normalised = wire_user_data(user_data)
+        assert made == (normalised.text(), tuple(normalised.data)), user_data
+        assert list(user_data.values()).count(None) == len(user_data) - len(made[1])
+        assert json.loads(made[0]) == {k: v for k, v in user_data.items() if v is not None}
+    assert straight > 300  # the usual visitor takes it
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_page_views_of_a_visitors_wire_user_data_are_what_create_builds(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        user_data = _random_visitor_fields(rng)
+        user_wire = visitor_wire(
+            user_data["external_id"],
+            user_data["client_ip_address"],
+            user_data["client_user_agent"],
+            user_data["fbc"],
+            user_data["fbp"],
+        )
+        args = _random_page_view_inputs(rng)
+        args["user_data"] = user_data
+        pixels = args.pop("pixel_ids")
+        try:
+            expected: object = [
+                ServerEvent.create("PageView", pixel_id=pixel, action_source="website", **args)
+                for pixel in pixels
+            ]
+        except ValueError as exc:
+            expected = ("ValueError", str(exc))
+        try:
+            got: object = page_views(pixels, user_wire=user_wire, **args)
+        except ValueError as exc:
+            got = ("ValueError", str(exc))
+        assert got == expected, args
+        if isinstance(expected, list):  # == leaves the match signatures out
+            assert isinstance(got, list)
+            assert [event.match for event in got] == [event.match for event in expected]
+
+
+def test_page_views_of_a_visitors_wire_user_data_check_the_default_country() -> None:
+    user_wire = visitor_wire(sha256_hex("v"), "127.0.0.1", UA, None, None)
+    assert user_wire is not None
+    with pytest.raises(ValueError, match="default_country"):
+        page_views(
+            ["1"],
+            event_id="e1",
+            user_data={},
+            user_wire=user_wire,
+            event_source_url="https://a.example/",
+            default_country="Atlantis",
+        )

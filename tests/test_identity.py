@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import re
@@ -35,7 +36,7 @@ from pixelmirror.identity import (
     Visitor,
     is_crawler,
 )
-from pixelmirror.normalize import sha256_hex
+from pixelmirror.normalize import sha256_hex, wire_user_data
 from pixelmirror.web.carry import Carry
 
 # --------------------------------------------------------------------------------------------
@@ -391,3 +392,45 @@ def test_no_secure_cookie_warning_where_browsers_keep_it(
         for _ in range(3):
             resolve(identity, scheme=scheme, host=host, headers=headers, peer="10.0.0.1")
     assert _secure_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_visitor_carries_the_wire_user_data_normalising_gives(seed: int) -> None:
+    # Peers and forwarded hops in every form (mapped, zoned, bracketed with a port), user
+    # agents with quotes, escapes, unicode and control characters, cookies or none.
+    rng = random.Random(seed)
+    identity = make(trusted_proxies=TRUSTED, bot_filter=False)
+    odd = '"\\é€\u2028\u0000\u001f\t\n😀 '
+    straight = 0
+    for _ in range(400):
+        v4 = ".".join(str(rng.randint(0, 255)) for _ in range(4))
+        v6 = str(ipaddress.IPv6Address(rng.getrandbits(128)))
+        address = rng.choice([v4, v6, f"::ffff:{v4}", f"fe80::{rng.randint(1, 99)}%eth0"])
+        peer = rng.choice([address, f"[{v6}]:443", f"{v4}:8080", "10.0.0.1", "garbage"])
+        ua = rng.choice([CHROME, SAFARI, None, "", "".join(rng.choices(odd + "Mozilla/5.0", k=20))])
+        cookies = {"_pm_vid": rng.choice([signed(), "x"])}
+        if rng.random() < 0.5:
+            cookies["_fbp"] = FBP
+        if rng.random() < 0.3:
+            cookies["_fbc"] = FBC
+        facts = request(
+            cookies=cookies,
+            ua=ua,
+            peer=peer,
+            query=rng.choice(["", "fbclid=IwAR1AbC"]),
+            headers={"x-forwarded-for": address} if rng.random() < 0.5 else {},
+        )
+        visitor = identity.resolve(facts, now=NOW)
+        assert visitor is not None
+        user_data = {
+            "external_id": visitor.external_id,
+            "client_ip_address": visitor.client_ip,
+            "client_user_agent": visitor.user_agent,
+            "fbp": visitor.fbp,
+            "fbc": visitor.fbc,
+        }
+        normalised = wire_user_data(user_data)
+        # The rules keep every value identity makes: no visitor takes the general road.
+        assert visitor.wire == (normalised.text(), tuple(normalised.data)), facts
+        straight += visitor.user_agent is not None
+    assert straight > 200

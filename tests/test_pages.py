@@ -7,8 +7,10 @@ list, and a page is played through the :class:`PageRequest` protocol an adapter 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -556,3 +558,63 @@ def test_what_the_browser_fires_is_logged_only_when_the_snippet_went_in(
     Site().serve(facts(), status=404, body=body)
     fired = [r for r in caplog.records if r.getMessage().startswith("browser -> ")]
     assert len(fired) == said
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: int) -> None:
+    # The visitor's own wire user data (no identify data) and the general road (with it)
+    # alike: random addresses, user agents and cookies, two pixels, LDU or not.
+    rng = random.Random(seed)
+    odd = '"\\é€\u2028\u0000\t😀 ab'
+    found: dict[str, object] = {}
+    site = Site(identify=lambda request: dict(found), pixels=(PIXEL, OTHER_PIXEL))
+    ldu_site = Site(
+        identify=lambda request: dict(found), ldu=True, default_country="de", test_event_code="T1"
+    )
+    for _ in range(150):
+        found.clear()
+        if rng.random() < 0.3:
+            found[rng.choice(["email", "external_id", "client_user_agent"])] = "Ann@Example.com"
+        v4 = ".".join(str(rng.randint(0, 255)) for _ in range(4))
+        peer = rng.choice([v4, f"::ffff:{v4}", str(ipaddress.IPv6Address(rng.getrandbits(128)))])
+        agent = rng.choice([CHROME, f"{CHROME} {''.join(rng.choices(odd, k=12))}".strip()])
+        chosen = rng.choice([site, ldu_site])
+        first = chosen.pages.identity.resolve(facts())
+        assert first is not None
+        cookies = dict([first.set_cookies[0].split(";")[0].split("=", 1)])  # the visitor's
+        if rng.random() < 0.5:
+            cookies["_fbp"] = "fb.1.1700000000000.42"
+        request = replace(facts(cookies=cookies, **{"user-agent": agent}), peer=peer)
+        chosen.mirrored.clear()
+        chosen.serve(request)
+        views = [event for event in chosen.mirrored if event.event_name == "PageView"]
+        assert views
+        visitor = chosen.pages.identity.resolve(request)  # the same visitor again
+        assert visitor is not None
+        assert visitor.visitor_id == first.visitor_id
+        user_data = {
+            "external_id": [visitor.external_id, found["external_id"]]
+            if "external_id" in found
+            else visitor.external_id,
+            "client_ip_address": visitor.client_ip,
+            "client_user_agent": found.get("client_user_agent", visitor.user_agent),
+            "fbp": json.loads(views[0].payload)["user_data"].get("fbp"),
+            "fbc": visitor.fbc,
+            **{key: value for key, value in found.items() if key == "email"},
+        }
+        config = chosen.pages.config
+        for view in views:
+            expected = ServerEvent.create(
+                "PageView",
+                pixel_id=view.pixel_id,
+                action_source="website",
+                user_data=user_data,
+                event_id=view.event_id,
+                event_source_url="http://shop.example/",
+                data_processing_options=["LDU"] if config.ldu else None,
+                test_event_code=config.test_event_code,
+                default_country=config.default_country,
+                now=view.event_time,
+            )
+            assert view == expected
+            assert view.match == expected.match

@@ -50,7 +50,7 @@ class FbCookies:
         self._proxies = proxies
         # A site answers to a few hosts: each one's verdict is kept (bounded: the Host
         # header is the client's to choose).
-        self._sites: dict[str, tuple[str | None, int]] = {}
+        self._sites: dict[str, tuple[int, str, str]] = {}
 
     def read(
         self, facts: RequestFacts, trusted: bool, now: float, set_cookies: list[str]
@@ -84,10 +84,9 @@ class FbCookies:
             return fbp, fbc
 
         scheme, host = self._proxies.origin(facts, trusted)
-        domain, index = self._site(host)
-        suffix = _FB_SUFFIX + (f"; Domain={domain}" if domain else "") + "; SameSite=Lax"
+        index, suffix, secure_suffix = self._site(host)
         if scheme == "https":
-            suffix += "; Secure"
+            suffix = secure_suffix
         if fbp is None:
             fbp = f"fb.{index}.{millis}.{_fbp_numbers.draw()}"
             set_cookies.append(f"_fbp={fbp}{suffix}")
@@ -96,11 +95,14 @@ class FbCookies:
             set_cookies.append(f"_fbc={fbc}{suffix}")
         return fbp, fbc
 
-    def _site(self, host: str) -> tuple[str | None, int]:
-        """``(Domain for the fb cookies or None for host-only, subdomain index)``."""
+    def _site(self, host: str) -> tuple[int, str, str]:
+        """``(subdomain index, cookie attributes over http, over https)`` of the fb cookies
+        of a host."""
         site = self._sites.get(host)
         if site is None:
-            site = self._site_of(host)
+            domain, index = self._site_of(host)
+            suffix = _FB_SUFFIX + (f"; Domain={domain}" if domain else "") + "; SameSite=Lax"
+            site = (index, suffix, suffix + "; Secure")
             if len(self._sites) >= _SITES_KEPT:
                 self._sites.clear()
             self._sites[host] = site

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pixelmirror import _domains
@@ -25,7 +25,7 @@ from pixelmirror.config import Config, ConfigError
 from pixelmirror.consent import Consent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.fbcookies import FbCookies
-from pixelmirror.normalize import sha256_hex
+from pixelmirror.normalize import sha256_hex, visitor_wire
 from pixelmirror.proxies import Proxies
 from pixelmirror.signing import Seal, urlsafe_b64encode
 
@@ -41,7 +41,8 @@ _MAX_VISITOR_COOKIE = 256
 CLOCK_SKEW = 300.0
 # Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
-# Returning visitors whose Visitor is kept (~1 MB at most, their User-Agents included).
+# Returning visitors whose Visitor is kept (~2 MB at most, their User-Agents and wire user
+# data included).
 _RETURNING_KEPT = 2048
 # 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
 # them: 22 characters.
@@ -77,6 +78,9 @@ class Visitor:
     user_agent: str | None
     #: ``Set-Cookie`` header values for cookies that are new or changed; usually empty.
     set_cookies: tuple[str, ...] = ()
+    #: Its user data (the fields above) as an event's wire JSON text and keys, made once
+    #: (:func:`~pixelmirror.normalize.visitor_wire`); None: events must normalise it.
+    wire: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
 
 
 class Identity:
@@ -162,15 +166,17 @@ class Identity:
         fbp, fbc = self._fb.read(facts, trusted, now, set_cookies)
         client_ip = self._proxies.client_ip(facts, peer, trusted)
         if set_cookies:
+            wire = visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
             return Visitor(
-                visitor_id, external_id, fbp, fbc, client_ip, user_agent, tuple(set_cookies)
+                visitor_id, external_id, fbp, fbc, client_ip, user_agent, tuple(set_cookies), wire
             )
         # A returning visitor tells the same on page after page: the same (immutable) Visitor
         # serves them all.
         said = (visitor_id, fbp, fbc, client_ip, user_agent)
         visitor = self._returning.get(said)
         if visitor is None:
-            visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent)
+            wire = visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
+            visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent, (), wire)
             if len(self._returning) >= _RETURNING_KEPT:
                 self._returning.clear()
             self._returning[said] = visitor

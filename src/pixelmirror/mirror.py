@@ -220,7 +220,7 @@ class PixelMirror:
             self._tally.ran_dry(events)
             return
         taken = (self.handoff or self.outbox).put(events)
-        self._tally.queued(events[:taken])
+        self._tally.queued(events if taken == len(events) else events[:taken])
 
     # -- the web -------------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ from .user_fields import (
 
 __all__ = [
     "WireUserData",
+    "default_country_code",
     "normalize_user_data",
     "sha256_hex",
+    "visitor_wire",
     "wire_user_data",
 ]
 
@@ -131,7 +133,7 @@ def wire_user_data(
 ) -> WireUserData:
     """:func:`normalize_user_data`'s result, without a copy and with its JSON kept: for
     callers that only read it (the events)."""
-    default = _default_country(default_country)
+    default = default_country_code(default_country)
     items = tuple(user_data.items())
     # The usual call (every key and value a plain string) is kept whole, see _kept_strings;
     # anything else (lists, ints, dates, str subclasses) takes the general road.
@@ -141,6 +143,67 @@ def wire_user_data(
         except _NotKept as not_kept:
             return WireUserData(not_kept.wire_data)
     return WireUserData(_normalize_general(items, default))
+
+
+def visitor_wire(
+    external_id: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    fbc: str | None,
+    fbp: str | None,
+) -> tuple[str, tuple[str, ...]] | None:
+    """The JSON text and wire keys of a visitor's own user data, what :func:`wire_user_data`
+    gives (and its text writes) for ``{external_id, client_ip_address, client_user_agent,
+    fbp, fbc}``; None when a rule would change or drop a value (the general road then makes
+    them, and logs the drop), or there is no SHA-256 hex ``external_id``.
+
+    pixelmirror makes these values in wire form (a SHA-256 hex id, a canonical IP, a stripped
+    user agent, valid cookies), so each rule has only to give its value back: checked here
+    once per visitor instead of normalised on every event.
+    """
+    try:
+        # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay.
+        if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
+            return None
+        # In WIRE_KEYS order; a None value is skipped, as wire_user_data skips it. plain()
+        # gives a text back as it is, or changes it, or drops it (raising Drop).
+        text = f'{{"external_id":"{external_id}"'
+        keys: tuple[str, ...] = ("external_id",)
+        if client_ip is not None:
+            if plain("client_ip_address", client_ip) != client_ip:
+                return None
+            text += f',"client_ip_address":"{client_ip}"'  # a canonical IP needs no escape
+            keys += ("client_ip_address",)
+        if user_agent is not None:
+            agent = _AGENTS.get(user_agent)
+            if agent is None:
+                if plain("client_user_agent", user_agent) != user_agent:
+                    return None
+                if len(_AGENTS) >= _AGENTS_KEPT:
+                    _AGENTS.clear()
+                agent = f',"client_user_agent":{encode_basestring(user_agent)}'
+                _AGENTS[user_agent] = agent
+            text += agent
+            keys += ("client_user_agent",)
+        if fbc is not None:
+            if plain("fbc", fbc) != fbc:
+                return None
+            text += f',"fbc":{encode_basestring(fbc)}'
+            keys += ("fbc",)
+        if fbp is not None:
+            if plain("fbp", fbp) != fbp:
+                return None
+            text += f',"fbp":{encode_basestring(fbp)}'
+            keys += ("fbp",)
+    except (Drop, TypeError, ValueError):  # not a text, or not an address
+        return None
+    return text + "}", keys
+
+
+# Visitors share a few hundred browsers: each User-Agent's JSON, written once (a blank one,
+# which the rule drops, is never kept).
+_AGENTS_KEPT = 512
+_AGENTS: dict[str, str] = {}
 
 
 def _normalize_strings(
@@ -220,7 +283,10 @@ def _normalize_general(
     return wire_data
 
 
-def _default_country(name: str | None) -> str | None:
+@functools.lru_cache(maxsize=64)
+def default_country_code(name: str | None) -> str | None:
+    """The code of ``default_country``, or the ValueError normalising raises for an unknown
+    one; a site has one, each event asks (an error is not kept: raised every time)."""
     if name is None:
         return None
     code = country_code(name)

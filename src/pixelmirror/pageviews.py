@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from pixelmirror.events import ENCODER, ServerEvent, encode_string, match_signature
 from pixelmirror.meta import LIMITED_DATA_USE, identifies_user
-from pixelmirror.normalize import normalize_user_data
+from pixelmirror.normalize import default_country_code, normalize_user_data
 
 
 def page_views(
@@ -22,6 +22,7 @@ def page_views(
     *,
     event_id: str,
     user_data: Mapping[str, object],
+    user_wire: tuple[str, tuple[str, ...]] | None = None,
     event_source_url: str | None,
     referrer_url: str | None = None,
     data_processing_options: Sequence[str] | None = None,
@@ -36,11 +37,19 @@ def page_views(
     normalised once for all the pixels and the payload written straight. Anything off the
     usual road (a URL that is not http(s), an odd id, options other than none or LDU, user
     data Meta would refuse) goes through :meth:`ServerEvent.create`, which raises what it
-    raises.
+    raises. ``user_wire``: the JSON text and wire keys of ``user_data`` when the caller has
+    them already (a visitor's own, :attr:`Visitor.wire <pixelmirror.identity.Visitor.wire>`).
     """
     # The checks create makes before it normalises come first, so errors come in its order.
     usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    user = _page_user_data(user_data, default_country) if usual else None
+    if not usual:
+        user = None
+    elif user_wire is not None and "client_user_agent" in user_wire[1]:
+        if default_country is not None:
+            default_country_code(default_country)  # raises what normalising would
+        user = user_wire
+    else:
+        user = _page_user_data(user_data, default_country)
     if (
         user is None
         or not _is_url(event_source_url)

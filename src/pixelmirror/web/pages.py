@@ -271,7 +271,8 @@ class Pages:
     def finish(self, visit: Visit, status: int, *, injected: bool) -> None:
         """Mirror the request's events to the outbox, once per pixel, after the response;
         ``injected``: the page got the snippet, so its PageView is mirrored too."""
-        if visit.visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
+        visitor = visit.visitor
+        if visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
             return
         tracked = visit.tracked_for(status)
         # In beacon mode the page's PageView comes back through the beacon.
@@ -283,7 +284,9 @@ class Pages:
         pixels = visit.account.pixel_ids
         events: list[ServerEvent] = []
         if pageview:
-            events += self._page_views(fields, pixels, visit.page_event_id, user_data)
+            # The visitor's own user data alone has its wire form made already.
+            wire = None if visit.identified else visitor.wire
+            events = self._page_views(fields, pixels, visit.page_event_id, user_data, wire)
         for event in tracked:
             events += self._copies(
                 fields,
@@ -344,6 +347,7 @@ class Pages:
         pixel_ids: Sequence[str],
         event_id: str,
         user_data: Mapping[str, object],
+        user_wire: tuple[str, tuple[str, ...]] | None,
     ) -> list[ServerEvent]:
         """The page's PageView, one per pixel (what :meth:`_copies` makes, on a shorter road)."""
         try:
@@ -351,6 +355,7 @@ class Pages:
                 pixel_ids,
                 event_id=event_id,
                 user_data=user_data,
+                user_wire=user_wire,
                 event_source_url=page_fields["event_source_url"],
                 referrer_url=page_fields["referrer_url"],
                 data_processing_options=page_fields["data_processing_options"],
