@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import tracemalloc
 from collections.abc import Iterable
 
@@ -14,7 +15,13 @@ from html_reference import Verdict, reference
 from pixelmirror.events import BrowserEvent
 from pixelmirror.inject import _LOOKAHEAD, InsertionScanner
 from pixelmirror.snippet import MARKER, render_snippet
-from pixelmirror.web.headers import rewrite_headers, should_inject
+from pixelmirror.web import headers as headers_module
+from pixelmirror.web.headers import (
+    csp_nonce,
+    injectable_and_nonce,
+    rewrite_headers,
+    should_inject,
+)
 from pixelmirror.web.response import HeldPage, Plan
 
 HTML = ("Content-Type", "text/html; charset=utf-8")
@@ -607,6 +614,92 @@ def test_rewrite_does_not_mutate_its_input() -> None:
     headers = [HTML, ("Content-Length", "10")]
     rewrite_headers(headers, added_length=5, set_cookies=["a=1"])
     assert headers == [HTML, ("Content-Length", "10")]
+
+
+_NAMES = (
+    "Content-Type",
+    "content-type",
+    " Content-Type",
+    "Content-Length",
+    "content-length",
+    "CONTENT-LENGTH",
+    " content-length",
+    "Content-Encoding",
+    "content-disposition",
+    "Content-Range",
+    "Content-Security-Policy",
+    "content-security-policy",
+    " content-security-policy",
+    "ETag",
+    "etag",
+    "Cache-Control",
+    "cache-control",
+    "Last-Modified",
+    "Digest",
+    "Surrogate-Control",
+    "Set-Cookie",
+    "Vary",
+    "x-a",
+    "X-B",
+    "x-1",
+    "",
+)
+_VALUES = (
+    "text/html",
+    "text/html; charset=utf-8",
+    "TEXT/HTML",
+    "application/json",
+    "application/xhtml+xml",
+    "100",
+    " 12 ",
+    "-3",
+    "1_0",
+    "abc",
+    "",
+    "gzip",
+    "identity",
+    "attachment; filename=x",
+    "script-src 'nonce-abc123'",
+    "default-src 'self'; script-src 'nonce-Zz+/='",
+    "img-src 'nonce-no'",
+    "public, max-age=60",
+    "private",
+    "no-store",
+    'W/"x"',
+    '"x"',
+)
+
+
+def _random_headers(rng: random.Random) -> list[tuple[str, str]]:
+    return [(rng.choice(_NAMES), rng.choice(_VALUES)) for _ in range(rng.randint(0, 6))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_rewrite_gives_the_general_headers(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(2000):
+        headers = _random_headers(rng)
+        if rng.random() < 0.5:  # the common page: nothing but a length to bump
+            headers = [(n, v) for n, v in headers if n.strip().lower() in ("content-length", "x-a")]
+        options = {
+            "added_length": rng.choice([0, 1, 3000]),
+            "set_cookies": rng.choice([(), ("a=1",), ("a=1", "b=2")]),
+            "private": rng.random() < 0.8,
+        }
+        general = headers_module._rewrite(headers, **options)  # type: ignore[arg-type]
+        assert rewrite_headers(headers, **options) == general, (headers, options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_pass_answers_should_inject_and_the_nonce(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(2000):
+        headers = _random_headers(rng)
+        method = rng.choice(["GET", "HEAD", "post"])
+        status = rng.choice([200, 204, 302, 404, 500])
+        injectable = should_inject(method, status, headers)
+        nonce = csp_nonce(headers) if injectable else None
+        assert injectable_and_nonce(method, status, headers) == (injectable, nonce), headers
 
 
 def test_rewrite_follows_lowercase_header_style() -> None:

@@ -7,7 +7,6 @@ endpoint's response. Pure: no framework, no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,7 +14,7 @@ from typing import Protocol
 from pixelmirror.events import BrowserEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.inject import InsertionScanner
-from pixelmirror.web.headers import rewrite_headers
+from pixelmirror.web.headers import csp_nonce, rewrite_headers
 
 Headers = list[tuple[str, str]]
 
@@ -150,21 +149,13 @@ class NonceSource(Protocol):
     def __call__(self, facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None: ...
 
 
-_CSP_NONCE = re.compile(r"(?:^|;)\s*(?:script-src|default-src)\b[^;]*?'nonce-([A-Za-z0-9+/_=-]+)'")
-
-
 def nonce_from_csp(facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None:
     """The default nonce source: the ``'nonce-...'`` of the response's own CSP header.
 
     Whatever framework made the nonce, it is in the policy it sends; reusing it lets the
     injected script run under that policy.
     """
-    for name, value in headers:
-        if name.lower() == "content-security-policy":
-            match = _CSP_NONCE.search(value)
-            if match:
-                return match.group(1)
-    return None
+    return csp_nonce(headers)
 
 
 def server_host(name: str, port: object, scheme: str) -> str:
