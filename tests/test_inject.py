@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import tracemalloc
 from collections.abc import Iterable
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from html_reference import Verdict, reference
+from pixelmirror import inject as inject_module
 from pixelmirror.events import BrowserEvent
 from pixelmirror.inject import _LOOKAHEAD, InsertionScanner
 from pixelmirror.snippet import MARKER, render_snippet
@@ -318,6 +320,10 @@ PIECES = [
     # names of every first letter, which the scanner sorts tags by
     b"<Link rel=x>", b'<div a="b">', b"</div>", b"</Meta >", b"<i>", b"</i>", b"<nav/>",
     b"<Span x='>'>", b"</h1>", b"<xmpx a>", b"</TD>", b"</body>", b"<Iframes>",
+    # plain head tags, which a page's first bytes are stepped over by, and near misses
+    b'<meta charset="utf-8">', b'<link rel="x" href="/a.css"/>', b'<meta c="</head>">',
+    b"<base href=x>", b'<html lang="en" >', b"<title>x</title>", b'<meta a="b"c>',
+    b"<meta\n>", b"<headx>", b"<meta a b=\"\">", b"<link a/>", b"<link a/b>", b"<title>a",
 ]  # fmt: skip
 
 # What tends to confuse a scanner inside a comment, a script or another text element.
@@ -373,6 +379,32 @@ def test_the_scanner_agrees_with_the_reference_tokenizer_however_the_page_is_cut
     cuts = data.draw(st.sets(st.integers(0, len(page)), max_size=12))
     scanner = scan(page, cuts)
     assert (scanner.point, scanner.marked) == (expected.point, expected.marked), cuts
+
+
+PLAIN_HEAD = [
+    b"<!doctype html>", b"<html>", b'<html lang="en">', b"<head>", b'<meta charset="utf-8">',
+    b'<meta name="viewport" content="a, b=1">', b"<title>Shop</title>", b"<base href=/>",
+    b'<link rel="stylesheet" href="/a.css" />', b"<meta\tx>", b"\n", b"  ", b"text",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_head_step_changes_no_answer(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's first bytes stepped over by _PLAIN_HEAD, or the general way, same answers."""
+    rng = random.Random(seed)
+    plain = inject_module._PLAIN_HEAD
+    general = re.compile(b"")  # steps over nothing: the general way from the first byte
+    for _ in range(300):
+        head = [rng.choice(PLAIN_HEAD) for _ in range(rng.randint(0, 8))]
+        rest = [rng.choice(PIECES + PLAIN_HEAD) for _ in range(rng.randint(0, 6))]
+        page = b"".join((*head, *rest, rng.choice([b"</head>", b"<body>", b""]), b"x"))
+        cuts = {rng.randint(0, len(page)) for _ in range(rng.randint(0, 3))}
+        answers = []
+        for pattern in (plain, general):
+            monkeypatch.setattr(inject_module, "_PLAIN_HEAD", pattern)
+            scanner = scan(page, cuts)
+            answers.append((scanner.point, scanner.marked, scanner.done))
+        assert answers[0] == answers[1], (page, cuts)
 
 
 @settings(max_examples=500, deadline=None)

@@ -115,6 +115,20 @@ _ATTRIBUTES = re.compile(_TAG_TAIL)
 # Bytes one match of _ORDINARY may cover: the regex engine keeps a little state per tag.
 _WINDOW = 64 * 1024
 
+# The start of most pages: text, a doctype and plain head tags (``html``, ``head``, ``meta``,
+# ``link``, ``base`` in lower case, with names and double-quoted values, ``<title>`` with
+# its text), all of which _ORDINARY steps over too. Fewer alternatives and no lookaheads at
+# names that matter, so about twice as fast; the scanner starts a page with it and goes on
+# the general way from the first thing it does not know.
+_PLAIN_HEAD = re.compile(
+    rb"[^<]*(?:<(?:"
+    rb"(?:html|head|meta|link|base)"
+    rb"""(?:[\t\n\f\r ]+[a-z-]+(?:="[^"]*"|(?=[\t\n\f\r />])))*[\t\n\f\r ]*/?>"""
+    rb"|title>[^<]*</title>"
+    rb"|![A-Za-z][^>]*>"
+    rb")[^<]*)*"
+)
+
 _SCRIPT_END = rb"</script" + _END
 # What ends (or changes) each script state, and the prefixes to watch for at a chunk's end.
 _SCRIPT_PATTERNS: dict[int, tuple[re.Pattern[bytes], tuple[bytes, ...]]] = {
@@ -205,6 +219,9 @@ class InsertionScanner:
                 self._pending = probe[stop:]
                 return None
             pos = stop - len(pending)
+        elif not offset:  # the page's first bytes
+            pos = _PLAIN_HEAD.match(chunk, 0, _WINDOW).end()  # type: ignore[union-attr]
+            self.examined += pos
         stop = self._run(chunk, pos, offset)
         if stop < len(chunk) and not self.done:
             self._pending = chunk[stop:]
