@@ -107,9 +107,7 @@ class _Responder:
     async def send(self, message: Message) -> None:
         kind, request = message["type"], self.request
         if kind == "http.response.start":
-            headers = [
-                (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
-            ]
+            headers = _decode(message.get("headers", ()))
             start = request.respond(int(message["status"]), headers)
             if start is None:
                 self.start = message
@@ -135,8 +133,37 @@ class _Responder:
         return {**self.start, "headers": _encode(headers)}
 
 
+def _decode(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    try:  # the same few names on every response: each decoded once
+        return [(_DECODED[n], v.decode("latin-1")) for n, v in raw]
+    except (KeyError, TypeError):
+        return [(_decoded(n), v.decode("latin-1")) for n, v in raw]
+
+
 def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    try:  # ... and encoded once, in lower case
+        return [(_ENCODED[n], v.encode("latin-1")) for n, v in headers]
+    except (KeyError, TypeError):
+        return [(_encoded(n), v.encode("latin-1")) for n, v in headers]
+
+
+#: Header names as the app sends them and as they go out; bounded, as names are the app's.
+_DECODED: dict[bytes, str] = {}
+_ENCODED: dict[str, bytes] = {}
+
+
+def _decoded(raw: bytes) -> str:
+    name = raw.decode("latin-1")
+    if type(raw) is bytes and len(_DECODED) < 512:
+        _DECODED[raw] = name
+    return name
+
+
+def _encoded(name: str) -> bytes:
+    raw = name.lower().encode("latin-1")
+    if type(name) is str and len(_ENCODED) < 512:
+        _ENCODED[name] = raw
+    return raw
 
 
 __all__ = ["ASGIApp", "Message", "PixelMirrorMiddleware", "Receive", "Scope", "Send"]
