@@ -82,7 +82,7 @@ class HeldPage:
             self.size += len(chunk)
         scanner = self.scanner
         point = scanner.feed(chunk)
-        if not more:
+        if not more and point is None:
             point = scanner.end()
         if point is not None:
             self.injected = True
