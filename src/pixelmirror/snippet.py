@@ -24,6 +24,7 @@ from pixelmirror.meta import STANDARD_EVENTS
 __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
+    "page_view_snippet",
     "render_beacon_snippet",
     "render_snippet",
 ]
@@ -153,7 +154,7 @@ def render_snippet(
         event = events[0]
         if event.name == "PageView" and event.pixel_id is None and not event.custom_data:
             # Most pages fire their PageView alone: the same text but for the ids.
-            filled = _page_view_snippet(
+            filled = page_view_snippet(
                 pixel_ids=pixel_ids,
                 external_id=external_id,
                 event_id=event.event_id,
@@ -171,7 +172,7 @@ def render_snippet(
     )
 
 
-def _page_view_snippet(
+def page_view_snippet(
     *,
     pixel_ids: Sequence[str],
     external_id: str | None,
@@ -180,8 +181,8 @@ def _page_view_snippet(
     agent: str | None,
     ldu: bool,
     auto_config: bool,
-    noscript: bool,
     beacon_path: str,
+    noscript: bool = True,
 ) -> bytes | None:
     """:func:`render_snippet` of a lone ``PageView`` (no custom data, every pixel) with this
     ``event_id``, filled into its option set's text, rendered once; None when the values or

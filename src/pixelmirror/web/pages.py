@@ -31,7 +31,7 @@ from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.pageviews import page_views
-from pixelmirror.snippet import render_beacon_snippet, render_snippet
+from pixelmirror.snippet import page_view_snippet, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
 from pixelmirror.web.headers import injectable_and_nonce, should_inject
@@ -201,13 +201,23 @@ class Pages:
                 return Plan(snippet=snippet, private=False)
             return Plan(snippet=snippet, cookies=self._carry(visit, tracked), fallback=announce)
         assert self.carry is not None
-        page_view = BrowserEvent("PageView", visit.page_event_id)
-        carried = visit.carried
-        events = (page_view, *carried, *tracked) if carried or tracked else (page_view,)
-        snippet = render_snippet(
+        carried, page_view = visit.carried, visit.page_event_id
+        filled = None
+        if not carried and not tracked:  # most pages: their PageView alone, from a template
+            filled = page_view_snippet(
+                pixel_ids=account.pixel_ids,
+                external_id=visitor.external_id,
+                event_id=page_view,
+                nonce=nonce,
+                agent=agent,
+                ldu=ldu,
+                auto_config=config.auto_config,
+                beacon_path=config.beacon_path,
+            )
+        snippet = filled or render_snippet(
             pixel_ids=account.pixel_ids,
             external_id=visitor.external_id,
-            events=events,
+            events=[BrowserEvent("PageView", page_view), *carried, *tracked],
             nonce=nonce,
             agent=agent,
             ldu=ldu,
@@ -217,7 +227,10 @@ class Pages:
         cookies = visitor.set_cookies
         if carried:
             cookies += (self.carry.clear,)
-        return Plan(snippet=snippet, cookies=cookies, fallback=announce, fired=events)
+        fired = (*carried, *tracked)
+        return Plan(
+            snippet=snippet, cookies=cookies, fallback=announce, page_view=page_view, fired=fired
+        )
 
     def _announce(self, visit: Visit, tracked: Sequence[BrowserEvent], status: int) -> Plan:
         """How a response that carries no snippet hands its tracked events to the browser."""

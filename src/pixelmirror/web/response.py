@@ -39,7 +39,9 @@ class Plan:
     private: bool = True
     #: For a snippet that finds no place: announce the events another way.
     fallback: Plan | None = None
-    #: What the snippet fires in the browser, for the debug log once it is in the page.
+    #: What the snippet fires in the browser, for the debug log once it is in the page: the
+    #: page's PageView (its eventID), then these events.
+    page_view: str | None = None
     fired: tuple[BrowserEvent, ...] = ()
 
     def apply(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
