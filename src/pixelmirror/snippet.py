@@ -221,8 +221,12 @@ def page_view_snippet(
     )
     if template is None:
         return None
+    texts, slots = template
     values = (attr, ext, b'"' + eid + b'"', eid)
-    return b"".join([values[part] if isinstance(part, int) else part for part in template])
+    parts = list(texts)
+    for at, which in slots:
+        parts[at] = values[which]
+    return b"".join(parts)
 
 
 def _render(
@@ -293,11 +297,12 @@ def _page_view_template(
     auto_config: bool,
     noscript: bool,
     beacon_path: str,
-) -> tuple[bytes | int, ...] | None:
-    """:func:`render_snippet` of a lone PageView for these settings, as its text's parts:
-    literal text (ASCII bytes), and in between the index of the value that goes there
-    (nonce, external id JSON, event id JSON, event id); None when the settings themselves
-    hold a stand-in or a mark (the general path then renders every such page).
+) -> tuple[tuple[bytes, ...], tuple[tuple[int, int], ...]] | None:
+    """:func:`render_snippet` of a lone PageView for these settings, as its text's parts
+    (ASCII bytes, an empty one where a value goes) and its slots: each value's place among
+    the parts and its index (nonce, external id JSON, event id JSON, event id); None when
+    the settings themselves hold a stand-in or a mark (the general path then renders every
+    such page).
 
     Joined, not ``%``-formatted: formatting reads the whole text, some 3 KB, every page.
     """
@@ -326,9 +331,9 @@ def _page_view_template(
         return None
     texts = rendered.split(_MARK)
     # Odd places hold the marks' indices, even ones the literal text between them.
-    return tuple(
-        int(text) if place % 2 else text.encode("ascii") for place, text in enumerate(texts)
-    )
+    parts = tuple(b"" if place % 2 else text.encode("ascii") for place, text in enumerate(texts))
+    slots = tuple((place, int(text)) for place, text in enumerate(texts) if place % 2)
+    return parts, slots
 
 
 def render_beacon_snippet(

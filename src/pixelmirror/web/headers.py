@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["csp_nonce", "injectable_and_nonce", "rewrite_headers", "should_inject"]
+__all__ = ["csp_nonce", "page_policies", "rewrite_headers", "should_inject"]
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
@@ -60,18 +60,7 @@ def should_inject(method: str, status: int, headers: Sequence[tuple[str, str]]) 
     inside compression, so a compressed body passes untouched), not a partial body, not an
     attachment. Anything odd answers False rather than raising.
     """
-    return _read_page(method, status, headers) is not None
-
-
-def injectable_and_nonce(
-    method: str, status: int, headers: Sequence[tuple[str, str]]
-) -> tuple[bool, str | None]:
-    """:func:`should_inject` and :func:`csp_nonce` of a response, in one pass over its
-    headers (the nonce None when it may not take the snippet)."""
-    policies = _read_page(method, status, headers)
-    if policies is None:
-        return False, None
-    return True, csp_nonce(policies) if policies else None
+    return page_policies(method, status, headers) is not None
 
 
 def csp_nonce(headers: Sequence[tuple[str, str]]) -> str | None:
@@ -98,11 +87,12 @@ _READ = {
 }
 
 
-def _read_page(
+def page_policies(
     method: str, status: int, headers: Sequence[tuple[str, str]]
 ) -> list[tuple[str, str]] | None:
-    """None unless the response may take the snippet; else its policy headers (``csp_nonce``
-    reads them, outside the ``try``: a policy it cannot read fails the plan, as it did)."""
+    """:func:`should_inject` and the response's ``Content-Security-Policy`` headers, in one
+    pass over its headers: None when it may not take the snippet, else those headers (most
+    often none) for :func:`csp_nonce`."""
     try:
         if method.upper() == "HEAD":
             return None

@@ -34,7 +34,7 @@ from pixelmirror.pageviews import page_views
 from pixelmirror.snippet import page_view_snippet, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
-from pixelmirror.web.headers import injectable_and_nonce, should_inject
+from pixelmirror.web.headers import csp_nonce, page_policies, should_inject
 from pixelmirror.web.request import PageRequest
 from pixelmirror.web.response import (
     EVENTS_HEADER,
@@ -166,7 +166,9 @@ class Pages:
         announce = self._announce(visit, tracked, status) if tracked else None
         default_nonce = self._csp_nonce is nonce_from_csp
         if default_nonce:  # one pass over the headers answers both
-            injectable, nonce = injectable_and_nonce(facts.method, status, headers)
+            policies = page_policies(facts.method, status, headers)
+            injectable = policies is not None
+            nonce = csp_nonce(policies) if policies else None
         else:
             injectable, nonce = should_inject(facts.method, status, headers), None
         if tracked or (injectable and visitor is not None and config.mode == "inline"):
