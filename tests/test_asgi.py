@@ -477,6 +477,7 @@ def test_header_names_read_and_written_through_their_caches_as_without_them(seed
         raw = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(0, 5))]
         decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
         assert asgi_adapter._decode(raw) == decoded
+        assert asgi_adapter._decode(iter(raw)) == decoded  # any iterable, as ASGI allows
         encoded = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in decoded]
         assert asgi_adapter._encode(decoded) == encoded
         if rng.random() < 0.1:  # now and then, names the caches have not seen yet

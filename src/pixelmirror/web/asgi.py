@@ -9,7 +9,7 @@ bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, comp
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from pixelmirror.web.adapter import Adapter
@@ -134,13 +134,15 @@ class _Responder:
 
 
 def _decode(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    if type(raw) is not list and type(raw) is not tuple:
+        raw = list(raw)  # any iterable, read twice below
     try:  # the same few names on every response: each decoded once
         return [(_DECODED[n], v.decode("latin-1")) for n, v in raw]
     except (KeyError, TypeError):
         return [(_decoded(n), v.decode("latin-1")) for n, v in raw]
 
 
-def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     try:  # ... and encoded once, in lower case
         return [(_ENCODED[n], v.encode("latin-1")) for n, v in headers]
     except (KeyError, TypeError):
