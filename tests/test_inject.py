@@ -408,6 +408,25 @@ def test_the_plain_head_step_changes_no_answer(seed: int, monkeypatch: pytest.Mo
         assert answers[0] == answers[1], (page, cuts)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_page_held_in_one_chunk_is_spliced_as_one_held_in_many(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(300):
+        page = b"".join(rng.choice(PIECES + PLAIN_HEAD) for _ in range(rng.randint(0, 12)))
+        page += rng.choice([b"</head>", b"<body>", b""]) + b"tail"
+        outs = []
+        for pieces in ([page], cut(page, {rng.randint(0, len(page)) for _ in range(3)})):
+            held = HeldPage(Plan(snippet=b"<S>"), [HTML], max_buffer=1 << 20)
+            decided = None
+            for index, piece in enumerate(pieces):
+                decided = held.feed(piece, more=index < len(pieces) - 1)
+                if decided is not None:
+                    decided = (decided[0], decided[1] + b"".join(pieces[index + 1 :]))
+                    break
+            outs.append(decided)
+        assert outs[0] == outs[1], page
+
+
 @settings(max_examples=500, deadline=None)
 @given(page=pages, data=st.data())
 def test_a_held_page_gets_the_snippet_at_the_reference_point_and_nothing_else_changes(

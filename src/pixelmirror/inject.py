@@ -205,9 +205,10 @@ class InsertionScanner:
 
     def feed(self, chunk: bytes) -> int | None:
         """Scan the next ``chunk`` of the page; :attr:`point` once it is known."""
-        if self.done or not chunk:
+        offset = self._offset
+        if not chunk or (offset and self.done):  # nothing is done before the first bytes
             return self.point
-        offset, self._offset = self._offset, self._offset + len(chunk)
+        self._offset = offset + len(chunk)
         pos = 0
         pending = self._pending
         if pending:

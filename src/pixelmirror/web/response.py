@@ -104,8 +104,11 @@ class HeldPage:
 
     def _spliced(self, point: int, snippet: bytes) -> bytes:
         """The held bytes with the snippet at ``point``, in one join (views, no copies)."""
-        start = 0
         chunks = self.chunks
+        if len(chunks) == 1:  # the whole page at once, as most frameworks send it
+            view = memoryview(chunks[0])
+            return b"".join((view[:point], snippet, view[point:]))
+        start = 0
         for index, chunk in enumerate(chunks):
             if start + len(chunk) >= point:
                 view = memoryview(chunk)
