@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from pixelmirror import (
 )
 from pixelmirror.asgi import Message, Receive, Scope, Send
 from pixelmirror.testing import FakeGraphAPI
+from pixelmirror.web import asgi as asgi_adapter
 from webkit import CHROME, HTML, browser_events
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -464,3 +466,20 @@ def test_the_dependency_outside_a_request_makes_an_event_that_goes_nowhere() -> 
     assert current_visit() is None
     with pytest.raises(ValueError, match="pixel_id"):
         tracked("Lead", pixel_id="abc")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_header_names_read_and_written_through_their_caches_as_without_them(seed: int) -> None:
+    rng = random.Random(seed)
+    names = [b"content-type", b"Content-Length", b"x-\xe9", b"SET-COOKIE", b"", b"x-a"]
+    values = [b"", b"text/html", b"12", b"caf\xe9", b"a=1; Path=/"]
+    for _ in range(500):
+        raw = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(0, 5))]
+        decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+        assert asgi_adapter._decode(raw) == decoded
+        assert asgi_adapter._decode(iter(raw)) == decoded  # any iterable, as ASGI allows
+        encoded = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in decoded]
+        assert asgi_adapter._encode(decoded) == encoded
+        if rng.random() < 0.1:  # now and then, names the caches have not seen yet
+            asgi_adapter._DECODED.clear()
+            asgi_adapter._ENCODED.clear()

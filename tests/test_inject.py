@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+import re
 import tracemalloc
 from collections.abc import Iterable
 
@@ -11,10 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from html_reference import Verdict, reference
+from pixelmirror import inject as inject_module
 from pixelmirror.events import BrowserEvent
 from pixelmirror.inject import _LOOKAHEAD, InsertionScanner
 from pixelmirror.snippet import MARKER, render_snippet
-from pixelmirror.web.headers import rewrite_headers, should_inject
+from pixelmirror.web import headers as headers_module
+from pixelmirror.web.headers import (
+    csp_nonce,
+    page_policies,
+    rewrite_headers,
+    should_inject,
+)
 from pixelmirror.web.response import HeldPage, Plan
 
 HTML = ("Content-Type", "text/html; charset=utf-8")
@@ -311,6 +320,10 @@ PIECES = [
     # names of every first letter, which the scanner sorts tags by
     b"<Link rel=x>", b'<div a="b">', b"</div>", b"</Meta >", b"<i>", b"</i>", b"<nav/>",
     b"<Span x='>'>", b"</h1>", b"<xmpx a>", b"</TD>", b"</body>", b"<Iframes>",
+    # plain head tags, which a page's first bytes are stepped over by, and near misses
+    b'<meta charset="utf-8">', b'<link rel="x" href="/a.css"/>', b'<meta c="</head>">',
+    b"<base href=x>", b'<html lang="en" >', b"<title>x</title>", b'<meta a="b"c>',
+    b"<meta\n>", b"<headx>", b"<meta a b=\"\">", b"<link a/>", b"<link a/b>", b"<title>a",
 ]  # fmt: skip
 
 # What tends to confuse a scanner inside a comment, a script or another text element.
@@ -366,6 +379,52 @@ def test_the_scanner_agrees_with_the_reference_tokenizer_however_the_page_is_cut
     cuts = data.draw(st.sets(st.integers(0, len(page)), max_size=12))
     scanner = scan(page, cuts)
     assert (scanner.point, scanner.marked) == (expected.point, expected.marked), cuts
+
+
+PLAIN_HEAD = [
+    b"<!doctype html>", b"<html>", b'<html lang="en">', b"<head>", b'<meta charset="utf-8">',
+    b'<meta name="viewport" content="a, b=1">', b"<title>Shop</title>", b"<base href=/>",
+    b'<link rel="stylesheet" href="/a.css" />', b"<meta\tx>", b"\n", b"  ", b"text",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_head_step_changes_no_answer(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's first bytes stepped over by _PLAIN_HEAD, or the general way, same answers."""
+    rng = random.Random(seed)
+    plain = inject_module._PLAIN_HEAD
+    # Steps over nothing and finds no </head: the general way from the first byte.
+    general = re.compile(rb"((?!))?")
+    for _ in range(300):
+        head = [rng.choice(PLAIN_HEAD) for _ in range(rng.randint(0, 8))]
+        rest = [rng.choice(PIECES + PLAIN_HEAD) for _ in range(rng.randint(0, 6))]
+        page = b"".join((*head, *rest, rng.choice([b"</head>", b"<body>", b""]), b"x"))
+        cuts = {rng.randint(0, len(page)) for _ in range(rng.randint(0, 3))}
+        answers = []
+        for pattern in (plain, general):
+            monkeypatch.setattr(inject_module, "_PLAIN_HEAD", pattern)
+            scanner = scan(page, cuts)
+            answers.append((scanner.point, scanner.marked, scanner.done))
+        assert answers[0] == answers[1], (page, cuts)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_page_held_in_one_chunk_is_spliced_as_one_held_in_many(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(300):
+        page = b"".join(rng.choice(PIECES + PLAIN_HEAD) for _ in range(rng.randint(0, 12)))
+        page += rng.choice([b"</head>", b"<body>", b""]) + b"tail"
+        outs = []
+        for pieces in ([page], cut(page, {rng.randint(0, len(page)) for _ in range(3)})):
+            held = HeldPage(Plan(snippet=b"<S>"), [HTML], max_buffer=1 << 20)
+            decided = None
+            for index, piece in enumerate(pieces):
+                decided = held.feed(piece, more=index < len(pieces) - 1)
+                if decided is not None:
+                    decided = (decided[0], decided[1] + b"".join(pieces[index + 1 :]))
+                    break
+            outs.append(decided)
+        assert outs[0] == outs[1], page
 
 
 @settings(max_examples=500, deadline=None)
@@ -607,6 +666,94 @@ def test_rewrite_does_not_mutate_its_input() -> None:
     headers = [HTML, ("Content-Length", "10")]
     rewrite_headers(headers, added_length=5, set_cookies=["a=1"])
     assert headers == [HTML, ("Content-Length", "10")]
+
+
+_NAMES = (
+    "Content-Type",
+    "content-type",
+    " Content-Type",
+    "Content-Length",
+    "content-length",
+    "CONTENT-LENGTH",
+    " content-length",
+    "Content-Encoding",
+    "content-disposition",
+    "Content-Range",
+    "Content-Security-Policy",
+    "content-security-policy",
+    " content-security-policy",
+    "ETag",
+    "etag",
+    "Cache-Control",
+    "cache-control",
+    "Last-Modified",
+    "Digest",
+    "Surrogate-Control",
+    "Set-Cookie",
+    "Vary",
+    "x-a",
+    "X-B",
+    "x-1",
+    "",
+)
+_VALUES = (
+    "text/html",
+    "text/html; charset=utf-8",
+    "TEXT/HTML",
+    "application/json",
+    "application/xhtml+xml",
+    "100",
+    " 12 ",
+    "-3",
+    "1_0",
+    "abc",
+    "",
+    "gzip",
+    "identity",
+    "attachment; filename=x",
+    "script-src 'nonce-abc123'",
+    "default-src 'self'; script-src 'nonce-Zz+/='",
+    "img-src 'nonce-no'",
+    "public, max-age=60",
+    "private",
+    "no-store",
+    'W/"x"',
+    '"x"',
+)
+
+
+def _random_headers(rng: random.Random) -> list[tuple[str, str]]:
+    return [(rng.choice(_NAMES), rng.choice(_VALUES)) for _ in range(rng.randint(0, 6))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_rewrite_gives_the_general_headers(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(2000):
+        headers = _random_headers(rng)
+        if rng.random() < 0.5:  # the common page: nothing but a length to bump
+            headers = [(n, v) for n, v in headers if n.strip().lower() in ("content-length", "x-a")]
+        options = {
+            "added_length": rng.choice([0, 1, 3000]),
+            "set_cookies": rng.choice([(), ("a=1",), ("a=1", "b=2")]),
+            "private": rng.random() < 0.8,
+        }
+        general = headers_module._rewrite(headers, **options)  # type: ignore[arg-type]
+        assert rewrite_headers(headers, **options) == general, (headers, options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_pass_answers_should_inject_and_the_nonce(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(2000):
+        headers = _random_headers(rng)
+        method = rng.choice(["GET", "HEAD", "post"])
+        status = rng.choice([200, 204, 302, 404, 500])
+        policies = page_policies(method, status, headers)
+        injectable = should_inject(method, status, headers)
+        assert (policies is not None) == injectable, headers
+        if injectable:
+            assert csp_nonce(policies or []) == csp_nonce(headers), headers
 
 
 def test_rewrite_follows_lowercase_header_style() -> None:

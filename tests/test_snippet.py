@@ -561,3 +561,13 @@ def test_a_lone_pageview_renders_byte_for_byte_as_the_general_path(seed: int) ->
         except ValueError as exc:
             got = ("ValueError", str(exc))
         assert got == expected, args
+        events = args["events"]
+        event = events[0] if len(events) == 1 else None
+        if event and event.name == "PageView" and not event.pixel_id and not event.custom_data:
+            # What Pages asks for a page with nothing else to fire: None or the same bytes.
+            options = {k: v for k, v in args.items() if k != "events"}
+            try:
+                alone: object = snippet.page_view_snippet(event_id=event.event_id, **options)
+            except ValueError as exc:
+                alone = ("ValueError", str(exc))
+            assert alone in (None, expected), args

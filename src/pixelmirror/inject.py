@@ -115,6 +115,22 @@ _ATTRIBUTES = re.compile(_TAG_TAIL)
 # Bytes one match of _ORDINARY may cover: the regex engine keeps a little state per tag.
 _WINDOW = 64 * 1024
 
+# The start of most pages: text, a doctype and plain head tags (``html``, ``head``, ``meta``,
+# ``link``, ``base`` in lower case, with names and double-quoted values, ``<title>`` with
+# its text), all of which _ORDINARY steps over too, and then, in group 1, the ``</head``
+# that is the point. Fewer alternatives and no lookaheads at names that matter, so about
+# twice as fast; the scanner starts a page with it and, without that ``</head``, goes on the
+# general way from the first thing it does not know.
+_PLAIN_HEAD = re.compile(
+    rb"[^<]*(?:<(?:"
+    rb"(?:html|head|meta|link|base)"
+    rb"""(?:[\t\n\f\r ]+[a-z-]+(?:="[^"]*"|(?=[\t\n\f\r />])))*[\t\n\f\r ]*/?>"""
+    rb"|title>[^<]*</title>"
+    rb"|![A-Za-z][^>]*>"
+    rb")[^<]*)*"
+    rb"(</head(?=[\t\n\f\r />]))?"
+)
+
 _SCRIPT_END = rb"</script" + _END
 # What ends (or changes) each script state, and the prefixes to watch for at a chunk's end.
 _SCRIPT_PATTERNS: dict[int, tuple[re.Pattern[bytes], tuple[bytes, ...]]] = {
@@ -189,9 +205,10 @@ class InsertionScanner:
 
     def feed(self, chunk: bytes) -> int | None:
         """Scan the next ``chunk`` of the page; :attr:`point` once it is known."""
-        if self.done or not chunk:
+        offset = self._offset
+        if not chunk or (offset and self.done):  # nothing is done before the first bytes
             return self.point
-        offset, self._offset = self._offset, self._offset + len(chunk)
+        self._offset = offset + len(chunk)
         pos = 0
         pending = self._pending
         if pending:
@@ -205,6 +222,14 @@ class InsertionScanner:
                 self._pending = probe[stop:]
                 return None
             pos = stop - len(pending)
+        elif not offset:  # the page's first bytes
+            plain = _PLAIN_HEAD.match(chunk, 0, _WINDOW)
+            assert plain is not None  # it matches the empty string
+            self.examined += plain.end()
+            if plain.start(1) >= 0:
+                self.point = plain.start(1)
+                return self.point
+            pos = plain.end()
         stop = self._run(chunk, pos, offset)
         if stop < len(chunk) and not self.done:
             self._pending = chunk[stop:]

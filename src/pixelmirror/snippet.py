@@ -24,6 +24,7 @@ from pixelmirror.meta import STANDARD_EVENTS
 __all__ = [
     "DEFAULT_BEACON_PATH",
     "MARKER",
+    "page_view_snippet",
     "render_beacon_snippet",
     "render_snippet",
 ]
@@ -151,50 +152,81 @@ def render_snippet(
     """
     if len(events) == 1:
         event = events[0]
-        if (
-            event.name == "PageView"
-            and event.pixel_id is None
-            and not event.custom_data
-            and type(event.event_id) is str
-            and (_alphanumeric(event.event_id) or URL_PLAIN.fullmatch(event.event_id))
-            and (external_id is None or type(external_id) is str)
-            and (nonce is None or type(nonce) is str)
-        ):
-            template = _page_view_template(
-                tuple(pixel_ids),
-                external_id is not None,
-                nonce is not None,
-                agent,
-                ldu,
-                auto_config,
-                noscript,
-                beacon_path,
+        if event.name == "PageView" and event.pixel_id is None and not event.custom_data:
+            # Most pages fire their PageView alone: the same text but for the ids.
+            filled = page_view_snippet(
+                pixel_ids=pixel_ids,
+                external_id=external_id,
+                event_id=event.event_id,
+                nonce=nonce,
+                agent=agent,
+                ldu=ldu,
+                auto_config=auto_config,
+                noscript=noscript,
+                beacon_path=beacon_path,
             )
-            if template is not None:
-                # Most pages fire their PageView alone: the same text but for the ids.
-                if external_id is None:
-                    ext = ""
-                elif _alphanumeric(external_id):  # a hash: JSON escapes none of it
-                    ext = f'"{external_id}"'
-                else:
-                    ext = script_safe(json_string(external_id))
-                values = (
-                    "" if nonce is None else attribute(nonce),
-                    ext,
-                    f'"{event.event_id}"',  # its JSON string: URL_PLAIN needs no escaping
-                    event.event_id,
-                )
-                filled = [part if isinstance(part, str) else values[part] for part in template]
-                return "".join(filled).encode("ascii")
+            if filled is not None:
+                return filled
     return _render(
         pixel_ids, external_id, events, nonce, agent, ldu, auto_config, noscript, beacon_path
     )
 
 
-def _alphanumeric(text: str) -> bool:
-    """ASCII letters and digits only, as ids are: URL_PLAIN, and JSON escapes none of it.
-    Two string methods, cheaper than a regular expression over the text."""
-    return text.isascii() and text.isalnum()
+def page_view_snippet(
+    *,
+    pixel_ids: Sequence[str],
+    external_id: str | None,
+    event_id: str,
+    nonce: str | None,
+    agent: str | None,
+    ldu: bool,
+    auto_config: bool,
+    beacon_path: str,
+    noscript: bool = True,
+) -> bytes | None:
+    """:func:`render_snippet` of a lone ``PageView`` (no custom data, every pixel) with this
+    ``event_id``, filled into its option set's text, rendered once; None when the values or
+    the options do not fit a template (render it the general way then).
+    """
+    if type(event_id) is not str or not event_id.isascii():
+        return None
+    eid = event_id.encode("ascii")
+    # Letters and digits (as ids are) are JSON and URL text as they are; bytes.isalnum is
+    # a table lookup per byte, str.isalnum a Unicode database one.
+    if not eid.isalnum() and not URL_PLAIN.fullmatch(event_id):
+        return None
+    if external_id is None:
+        ext = b""
+    elif type(external_id) is not str:
+        return None
+    elif external_id.isascii() and (raw := external_id.encode("ascii")).isalnum():  # a hash
+        ext = b'"' + raw + b'"'
+    else:
+        ext = script_safe(json_string(external_id)).encode("ascii")
+    if nonce is None:
+        attr = b""
+    elif type(nonce) is not str:
+        return None
+    else:
+        attr = attribute(nonce).encode("ascii")
+    template = _page_view_template(
+        tuple(pixel_ids),
+        external_id is not None,
+        nonce is not None,
+        agent,
+        ldu,
+        auto_config,
+        noscript,
+        beacon_path,
+    )
+    if template is None:
+        return None
+    texts, slots = template
+    values = (attr, ext, b'"' + eid + b'"', eid)
+    parts = list(texts)
+    for at, which in slots:
+        parts[at] = values[which]
+    return b"".join(parts)
 
 
 def _render(
@@ -265,11 +297,12 @@ def _page_view_template(
     auto_config: bool,
     noscript: bool,
     beacon_path: str,
-) -> tuple[str | int, ...] | None:
-    """:func:`render_snippet` of a lone PageView for these settings, as its text's parts:
-    literal text, and in between the index of the value that goes there (nonce, external id
-    JSON, event id JSON, event id); None when the settings themselves hold a stand-in or a
-    mark (the general path then renders every such page).
+) -> tuple[tuple[bytes, ...], tuple[tuple[int, int], ...]] | None:
+    """:func:`render_snippet` of a lone PageView for these settings, as its text's parts
+    (ASCII bytes, an empty one where a value goes) and its slots: each value's place among
+    the parts and its index (nonce, external id JSON, event id JSON, event id); None when
+    the settings themselves hold a stand-in or a mark (the general path then renders every
+    such page).
 
     Joined, not ``%``-formatted: formatting reads the whole text, some 3 KB, every page.
     """
@@ -298,7 +331,9 @@ def _page_view_template(
         return None
     texts = rendered.split(_MARK)
     # Odd places hold the marks' indices, even ones the literal text between them.
-    return tuple(int(text) if place % 2 else text for place, text in enumerate(texts))
+    parts = tuple(b"" if place % 2 else text.encode("ascii") for place, text in enumerate(texts))
+    slots = tuple((place, int(text)) for place, text in enumerate(texts) if place % 2)
+    return parts, slots
 
 
 def render_beacon_snippet(

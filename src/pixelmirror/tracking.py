@@ -63,9 +63,10 @@ class TrackedEvent:
         return BrowserEvent(self.event_name, self.event_id, self.custom_data, self.pixel_id)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Visit:
-    """Everything pixelmirror holds for one request: who, which events, what it did."""
+    """Everything pixelmirror holds for one request: who, which events, what it did.
+    Slots: every page makes one."""
 
     facts: RequestFacts
     #: None for a visitor who may not be tracked, whose page still gets a snippet: in beacon
@@ -93,12 +94,10 @@ _visit: ContextVar[Visit | None] = ContextVar("pixelmirror_visit", default=None)
 _event: ContextVar[TrackedEvent | None] = ContextVar("pixelmirror_event", default=None)
 
 
-def activate(visit: Visit) -> Token[Visit | None]:
-    return _visit.set(visit)
-
-
-def deactivate(token: Token[Visit | None]) -> None:
-    _visit.reset(token)
+#: Make ``visit`` the current one, and undo that with its token: the context variable's own
+#: methods, without a Python call around them (every page does both).
+activate: Callable[[Visit], Token[Visit | None]] = _visit.set
+deactivate: Callable[[Token[Visit | None]], None] = _visit.reset
 
 
 def current_visit() -> Visit | None:

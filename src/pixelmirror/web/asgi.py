@@ -9,7 +9,7 @@ bytes up to ``</head>`` are in hand; everything else (websockets, non-HTML, comp
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from pixelmirror.web.adapter import Adapter
@@ -107,9 +107,7 @@ class _Responder:
     async def send(self, message: Message) -> None:
         kind, request = message["type"], self.request
         if kind == "http.response.start":
-            headers = [
-                (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
-            ]
+            headers = _decode(message.get("headers", ()))
             start = request.respond(int(message["status"]), headers)
             if start is None:
                 self.start = message
@@ -135,8 +133,39 @@ class _Responder:
         return {**self.start, "headers": _encode(headers)}
 
 
-def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+def _decode(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    if type(raw) is not list and type(raw) is not tuple:
+        raw = list(raw)  # any iterable, read twice below
+    try:  # the same few names on every response: each decoded once
+        return [(_DECODED[n], v.decode("latin-1")) for n, v in raw]
+    except (KeyError, TypeError):
+        return [(_decoded(n), v.decode("latin-1")) for n, v in raw]
+
+
+def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    try:  # ... and encoded once, in lower case
+        return [(_ENCODED[n], v.encode("latin-1")) for n, v in headers]
+    except (KeyError, TypeError):
+        return [(_encoded(n), v.encode("latin-1")) for n, v in headers]
+
+
+#: Header names as the app sends them and as they go out; bounded, as names are the app's.
+_DECODED: dict[bytes, str] = {}
+_ENCODED: dict[str, bytes] = {}
+
+
+def _decoded(raw: bytes) -> str:
+    name = raw.decode("latin-1")
+    if type(raw) is bytes and len(_DECODED) < 512:
+        _DECODED[raw] = name
+    return name
+
+
+def _encoded(name: str) -> bytes:
+    raw = name.lower().encode("latin-1")
+    if type(name) is str and len(_ENCODED) < 512:
+        _ENCODED[name] = raw
+    return raw
 
 
 __all__ = ["ASGIApp", "Message", "PixelMirrorMiddleware", "Receive", "Scope", "Send"]

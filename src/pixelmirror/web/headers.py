@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["rewrite_headers", "should_inject"]
+__all__ = ["csp_nonce", "page_policies", "rewrite_headers", "should_inject"]
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
@@ -60,31 +60,87 @@ def should_inject(method: str, status: int, headers: Sequence[tuple[str, str]]) 
     inside compression, so a compressed body passes untouched), not a partial body, not an
     attachment. Anything odd answers False rather than raising.
     """
+    return page_policies(method, status, headers) is not None
+
+
+def csp_nonce(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The ``'nonce-...'`` of the first ``Content-Security-Policy`` header that has one for
+    scripts."""
+    for name, value in headers:
+        if name.lower() == "content-security-policy":
+            match = _CSP_NONCE.search(value)
+            if match:
+                return match.group(1)
+    return None
+
+
+_CSP_NONCE = re.compile(r"(?:^|;)\s*(?:script-src|default-src)\b[^;]*?'nonce-([A-Za-z0-9+/_=-]+)'")
+
+# What should_inject reads of a header, by its name stripped and in lower case.
+_OTHER, _CONTENT_TYPE, _CONTENT_ENCODING, _CONTENT_DISPOSITION, _CONTENT_RANGE, _POLICY = range(6)
+_READ = {
+    "content-type": _CONTENT_TYPE,
+    "content-encoding": _CONTENT_ENCODING,
+    "content-disposition": _CONTENT_DISPOSITION,
+    "content-range": _CONTENT_RANGE,
+    "content-security-policy": _POLICY,
+}
+
+
+def page_policies(
+    method: str, status: int, headers: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]] | None:
+    """:func:`should_inject` and the response's ``Content-Security-Policy`` headers, in one
+    pass over its headers: None when it may not take the snippet, else those headers (most
+    often none) for :func:`csp_nonce`."""
     try:
         if method.upper() == "HEAD":
-            return False
+            return None
         if isinstance(status, bool) or not isinstance(status, int):
-            return False
+            return None
         if not (200 <= status < 300 or 400 <= status < 600) or status in _NO_RENDER_2XX:
-            return False
-        content_types: list[str] = []
-        for name, value in headers:
-            key = name.strip().lower()
-            if key == "content-type":
-                content_types.append(value.split(";", 1)[0].strip().lower())
-            elif key == "content-encoding":
+            return None
+        content_type: str | None = None
+        policies: list[tuple[str, str]] = []
+        kinds = _KINDS
+        for pair in headers:
+            name, value = pair
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _kind(name)
+            if kind == _OTHER:
+                continue
+            if kind == _CONTENT_TYPE:
+                if content_type is not None:  # several mean ambiguous
+                    return None
+                content_type = value.split(";", 1)[0].strip().lower()
+            elif kind == _CONTENT_ENCODING:
                 for coding in value.split(","):
                     if coding.strip().lower() not in ("", "identity"):
-                        return False
-            elif key == "content-disposition":
+                        return None
+            elif kind == _CONTENT_DISPOSITION:
                 if value.split(";", 1)[0].strip().lower() == "attachment":
-                    return False
-            elif key == "content-range":
-                return False
-        # Exactly one Content-Type: none means unknown, several mean ambiguous.
-        return len(content_types) == 1 and content_types[0] in _HTML_TYPES
+                    return None
+            elif kind == _CONTENT_RANGE:
+                return None
+            else:
+                policies.append(pair)
+        # Exactly one Content-Type: none means unknown.
+        return policies if content_type in _HTML_TYPES else None
     except Exception:  # malformed input from the host app: never break the response
-        return False
+        return None
+
+
+# What a header name is to should_inject, for the names a site sends again and again:
+# one dictionary lookup, not two new strings per header. Bounded, as names are the app's.
+_KINDS: dict[str, int] = {}
+
+
+def _kind(name: str) -> int:
+    kind = _READ.get(name.strip().lower(), _OTHER)
+    if len(_KINDS) < 512:
+        _KINDS[name] = kind
+    return kind
 
 
 def rewrite_headers(
@@ -114,6 +170,71 @@ def rewrite_headers(
 
     Every other header is kept byte-identical and in order.
     """
+    if private:
+        plain = _plain_rewrite(headers, added_length, set_cookies)
+        if plain is not None:
+            return plain
+    return _rewrite(headers, added_length, set_cookies, private)
+
+
+# How _plain_rewrite reads a header name: kept, a Content-Length, or one only the general
+# way rewrites; plus _NOT_LOWER when the name is not all lower case.
+_KEEP, _LENGTH, _GENERAL, _NOT_LOWER = 0, 2, 4, 1
+_PLAIN_KINDS: dict[str, int] = {}
+
+
+def _plain_kind(name: str) -> int:
+    key = name.lower()
+    kind = _KEEP if key not in _REWRITTEN else _LENGTH if key == "content-length" else _GENERAL
+    if key != name:
+        kind |= _NOT_LOWER
+    if len(_PLAIN_KINDS) < 512:
+        _PLAIN_KINDS[name] = kind
+    return kind
+
+
+def _plain_rewrite(
+    headers: Sequence[tuple[str, str]], added_length: int, set_cookies: Sequence[str]
+) -> list[tuple[str, str]] | None:
+    """:func:`rewrite_headers` of a private page whose only header to change is its
+    ``Content-Length`` (most pages: no caching headers, no digests): one pass, a dictionary
+    lookup per name. None for any other page (the general way then)."""
+    out: list[tuple[str, str]] = []
+    lower = bool(headers)
+    kinds = _PLAIN_KINDS
+    for pair in headers:
+        name, value = pair
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _plain_kind(name)
+        if kind & _NOT_LOWER:
+            lower = False
+            kind ^= _NOT_LOWER
+        if kind == _KEEP:
+            out.append(pair if type(pair) is tuple else (name, value))
+        elif kind == _LENGTH:
+            try:
+                length = int(value.strip())
+            except ValueError:
+                continue
+            if length >= 0:
+                out.append((name, str(length + added_length)))
+        else:
+            return None
+    out.append(("cache-control" if lower else "Cache-Control", "private, no-cache"))
+    if set_cookies:
+        name = "set-cookie" if lower else "Set-Cookie"
+        out.extend([(name, cookie) for cookie in set_cookies])
+    return out
+
+
+def _rewrite(
+    headers: Sequence[tuple[str, str]],
+    added_length: int,
+    set_cookies: Sequence[str],
+    private: bool,
+) -> list[tuple[str, str]]:
+    """:func:`rewrite_headers`, the general way."""
     keys = [name.lower() for name, _ in headers]
     cache_values = (
         [value for key, (_, value) in zip(keys, headers, strict=True) if key == "cache-control"]

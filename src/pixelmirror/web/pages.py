@@ -31,10 +31,10 @@ from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.pageviews import page_views
-from pixelmirror.snippet import render_beacon_snippet, render_snippet
+from pixelmirror.snippet import page_view_snippet, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
-from pixelmirror.web.headers import should_inject
+from pixelmirror.web.headers import csp_nonce, page_policies, should_inject
 from pixelmirror.web.request import PageRequest
 from pixelmirror.web.response import (
     EVENTS_HEADER,
@@ -161,45 +161,78 @@ class Pages:
 
     def plan(self, visit: Visit, status: int, headers: Sequence[tuple[str, str]]) -> Plan | None:
         """Decide what the response gets, once its status and headers are known."""
-        account, visitor = visit.account, visit.visitor
-        tracked = [event.browser() for event in visit.tracked_for(status)]
+        account, visitor, config, facts = visit.account, visit.visitor, self.config, visit.facts
+        tracked = [event.browser() for event in visit.tracked_for(status)] if visit.tracked else []
         announce = self._announce(visit, tracked, status) if tracked else None
-        injectable = should_inject(visit.facts.method, status, headers)
-        if tracked or (injectable and visitor is not None and self.config.mode == "inline"):
+        default_nonce = self._csp_nonce is nonce_from_csp
+        if default_nonce:  # one pass over the headers answers both
+            policies = page_policies(facts.method, status, headers)
+            injectable = policies is not None
+            nonce = csp_nonce(policies) if policies else None
+        else:
+            injectable, nonce = should_inject(facts.method, status, headers), None
+        if tracked or (injectable and visitor is not None and config.mode == "inline"):
             # Events will be mirrored: ask the identify hook now, while the app's call (and a
             # framework's request context, Flask's session) is still there.
             self.identify(visit)
         if not injectable:
             return announce
-        page_options: dict[str, Any] = {
-            "pixel_ids": account.pixel_ids,
-            "nonce": self._csp_nonce(visit.facts, headers),
-            "agent": account.partner_agent or self.config.partner_agent,
-            "ldu": self._ldu(account),
-            "auto_config": self.config.auto_config,
-            "beacon_path": self.config.beacon_path,
-        }
-        gpc = self.config.honor_gpc
-        if self.config.mode == "beacon":
-            # The same bytes for every visitor. Events the view tracked ride to the beacon in
-            # the carry cookie, so this page (and only such a page) sets cookies.
-            gated = self._gated_for(account)
-            snippet = render_beacon_snippet(gated=gated, gpc=gpc, **page_options)
-            if announce is None:
+        if not default_nonce:
+            nonce = self._csp_nonce(facts, headers)
+        agent = account.partner_agent or config.partner_agent
+        ldu = self._ldu(account)
+        if config.mode == "beacon" or visitor is None:
+            # Beacon mode: the same bytes for every visitor. Events the view tracked ride to
+            # the beacon in the carry cookie, so this page (and only such a page) sets
+            # cookies. Consent pending: the same bytes for every such visitor, no id, no
+            # cookie, and the app's caching kept; the banner's consent(true) counts the page
+            # later.
+            beacon = config.mode == "beacon"
+            snippet = render_beacon_snippet(
+                pixel_ids=account.pixel_ids,
+                beacon_path=config.beacon_path,
+                nonce=nonce,
+                agent=agent,
+                ldu=ldu,
+                auto_config=config.auto_config,
+                gated=beacon and self._gated_for(account),
+                gpc=config.honor_gpc,
+                pending=not beacon,
+            )
+            if not beacon or announce is None:
                 return Plan(snippet=snippet, private=False)
             return Plan(snippet=snippet, cookies=self._carry(visit, tracked), fallback=announce)
-        if visitor is None:
-            # Consent pending: the same bytes for every such visitor, no id, no cookie, and
-            # the app's caching kept. The banner's consent(true) counts the page later.
-            snippet = render_beacon_snippet(pending=True, gpc=gpc, **page_options)
-            return Plan(snippet=snippet, private=False)
         assert self.carry is not None
-        events = [BrowserEvent("PageView", visit.page_event_id), *visit.carried, *tracked]
-        snippet = render_snippet(external_id=visitor.external_id, events=events, **page_options)
+        carried, page_view = visit.carried, visit.page_event_id
+        filled = None
+        if not carried and not tracked:  # most pages: their PageView alone, from a template
+            filled = page_view_snippet(
+                pixel_ids=account.pixel_ids,
+                external_id=visitor.external_id,
+                event_id=page_view,
+                nonce=nonce,
+                agent=agent,
+                ldu=ldu,
+                auto_config=config.auto_config,
+                beacon_path=config.beacon_path,
+            )
+        snippet = filled or render_snippet(
+            pixel_ids=account.pixel_ids,
+            external_id=visitor.external_id,
+            events=[BrowserEvent("PageView", page_view), *carried, *tracked],
+            nonce=nonce,
+            agent=agent,
+            ldu=ldu,
+            auto_config=config.auto_config,
+            beacon_path=config.beacon_path,
+        )
         cookies = visitor.set_cookies
-        if visit.carried:
+        if carried:
             cookies += (self.carry.clear,)
-        return Plan(snippet=snippet, cookies=cookies, fallback=announce, fired=tuple(events))
+        fired = (*carried, *tracked)
+        return Plan(
+            snippet=snippet, cookies=cookies, fallback=announce, page_view=page_view, fired=fired
+        )
 
     def _announce(self, visit: Visit, tracked: Sequence[BrowserEvent], status: int) -> Plan:
         """How a response that carries no snippet hands its tracked events to the browser."""

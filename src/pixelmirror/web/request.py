@@ -171,9 +171,10 @@ class PageRequest:
 
     def _say_fired(self, plan: Plan) -> None:
         """Log what the page fires, once the snippet is really in it."""
-        if plan.fired and logger.isEnabledFor(logging.DEBUG):
-            fired = ", ".join(f"{e.name} eventID={e.event_id}" for e in plan.fired)
-            logger.debug("browser -> %s %s", self.visit.facts.path, fired)
+        if (plan.page_view or plan.fired) and logger.isEnabledFor(logging.DEBUG):
+            fired = [f"PageView eventID={plan.page_view}"] if plan.page_view else []
+            fired += (f"{e.name} eventID={e.event_id}" for e in plan.fired)
+            logger.debug("browser -> %s %s", self.visit.facts.path, ", ".join(fired))
 
     def release(self) -> tuple[Headers, bytes]:
         """Let go of a held start now: the page as the app made it, with the plan's fallback

@@ -7,7 +7,6 @@ endpoint's response. Pure: no framework, no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,7 +14,7 @@ from typing import Protocol
 from pixelmirror.events import BrowserEvent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.inject import InsertionScanner
-from pixelmirror.web.headers import rewrite_headers
+from pixelmirror.web.headers import csp_nonce, rewrite_headers
 
 Headers = list[tuple[str, str]]
 
@@ -40,7 +39,9 @@ class Plan:
     private: bool = True
     #: For a snippet that finds no place: announce the events another way.
     fallback: Plan | None = None
-    #: What the snippet fires in the browser, for the debug log once it is in the page.
+    #: What the snippet fires in the browser, for the debug log once it is in the page: the
+    #: page's PageView (its eventID), then these events.
+    page_view: str | None = None
     fired: tuple[BrowserEvent, ...] = ()
 
     def apply(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -83,7 +84,7 @@ class HeldPage:
             self.size += len(chunk)
         scanner = self.scanner
         point = scanner.feed(chunk)
-        if not more:
+        if not more and point is None:
             point = scanner.end()
         if point is not None:
             self.injected = True
@@ -103,8 +104,11 @@ class HeldPage:
 
     def _spliced(self, point: int, snippet: bytes) -> bytes:
         """The held bytes with the snippet at ``point``, in one join (views, no copies)."""
-        start = 0
         chunks = self.chunks
+        if len(chunks) == 1:  # the whole page at once, as most frameworks send it
+            view = memoryview(chunks[0])
+            return b"".join((view[:point], snippet, view[point:]))
+        start = 0
         for index, chunk in enumerate(chunks):
             if start + len(chunk) >= point:
                 view = memoryview(chunk)
@@ -150,21 +154,13 @@ class NonceSource(Protocol):
     def __call__(self, facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None: ...
 
 
-_CSP_NONCE = re.compile(r"(?:^|;)\s*(?:script-src|default-src)\b[^;]*?'nonce-([A-Za-z0-9+/_=-]+)'")
-
-
 def nonce_from_csp(facts: RequestFacts, headers: Sequence[tuple[str, str]]) -> str | None:
     """The default nonce source: the ``'nonce-...'`` of the response's own CSP header.
 
     Whatever framework made the nonce, it is in the policy it sends; reusing it lets the
     injected script run under that policy.
     """
-    for name, value in headers:
-        if name.lower() == "content-security-policy":
-            match = _CSP_NONCE.search(value)
-            if match:
-                return match.group(1)
-    return None
+    return csp_nonce(headers)
 
 
 def server_host(name: str, port: object, scheme: str) -> str:
