@@ -6,7 +6,8 @@ from dataclasses import MISSING, FrozenInstanceError, fields, replace
 
 import pytest
 
-from pixelmirror.facts import RequestFacts
+from pixelmirror import facts as facts_module
+from pixelmirror.facts import RequestFacts, parse_cookies
 
 
 def _facts(cookie: str | None) -> RequestFacts:
@@ -42,6 +43,28 @@ def test_cookies_and_cookie_values_read_random_headers_as_the_rules_say(seed: in
         assert facts.cookies == first, header
         for name in {"a", "b", "_pm_vid", "x1", "missing", *first}:
             assert facts.cookie_values(name) == [v for n, v in pairs if n == name], header
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_header_sent_again_reads_as_its_first_parse(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parse kept for a header answers later requests with it just as a fresh parse does,
+    # among other headers, past the bound of kept ones, and a header too long to keep.
+    monkeypatch.setattr(facts_module, "_JARS_KEPT", 16)
+    rng = random.Random(seed)
+    pieces = ["a", "_pm_vid", "=", " ", ";", '"', "x1", "=v", "é", "_fbp=fb.1.1.2"]
+    headers = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 20))) for _ in range(60)]
+    headers.append("a=" + "x" * 5000 + "; b=1")
+    for _ in range(2000):
+        header = rng.choice(headers)
+        facts = _facts(header)
+        first, repeated = parse_cookies(header)
+        assert facts.cookies == first, header
+        for name in {"a", "_pm_vid", "missing", *first}:
+            alone = [first[name]] if name in first else []
+            assert facts.cookie_values(name) == repeated.get(name, alone), header
+        assert len(facts_module._JARS) <= 16
 
 
 def test_a_request_without_cookies_has_none() -> None:

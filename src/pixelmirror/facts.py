@@ -80,7 +80,8 @@ class RequestFacts:
     @property
     def cookies(self) -> Mapping[str, str]:
         """Cookies of the request; the first of two same-named cookies wins, as browsers send
-        the most specific first. Malformed pairs are skipped."""
+        the most specific first. Malformed pairs are skipped. Shared with other requests
+        sending the same header: read it, never change it."""
         return self._cookie_jar[0]
 
     def cookie_values(self, name: str) -> list[str]:
@@ -96,25 +97,47 @@ class RequestFacts:
     @_computed_once
     def _cookie_jar(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """Each cookie name's first value, and every value of the names sent more than once:
-        the header parsed once per request."""
-        first: dict[str, str] = {}
-        repeated: dict[str, list[str]] = {}
-        for pair in self.headers.get("cookie", "").split(";"):
-            name, sep, value = pair.partition("=")
-            if not sep:
-                continue
-            name = name.strip()
-            if not name:
-                continue
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if name in first:
-                values = repeated.get(name)
-                if values is None:
-                    repeated[name] = [first[name], value]
-                else:
-                    values.append(value)
+        the header parsed once per request, and once for all the requests sending it."""
+        header = self.headers.get("cookie", "")
+        jar = _JARS.get(header)
+        if jar is None:
+            jar = parse_cookies(header)
+            if len(header) <= _MAX_KEPT_HEADER:
+                if len(_JARS) >= _JARS_KEPT:
+                    _JARS.clear()
+                _JARS[header] = jar
+        return jar
+
+
+def parse_cookies(header: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """A ``Cookie`` header's cookies: each name's first value, and every value of the names
+    sent more than once. Malformed pairs are skipped; a value in double quotes loses them."""
+    first: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            continue
+        name = name.strip()
+        if not name:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if name in first:
+            values = repeated.get(name)
+            if values is None:
+                repeated[name] = [first[name], value]
             else:
-                first[name] = value
-        return first, repeated
+                values.append(value)
+        else:
+            first[name] = value
+    return first, repeated
+
+
+# A browser sends the same Cookie header page after page: its parse is kept, shared by the
+# requests that send it (so never changed), and bounded (the header is the client's to
+# choose, and one far longer than usual is parsed each time).
+_JARS_KEPT = 512
+_MAX_KEPT_HEADER = 4096
+_JARS: dict[str, tuple[dict[str, str], dict[str, list[str]]]] = {}
