@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 
 from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
-from pixelmirror.normalize import normalize_user_data, sha256_hex
+from pixelmirror.normalize import (
+    normalize_user_data,
+    own_visitor_wire,
+    sha256_hex,
+    visitor_wire,
+    wire_user_data,
+)
 from pixelmirror.phones import _EXTENSION
 from pixelmirror.user_fields import _ASCII_NOT_ALNUM, _ASCII_NOT_ALNUM_SPACE, _ZIP_JUNK
 
@@ -904,3 +910,52 @@ def test_the_numbering_table_is_well_formed() -> None:
         assert trunk == "" or trunk.isdigit()
         assert 4 <= shortest <= longest <= 13
         assert len(code) + longest <= 15  # E.164's limit
+
+
+# --------------------------------------------------------------------------------------------
+# A visitor's own user data
+
+
+def _random_own_visitor(
+    rng: random.Random,
+) -> tuple[str, str | None, str | None, str | None, str | None]:
+    """Values in the forms Identity makes them: a SHA-256 hex id, an address as Proxies writes
+    it, a stripped User-Agent (quotes, escapes, unicode, controls inside), _fbp / _fbc as
+    their patterns take them (or minted), or None."""
+    external_id = h(str(rng.random()))
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address = rng.choice(
+        [ipaddress.IPv4Address(rng.getrandbits(32)), ipaddress.IPv6Address(rng.getrandbits(128))]
+    )
+    client_ip = rng.choice([address.compressed, None])
+    odd = '"\\é€\u2028\u0000\u001f\t\n😀 /;()' + string.ascii_letters
+    agent = "".join(rng.choices(odd, k=rng.randint(1, 60))).strip()
+    user_agent = rng.choice([agent or "x", "Mozilla/5.0 (X11; Linux x86_64)", None])
+    appendix = rng.choice(["", ".AbC-_9"])
+    fbp = rng.choice(
+        [f"fb.{rng.randint(0, 9)}.{rng.getrandbits(40)}.{rng.getrandbits(31)}{appendix}", None]
+    )
+    clid_chars = [chr(c) for c in range(0x21, 0x7F) if chr(c) not in '".;\\']
+    fbclid = "".join(rng.choices(clid_chars, k=rng.randint(1, 40)))
+    fbc = rng.choice([f"fb.{rng.randint(0, 9)}.{rng.getrandbits(40)}.{fbclid}{appendix}", None])
+    return external_id, client_ip, user_agent, fbc, fbp
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_visitors_own_wire_user_data_is_the_checked_one(seed: int) -> None:
+    # Values in Identity's forms pass every rule as they are: writing them without the
+    # checks gives what the checks give, and what normalising gives.
+    rng = random.Random(seed)
+    for _ in range(1000):
+        values = _random_own_visitor(rng)
+        own = own_visitor_wire(*values)
+        assert own == visitor_wire(*values), values
+        external_id, client_ip, user_agent, fbc, fbp = values
+        fields = {
+            "external_id": external_id,
+            "client_ip_address": client_ip,
+            "client_user_agent": user_agent,
+            "fbc": fbc,
+            "fbp": fbp,
+        }
+        normalised = wire_user_data(fields)
+        assert own == (normalised.text(), tuple(normalised.data)), values

@@ -25,7 +25,7 @@ from pixelmirror.config import Config, ConfigError
 from pixelmirror.consent import Consent
 from pixelmirror.facts import RequestFacts
 from pixelmirror.fbcookies import FbCookies
-from pixelmirror.normalize import sha256_hex, visitor_wire
+from pixelmirror.normalize import own_visitor_wire, sha256_hex
 from pixelmirror.proxies import Proxies
 from pixelmirror.signing import Seal, urlsafe_b64encode
 
@@ -60,7 +60,7 @@ class _Opened(NamedTuple):
     by_newest_key: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class Visitor:
     """What one request tells about its visitor, ready for the pixel and the server event.
 
@@ -81,6 +81,29 @@ class Visitor:
     #: Its user data (the fields above) as an event's wire JSON text and keys, made once
     #: (:func:`~pixelmirror.normalize.visitor_wire`); None: events must normalise it.
     wire: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+
+    def __init__(
+        self,
+        visitor_id: str,
+        external_id: str,
+        fbp: str | None,
+        fbc: str | None,
+        client_ip: str | None,
+        user_agent: str | None,
+        set_cookies: tuple[str, ...] = (),
+        wire: tuple[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        # Written straight into __dict__: a frozen dataclass's own __init__ calls
+        # object.__setattr__ once per field, and every new visitor makes one of these.
+        visitor = self.__dict__
+        visitor["visitor_id"] = visitor_id
+        visitor["external_id"] = external_id
+        visitor["fbp"] = fbp
+        visitor["fbc"] = fbc
+        visitor["client_ip"] = client_ip
+        visitor["user_agent"] = user_agent
+        visitor["set_cookies"] = set_cookies
+        visitor["wire"] = wire
 
 
 class Identity:
@@ -165,8 +188,10 @@ class Identity:
             self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb.read(facts, trusted, now, set_cookies)
         client_ip = self._proxies.client_ip(facts, peer, trusted)
+        # Every value is in wire form (the id our own hash, the IP canonical, the User-Agent
+        # stripped, the fb cookies matched or minted): its wire JSON is written as it is.
         if set_cookies:
-            wire = visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
+            wire = own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
             return Visitor(
                 visitor_id, external_id, fbp, fbc, client_ip, user_agent, tuple(set_cookies), wire
             )
@@ -175,7 +200,7 @@ class Identity:
         said = (visitor_id, fbp, fbc, client_ip, user_agent)
         visitor = self._returning.get(said)
         if visitor is None:
-            wire = visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
+            wire = own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
             visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent, (), wire)
             if len(self._returning) >= _RETURNING_KEPT:
                 self._returning.clear()

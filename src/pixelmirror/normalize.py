@@ -40,6 +40,7 @@ __all__ = [
     "WireUserData",
     "default_country_code",
     "normalize_user_data",
+    "own_visitor_wire",
     "sha256_hex",
     "visitor_wire",
     "wire_user_data",
@@ -165,38 +166,53 @@ def visitor_wire(
         # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay.
         if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
             return None
-        # In WIRE_KEYS order; a None value is skipped, as wire_user_data skips it. plain()
-        # gives a text back as it is, or changes it, or drops it (raising Drop).
-        text = f'{{"external_id":"{external_id}"'
-        keys: tuple[str, ...] = ("external_id",)
-        if client_ip is not None:
-            if plain("client_ip_address", client_ip) != client_ip:
+        # plain() gives a text back as it is, or changes it, or drops it (raising Drop); a
+        # None value is skipped, as wire_user_data skips it.
+        for wire, value in (
+            ("client_ip_address", client_ip),
+            ("client_user_agent", user_agent),
+            ("fbc", fbc),
+            ("fbp", fbp),
+        ):
+            if value is not None and plain(wire, value) != value:
                 return None
-            text += f',"client_ip_address":"{client_ip}"'  # a canonical IP needs no escape
-            keys += ("client_ip_address",)
-        if user_agent is not None:
-            agent = _AGENTS.get(user_agent)
-            if agent is None:
-                if plain("client_user_agent", user_agent) != user_agent:
-                    return None
-                if len(_AGENTS) >= _AGENTS_KEPT:
-                    _AGENTS.clear()
-                agent = f',"client_user_agent":{encode_basestring(user_agent)}'
-                _AGENTS[user_agent] = agent
-            text += agent
-            keys += ("client_user_agent",)
-        if fbc is not None:
-            if plain("fbc", fbc) != fbc:
-                return None
-            text += f',"fbc":{encode_basestring(fbc)}'
-            keys += ("fbc",)
-        if fbp is not None:
-            if plain("fbp", fbp) != fbp:
-                return None
-            text += f',"fbp":{encode_basestring(fbp)}'
-            keys += ("fbp",)
     except (Drop, TypeError, ValueError):  # not a text, or not an address
         return None
+    return own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
+
+
+def own_visitor_wire(
+    external_id: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    fbc: str | None,
+    fbp: str | None,
+) -> tuple[str, tuple[str, ...]]:
+    """:func:`visitor_wire` of values known to be in wire form, as ``Identity`` makes them:
+    a lowercase SHA-256 hex id, an IP as ``Proxies`` writes it, a stripped User-Agent that is
+    not blank, ``_fbp`` / ``_fbc`` that passed their patterns (or None each). No rule is run:
+    each would give its value back."""
+    # In WIRE_KEYS order.
+    text = '{"external_id":"' + external_id + '"'
+    if client_ip is None:
+        keys: tuple[str, ...] = ("external_id",)
+    else:
+        text += ',"client_ip_address":"' + client_ip + '"'  # a canonical IP needs no escape
+        keys = ("external_id", "client_ip_address")
+    if user_agent is not None:
+        agent = _AGENTS.get(user_agent)
+        if agent is None:
+            if len(_AGENTS) >= _AGENTS_KEPT:
+                _AGENTS.clear()
+            agent = _AGENTS[user_agent] = ',"client_user_agent":' + encode_basestring(user_agent)
+        text += agent
+        keys += ("client_user_agent",)
+    if fbc is not None:
+        text += ',"fbc":' + encode_basestring(fbc)
+        keys += ("fbc",)
+    if fbp is not None:
+        text += ',"fbp":' + encode_basestring(fbp)
+        keys += ("fbp",)
     return text + "}", keys
 
 
