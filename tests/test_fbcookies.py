@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from identitykit import FBC, FBP, NOW, cookie, make, parse, resolve, signed
-from pixelmirror import _domains
+from pixelmirror import _domains, fbcookies
 from pixelmirror.fbcookies import FB_MAX_AGE
 
 # --------------------------------------------------------------------------------------------
@@ -243,3 +243,25 @@ def test_one_identity_gives_each_host_its_own_site_page_after_page() -> None:
         assert issued[1].get("domain") == domain, host
         assert visitor.fbp is not None
         assert visitor.fbp.startswith(f"fb.{index}."), host
+
+
+def test_an_fbp_seen_before_gets_the_verdict_of_a_first_sight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _fbp values that matched are kept (bounded): page after page, in any order, each value
+    # is kept or refused as on its first sight.
+    monkeypatch.setattr(fbcookies, "_FBP_SEEN_KEPT", 8)
+    rng = random.Random(3)
+    pieces = ["fb", ".", "1", "17", "0", "x", "-", "_", "12345678901234567890"]
+    values = [FBP, f"{FBP}.AbC", "fb.99.1.2", "fb.1.1.2." + "a" * 17]
+    values += ["".join(rng.choices(pieces, k=rng.randint(1, 12))) for _ in range(40)]
+    identity = make()
+    for _ in range(600):
+        value = rng.choice(values)
+        valid = len(value) <= 64 and re.fullmatch(
+            r"fb\.[0-9]{1,2}\.[0-9]{1,16}\.[0-9]{1,20}(?:\.[A-Za-z0-9_-]{1,16})?", value
+        )
+        visitor = resolve(identity, cookies={"_fbp": value})
+        assert (visitor.fbp == value) == bool(valid), value
+        assert (cookie(visitor, "_fbp") is None) == bool(valid), value
+    assert len(fbcookies._FBP_SEEN) <= 8

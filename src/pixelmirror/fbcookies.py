@@ -37,6 +37,9 @@ _FB_SUFFIX = f"; Path=/; Max-Age={FB_MAX_AGE}"
 # _fbp's random part: uniform below 2**31, as secrets.randbelow(2**31) draws it.
 _fbp_numbers = Pool(lambda raw: int.from_bytes(raw, "big") >> 1, size=4)
 _SITES_KEPT = 256
+# _fbp values that matched _FBP (at most 64 characters each).
+_FBP_SEEN_KEPT = 4096
+_FBP_SEEN: set[str] = set()
 
 
 class FbCookies:
@@ -60,13 +63,20 @@ class FbCookies:
         ``set_cookies``; ``trusted`` says whether the peer is a trusted proxy."""
         cookies = facts.cookies
         fbp = cookies.get("_fbp")
-        if fbp is not None and (len(fbp) > 64 or not _FBP.fullmatch(fbp)):
-            fbp = None
+        # A browser sends its _fbp page after page: the ones that matched are kept.
+        if fbp is not None and fbp not in _FBP_SEEN:
+            if len(fbp) > 64 or not _FBP.fullmatch(fbp):
+                fbp = None
+            else:
+                if len(_FBP_SEEN) >= _FBP_SEEN_KEPT:
+                    _FBP_SEEN.clear()
+                _FBP_SEEN.add(fbp)
         fbc = cookies.get("_fbc")
         stored = _FBC.fullmatch(fbc) if fbc is not None and len(fbc) <= 600 else None
         fbc = stored[0] if stored else None
 
-        fbclid = _fbclid(facts.query)
+        query = facts.query
+        fbclid = _fbclid(query) if "fbclid" in query else None
         if fbclid is None:
             referer = facts.headers.get("referer")
             if referer and "fbclid" in referer:

@@ -121,13 +121,18 @@ class Pages:
     def begin(self, facts: RequestFacts) -> Visit | None:
         """Start a request's visit, or None when it gets no pixel (no pixel id, a crawler, no
         consent on a site that does not ask for it)."""
-        identity, account = self.identity, self._account(facts)
-        if identity is None or account is None:
+        identity, accounts, carry = self.identity, self._accounts, self.carry
+        if identity is None or accounts is None:
             return None
-        assert self.carry is not None
-        visitor = identity.resolve(facts) if self._account_consents(account, facts) else None
-        if visitor is not None:
-            return Visit(facts, visitor, account, carried=self.carry.read(facts))
+        account = accounts(facts)  # what _account asks, without its call
+        if account is None:
+            return None
+        assert carry is not None  # made with the identity
+        # Most accounts have no gate of their own: no call to ask it.
+        if account.consent is None or self._account_consents(account, facts):
+            visitor = identity.resolve(facts)
+            if visitor is not None:
+                return Visit(facts, visitor, account, carried=carry.read(facts))
         # Beacon mode: every visitor gets the same bytes (a shared cache could not tell them
         # apart) and the beacon refuses them instead. Inline mode: a visitor who has not
         # consented yet gets the consent-pending page, the same for all of them; a crawler
