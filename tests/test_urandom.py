@@ -17,8 +17,9 @@ T = TypeVar("T")
 def _seeded_draws(
     monkeypatch: pytest.MonkeyPatch, seed: int, pool: Pool[T], size: int
 ) -> tuple[list[T], list[bytes]]:
-    """600 draws (three batches) from a fresh pool minting as ``pool`` does, over seeded
-    bytes; and the ``size`` bytes each value was made of, in the same order."""
+    """600 draws (three batches) from a fresh pool minting as ``pool`` does (a batch at once
+    when it does), over seeded bytes; and the ``size`` bytes each value was made of, in the
+    same order."""
     rng = random.Random(seed)
     handed: list[bytes] = []
 
@@ -27,7 +28,7 @@ def _seeded_draws(
         return handed[-1]
 
     monkeypatch.setattr(_urandom.os, "urandom", urandom)
-    fresh = Pool(pool._mint, size=size)
+    fresh = Pool(pool._mint, size=size, mint_all=pool._mint_all)
     drawn = [fresh.draw() for _ in range(600)]
     # A pool pops from the end of each batch it minted.
     made_of = [
@@ -76,3 +77,15 @@ def test_a_forked_child_draws_none_of_the_values_its_parent_left(pool: Pool[obje
     drawn = ast.literal_eval(child)
     assert len(drawn) == len(left)
     assert not set(left) & set(drawn)
+
+
+@pytest.mark.parametrize("pool", [identity._visitor_ids, fbcookies._fbp_numbers])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_minted_at_once_is_each_value_minted_alone(pool: Pool[object], seed: int) -> None:
+    rng = random.Random(seed)
+    size = pool._size
+    assert pool._mint_all is not None
+    for count in (1, 2, 3, 255, 256, 257):
+        raw = rng.randbytes(size * count)
+        alone = [pool._mint(raw[at : at + size]) for at in range(0, len(raw), size)]
+        assert pool._mint_all(raw) == alone

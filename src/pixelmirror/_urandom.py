@@ -18,12 +18,24 @@ T = TypeVar("T")
 
 
 class Pool(Generic[T]):
-    """Values made by ``mint(raw)`` from ``size`` random bytes each, ``per_batch`` at a time."""
+    """Values made by ``mint(raw)`` from ``size`` random bytes each, ``per_batch`` at a time.
 
-    __slots__ = ("_batch", "_mint", "_size", "_values")
+    ``mint_all(raw)``, when given, makes a whole batch's values at once, the same as ``mint``
+    of each ``size`` bytes in turn: a few calls over the batch instead of a few per value.
+    """
 
-    def __init__(self, mint: Callable[[bytes], T], *, size: int, per_batch: int = 256) -> None:
+    __slots__ = ("_batch", "_mint", "_mint_all", "_size", "_values")
+
+    def __init__(
+        self,
+        mint: Callable[[bytes], T],
+        *,
+        size: int,
+        per_batch: int = 256,
+        mint_all: Callable[[bytes], list[T]] | None = None,
+    ) -> None:
         self._mint = mint
+        self._mint_all = mint_all
         self._size = size
         self._batch = size * per_batch
         self._values: list[T] = []
@@ -38,4 +50,6 @@ class Pool(Generic[T]):
 
     def _minted(self) -> list[T]:
         raw, size, mint = os.urandom(self._batch), self._size, self._mint
+        if self._mint_all is not None:
+            return self._mint_all(raw)
         return [mint(raw[at : at + size]) for at in range(0, len(raw), size)]

@@ -11,6 +11,7 @@ host-only cookies.
 from __future__ import annotations
 
 import re
+import struct
 from urllib.parse import parse_qsl
 
 from pixelmirror._domains import hostname, is_ip, registrable_domain
@@ -35,7 +36,11 @@ _FBC = re.compile(rf"fb\.[0-9]{{1,2}}\.[0-9]{{1,16}}\.({_FBCLID})(?:\.[A-Za-z0-9
 
 _FB_SUFFIX = f"; Path=/; Max-Age={FB_MAX_AGE}"
 # _fbp's random part: uniform below 2**31, as secrets.randbelow(2**31) draws it.
-_fbp_numbers = Pool(lambda raw: int.from_bytes(raw, "big") >> 1, size=4)
+_fbp_numbers = Pool(
+    lambda raw: int.from_bytes(raw, "big") >> 1,
+    size=4,
+    mint_all=lambda raw: [number >> 1 for number in struct.unpack(f">{len(raw) // 4}I", raw)],
+)
 _SITES_KEPT = 256
 # _fbp values that matched _FBP (at most 64 characters each).
 _FBP_SEEN_KEPT = 4096
@@ -93,8 +98,12 @@ class FbCookies:
         if fbp is not None and not new_click:
             return fbp, fbc
 
-        scheme, host = self._proxies.origin(facts, trusted)
-        index, suffix, secure_suffix = self._site(host)
+        # Without a trusted proxy the origin is the request's own, and a host seen before
+        # has its site kept: no call for either.
+        scheme, host = (
+            self._proxies.origin(facts, trusted) if trusted else (facts.scheme, facts.host)
+        )
+        index, suffix, secure_suffix = self._sites.get(host) or self._site(host)
         if scheme == "https":
             suffix = secure_suffix
         if fbp is None:

@@ -47,7 +47,22 @@ _RETURNING_KEPT = 2048
 # 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
 # them: 22 characters.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
-_visitor_ids = Pool(lambda raw: urlsafe_b64encode(raw).decode("ascii"), size=16)
+
+
+def _visitor_ids_of(raw: bytes) -> list[str]:
+    """The visitor id of each 16 bytes, in one encoding: 16 bytes and two zero bytes make 24
+    base64 characters, of which the first 22 are those of the 16 bytes alone."""
+    count = len(raw) // 16
+    padded = bytearray(18 * count)
+    for at in range(16):
+        padded[at::18] = raw[at::16]
+    text = urlsafe_b64encode(padded).decode("ascii")
+    return [text[at : at + 22] for at in range(0, 24 * count, 24)]
+
+
+_visitor_ids = Pool(
+    lambda raw: urlsafe_b64encode(raw).decode("ascii"), size=16, mint_all=_visitor_ids_of
+)
 
 
 class _Opened(NamedTuple):

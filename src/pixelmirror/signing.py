@@ -33,7 +33,7 @@ _XOR_5C = bytes(byte ^ 0x5C for byte in range(256))
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-def urlsafe_b64encode(data: bytes) -> bytes:
+def urlsafe_b64encode(data: bytes | bytearray) -> bytes:
     """``itsdangerous.encoding.base64_encode``: URL-safe base64 without padding."""
     return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
 
