@@ -60,6 +60,8 @@ def test_consent(
     cookies = {"consent": consent_cookie} if consent_cookie is not None else None
     visitor = identity.resolve(request(cookies=cookies), now=NOW)
     assert (visitor is not None) is granted
+    # Only a gate that asks nothing is skipped.
+    assert identity._consent.asks is (setting is not None or callback is not None)
 
 
 def test_a_failing_consent_callable_fails_closed(caplog: pytest.LogCaptureFixture) -> None:

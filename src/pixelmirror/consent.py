@@ -22,7 +22,7 @@ class Consent:
     else consent for all. A failing callable counts as no consent. With ``honor_gpc`` a
     request sending Global Privacy Control (``Sec-GPC: 1``) refuses before any of these."""
 
-    __slots__ = ("_callable", "_gpc", "_name", "_value")
+    __slots__ = ("_callable", "_gpc", "_name", "_value", "asks")
 
     def __init__(self, config: Config, consent: Callable[[RequestFacts], bool] | None) -> None:
         self._callable = consent
@@ -33,6 +33,8 @@ class Consent:
             name, sep, value = config.consent_cookie.partition("=")
             self._name = name.strip()
             self._value = value.strip() if sep else None
+        #: Whether any request may be refused; False: :meth:`given` is True for all.
+        self.asks = self._gpc or self._callable is not None or self._name is not None
 
     def given(self, facts: RequestFacts) -> bool:
         if self._gpc and facts.headers.get("sec-gpc", "").strip() == "1":

@@ -193,7 +193,7 @@ class Identity:
         user_agent = facts.headers.get("user-agent", "").strip() or None
         if self._crawlers.excludes(facts, user_agent):
             return None
-        if not self._consent.given(facts):
+        if self._consent.asks and not self._consent.given(facts):
             return None
         set_cookies: list[str] = []
         tokens = facts.cookie_values(self._cookie_name)
@@ -202,7 +202,8 @@ class Identity:
         if set_cookies and self._secure and not self._warned_http:
             self._warn_if_http(facts, trusted)
         fbp, fbc = self._fb.read(facts, trusted, now, set_cookies)
-        client_ip = self._proxies.client_ip(facts, peer, trusted)
+        # An untrusted peer is the client itself: no forwarded header to walk.
+        client_ip = self._proxies.client_ip(facts, peer, trusted) if trusted else peer
         # Every value is in wire form (the id our own hash, the IP canonical, the User-Agent
         # stripped, the fb cookies matched or minted): its wire JSON is written as it is.
         if set_cookies:
