@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -203,3 +204,27 @@ def test_carry_does_not_change_the_callers_events() -> None:
     events = [BrowserEvent("Lead", "e", {"blob": secrets.token_hex(3000)})]
     make().cookie(events, now=NOW)
     assert events[0].custom_data
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_header_without_the_name_reads_as_one_parsed(seed: int) -> None:
+    # Pages whose Cookie header does not name the carry cookie are answered without a parse:
+    # every header reads as its cookies say, names close to the carry cookie's among them.
+    rng = random.Random(seed)
+    carry = make()
+    token = parse(carry.cookie(EVENTS, now=NOW))[1]
+    pairs = [
+        f"{carry.name}={token}",
+        f" {carry.name} = {token} ",
+        f"{carry.name}=x",
+        f"{carry.name[:-1]}={token}",
+        f"{carry.name}2={token}",
+        "_pm_vid=abc",
+        "theme=dark",
+        "junk",
+    ]
+    for _ in range(300):
+        header = ";".join(rng.sample(pairs, rng.randint(0, 4)))
+        facts = request(headers={"cookie": header})
+        expected = EVENTS if facts.cookies.get(carry.name) == token else []
+        assert carry.read(facts, now=NOW) == expected, header

@@ -41,6 +41,10 @@ _MAX_VISITOR_COOKIE = 256
 CLOCK_SKEW = 300.0
 # Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
+# Returning visitors kept by their requests' Cookie header (up to 4 KB), User-Agent and
+# addresses (~6 MB at most).
+_ASKED_KEPT = 1024
+_MAX_ASKED_COOKIES = 4096
 # Returning visitors whose Visitor is kept (~2 MB at most, their User-Agents and wire user
 # data included).
 _RETURNING_KEPT = 2048
@@ -183,6 +187,11 @@ class Identity:
         self._visitor_seal = Seal(config.secret_key, VISITOR_SALT)
         self._opened: dict[str, _Opened] = {}
         self._returning: dict[tuple[str | None, ...], Visitor] = {}
+        # A returning visitor's Visitor and token stamp, by what its request said (the Cookie
+        # header with the token itself); None when a hook decides on each request.
+        self._asked: dict[tuple[str | None, ...], tuple[Visitor, int]] | None = (
+            {} if is_bot is None and consent is None else None
+        )
 
     # -- the visitor ------------------------------------------------------------------------
 
@@ -190,14 +199,40 @@ class Identity:
         """The request's visitor, or None when it must get no pixel, no cookie and no server
         event (no consent, or a crawler while ``bot_filter`` is on)."""
         now = time.time() if now is None else now
-        user_agent = facts.headers.get("user-agent", "").strip() or None
+        headers = facts.headers
+        user_agent = headers.get("user-agent", "").strip() or None
+        # A returning visitor's pages differ, for us, only by the clock unless a hook decides
+        # or an fbclid comes: the Visitor is kept by all else its answer depends on.
+        asked: tuple[str | None, ...] | None = None
+        by_asked = self._asked
+        cookie = headers.get("cookie")
+        # Without the visitor cookie's name in the header there is no token to keep it by.
+        if (
+            by_asked is not None
+            and cookie is not None
+            and self._cookie_name in cookie
+            and "fbclid" not in facts.query
+            and "fbclid" not in headers.get("referer", "")
+        ):
+            asked = (
+                cookie,
+                user_agent,
+                facts.peer,
+                headers.get("x-forwarded-for"),
+                headers.get("forwarded"),
+                headers.get("sec-gpc"),
+            )
+            kept = by_asked.get(asked)
+            # In date and not due for a refresh, as when it was kept: the same answer.
+            if kept is not None and -CLOCK_SKEW <= now - kept[1] <= self._max_age / 2:
+                return kept[0]
         if self._crawlers.excludes(facts, user_agent):
             return None
         if self._consent.asks and not self._consent.given(facts):
             return None
         set_cookies: list[str] = []
         tokens = facts.cookie_values(self._cookie_name)
-        visitor_id, external_id = self._visitor_id(tokens, now, set_cookies)
+        visitor_id, external_id, signed_at = self._visitor_id(tokens, now, set_cookies)
         peer, trusted = self._proxies.peer(facts)
         if set_cookies and self._secure and not self._warned_http:
             self._warn_if_http(facts, trusted)
@@ -221,6 +256,15 @@ class Identity:
             if len(self._returning) >= _RETURNING_KEPT:
                 self._returning.clear()
             self._returning[said] = visitor
+        if (
+            by_asked is not None
+            and asked is not None
+            and signed_at is not None
+            and len(asked[0] or "") <= _MAX_ASKED_COOKIES
+        ):
+            if len(by_asked) >= _ASKED_KEPT:
+                by_asked.clear()
+            by_asked[asked] = (visitor, signed_at)
         return visitor
 
     def is_crawler(self, facts: RequestFacts) -> bool:
@@ -231,9 +275,10 @@ class Identity:
 
     def _visitor_id(
         self, tokens: Sequence[str], now: float, set_cookies: list[str]
-    ) -> tuple[str, str]:
-        """``(visitor id, external id)``: of the first token that verifies and is in date,
-        else of a new visitor."""
+    ) -> tuple[str, str, int | None]:
+        """``(visitor id, external id, signed at)``: of the first token that verifies and is in
+        date, else of a new visitor. ``signed at`` only for the first token sent: with one
+        before it, a token stamped past the clock skew may come in date and win later."""
         # A sibling subdomain may send its own cookie of the same name, garbage to us, and
         # maybe first: the first one that verifies is the visitor's.
         for token in tokens:
@@ -253,10 +298,10 @@ class Identity:
             if -CLOCK_SKEW <= age <= self._max_age:
                 if not by_newest_key or age > self._max_age / 2:
                     set_cookies.append(self._visitor_cookie(visitor_id, now))
-                return visitor_id, external_id
+                return visitor_id, external_id, signed_at if token is tokens[0] else None
         visitor_id = _visitor_ids.draw()
         set_cookies.append(self._visitor_cookie(visitor_id, now))
-        return visitor_id, sha256_hex(visitor_id)
+        return visitor_id, sha256_hex(visitor_id), None
 
     def _open(self, token: str) -> _Opened | None:
         """What a token says, or None when it is not ours (oversized, tampered, another key,

@@ -89,6 +89,9 @@ class Carry:
     def read(self, facts: RequestFacts, *, now: float | None = None) -> list[BrowserEvent]:
         """The events :meth:`cookie` put in this request's cookie; ``[]`` when there is none,
         or it is tampered with, expired or malformed."""
+        # Most pages carry nothing: a header without the name needs no parse.
+        if self.name not in facts.headers.get("cookie", ""):
+            return []
         token = facts.cookies.get(self.name)
         if not token or len(token) > _MAX_CARRY_COOKIE:
             return []
