@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from identitykit import FBC, FBP, NOW, cookie, make, parse, resolve, signed
+from identitykit import FBC, FBP, NOW, cookie, make, parse, request, resolve, signed
 from pixelmirror import _domains, fbcookies
 from pixelmirror.fbcookies import FB_MAX_AGE
 
@@ -265,3 +265,19 @@ def test_an_fbp_seen_before_gets_the_verdict_of_a_first_sight(
         assert (visitor.fbp == value) == bool(valid), value
         assert (cookie(visitor, "_fbp") is None) == bool(valid), value
     assert len(fbcookies._FBP_SEEN) <= 8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_header_naming_no_fb_cookie_reads_as_one_parsed(seed: int) -> None:
+    # Headers with and without the fb cookies, and names close to theirs: each reads as its
+    # parsed cookies say (a valid one kept, else a new _fbp).
+    rng = random.Random(seed)
+    identity = make()
+    pairs = [f"_fbp={FBP}", f"_fbc={FBC}", f" _fbp = {FBP} ", "_fb=1", f"x_fbp={FBP}", "a=b"]
+    for _ in range(300):
+        header = ";".join(rng.sample(pairs, rng.randint(0, 3)))
+        visitor = resolve(identity, headers={"cookie": header})
+        cookies = request(headers={"cookie": header}).cookies
+        assert (visitor.fbp == FBP) is (cookies.get("_fbp") == FBP), header
+        assert visitor.fbc == cookies.get("_fbc"), header
+        assert (cookie(visitor, "_fbp") is None) is (cookies.get("_fbp") == FBP), header

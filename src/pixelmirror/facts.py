@@ -87,6 +87,8 @@ class RequestFacts:
     def cookie_values(self, name: str) -> list[str]:
         """Every value sent for cookie ``name``, in order: a sibling subdomain's cookie of
         the same name comes along with ours, and it may come first."""
+        if name not in self.headers.get("cookie", ""):
+            return []  # a new visitor's page: no parse to find nothing
         first, repeated = self._cookie_jar
         values = repeated.get(name)
         if values is not None:

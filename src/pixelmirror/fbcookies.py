@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 from pixelmirror._domains import hostname, is_ip, registrable_domain
@@ -42,6 +43,7 @@ _fbp_numbers = Pool(
     mint_all=lambda raw: [number >> 1 for number in struct.unpack(f">{len(raw) // 4}I", raw)],
 )
 _SITES_KEPT = 256
+_NO_COOKIES: Mapping[str, str] = {}
 # _fbp values that matched _FBP (at most 64 characters each).
 _FBP_SEEN_KEPT = 4096
 _FBP_SEEN: set[str] = set()
@@ -66,7 +68,8 @@ class FbCookies:
         """``(_fbp, _fbc)`` for the server event: the browser's when valid, else minted
         (``_fbc`` from an ``fbclid`` in the URL or the referrer). Cookies to set are added to
         ``set_cookies``; ``trusted`` says whether the peer is a trusted proxy."""
-        cookies = facts.cookies
+        # A header naming neither cookie (a new visitor's) needs no parse.
+        cookies = facts.cookies if "_fb" in facts.headers.get("cookie", "") else _NO_COOKIES
         fbp = cookies.get("_fbp")
         # A browser sends its _fbp page after page: the ones that matched are kept.
         if fbp is not None and fbp not in _FBP_SEEN:
