@@ -41,37 +41,105 @@ def page_views(
     them already (a visitor's own, :attr:`Visitor.wire <pixelmirror.identity.Visitor.wire>`).
     """
     # The checks create makes before it normalises come first, so errors come in its order.
-    usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    if not usual:
-        user = None
-    elif user_wire is not None and "client_user_agent" in user_wire[1]:
-        if default_country is not None:
-            default_country_code(default_country)  # raises what normalising would
-        user = user_wire
-    else:
+    events = None
+    if user_wire is not None and "client_user_agent" in user_wire[1]:
+        events = wired_page_views(
+            pixel_ids,
+            event_id,
+            user_wire,
+            event_source_url,
+            referrer_url,
+            data_processing_options,
+            test_event_code,
+            default_country,
+            now,
+        )
+    elif bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256:
         user = _page_user_data(user_data, default_country)
+        if user is not None:
+            events = _written(
+                pixel_ids,
+                event_id,
+                user,
+                event_source_url,
+                referrer_url,
+                data_processing_options,
+                test_event_code,
+                now,
+            )
+    if events is not None:
+        return events
+    return [
+        ServerEvent.create(
+            "PageView",
+            pixel_id=pixel_id,
+            action_source="website",
+            user_data=user_data,
+            event_id=event_id,
+            event_source_url=event_source_url,
+            referrer_url=referrer_url,
+            data_processing_options=data_processing_options,
+            test_event_code=test_event_code,
+            default_country=default_country,
+            now=now,
+        )
+        for pixel_id in pixel_ids
+    ]
+
+
+def wired_page_views(
+    pixel_ids: Sequence[str],
+    event_id: str,
+    user_wire: tuple[str, tuple[str, ...]],
+    event_source_url: str | None,
+    referrer_url: str | None,
+    data_processing_options: Sequence[str] | None,
+    test_event_code: str | None,
+    default_country: str | None,
+    now: float | None = None,
+) -> list[ServerEvent] | None:
+    """:func:`page_views` of a visitor's own user data, whose wire form ``user_wire`` is
+    made already: the same events, or None off the usual road (then :func:`page_views`
+    has create build them). Positional, for the page's one call on every request."""
     if (
-        user is None
-        or not _is_url(event_source_url)
+        not pixel_ids
+        or type(event_id) is not str
+        or not 0 < len(event_id) <= 256
+        or "client_user_agent" not in user_wire[1]
+    ):
+        return None
+    if default_country is not None:
+        default_country_code(default_country)  # raises what normalising would
+    return _written(
+        pixel_ids,
+        event_id,
+        user_wire,
+        event_source_url,
+        referrer_url,
+        data_processing_options,
+        test_event_code,
+        now,
+    )
+
+
+def _written(
+    pixel_ids: Sequence[str],
+    event_id: str,
+    user: tuple[str, tuple[str, ...]],
+    event_source_url: str | None,
+    referrer_url: str | None,
+    data_processing_options: Sequence[str] | None,
+    test_event_code: str | None,
+    now: float | None,
+) -> list[ServerEvent] | None:
+    """The PageViews with ``user``'s wire JSON and keys written in, or None when the URLs or
+    options are off the usual road."""
+    if (
+        not _is_url(event_source_url)
         or not (referrer_url is None or _is_url(referrer_url))
         or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
     ):
-        return [
-            ServerEvent.create(
-                "PageView",
-                pixel_id=pixel_id,
-                action_source="website",
-                user_data=user_data,
-                event_id=event_id,
-                event_source_url=event_source_url,
-                referrer_url=referrer_url,
-                data_processing_options=data_processing_options,
-                test_event_code=test_event_code,
-                default_country=default_country,
-                now=now,
-            )
-            for pixel_id in pixel_ids
-        ]
+        return None
     assert isinstance(event_source_url, str)
     user_json, wire_keys = user
     when = int(time.time() if now is None else now)
