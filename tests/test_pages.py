@@ -560,6 +560,18 @@ def test_what_the_browser_fires_is_logged_only_when_the_snippet_went_in(
     assert len(fired) == said
 
 
+def test_the_usual_pages_pageview_is_written_straight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No identify data, an http page: the visitor's wire user data, without the general road.
+    def general(*args: object, **kwargs: object) -> list[ServerEvent]:
+        raise AssertionError("the general road was taken")
+
+    monkeypatch.setattr("pixelmirror.web.pages.page_views", general)
+    site = Site()
+    site.serve(facts(referer="https://ads.example/"))
+    (pageview,) = site.mirrored
+    assert json.loads(pageview.payload)["referrer_url"] == "https://ads.example/"
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: int) -> None:
     # The visitor's own wire user data (no identify data) and the general road (with it)

@@ -135,12 +135,15 @@ def _written(
     """The PageViews with ``user``'s wire JSON and keys written in, or None when the URLs or
     options are off the usual road."""
     if (
-        not _is_url(event_source_url)
-        or not (referrer_url is None or _is_url(referrer_url))
+        # http(s) URLs, tested here rather than by a function called for each.
+        not (isinstance(event_source_url, str) and event_source_url.startswith(_HTTP))
+        or not (
+            referrer_url is None
+            or (isinstance(referrer_url, str) and referrer_url.startswith(_HTTP))
+        )
         or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
     ):
         return None
-    assert isinstance(event_source_url, str)
     user_json, wire_keys = user
     when = int(time.time() if now is None else now)
     referrer = "" if referrer_url is None else f',"referrer_url":{encode_string(referrer_url)}'
@@ -213,8 +216,7 @@ def _user_data_json(wire: Mapping[str, object]) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def _is_url(url: object) -> bool:
-    return isinstance(url, str) and url.startswith(("http://", "https://"))
+_HTTP = ("http://", "https://")
 
 
 _LDU_OR_NONE: tuple[list[str], ...] = ([], [LIMITED_DATA_USE])
