@@ -40,33 +40,18 @@ def page_views(
     raises. ``user_wire``: the JSON text and wire keys of ``user_data`` when the caller has
     them already (a visitor's own, :attr:`Visitor.wire <pixelmirror.identity.Visitor.wire>`).
     """
-    # The checks create makes before it normalises come first, so errors come in its order.
-    events = None
-    if user_wire is not None and "client_user_agent" in user_wire[1]:
-        events = wired_page_views(
-            pixel_ids,
-            event_id,
-            user_wire,
-            event_source_url,
-            referrer_url,
-            data_processing_options,
-            test_event_code,
-            default_country,
-            now,
-        )
-    elif bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256:
-        user = _page_user_data(user_data, default_country)
-        if user is not None:
-            events = _written(
-                pixel_ids,
-                event_id,
-                user,
-                event_source_url,
-                referrer_url,
-                data_processing_options,
-                test_event_code,
-                now,
-            )
+    events = straight_page_views(
+        pixel_ids,
+        event_id,
+        user_wire,
+        user_data,
+        event_source_url,
+        referrer_url,
+        data_processing_options,
+        test_event_code,
+        default_country,
+        now,
+    )
     if events is not None:
         return events
     return [
@@ -87,10 +72,11 @@ def page_views(
     ]
 
 
-def wired_page_views(
+def straight_page_views(
     pixel_ids: Sequence[str],
     event_id: str,
-    user_wire: tuple[str, tuple[str, ...]],
+    user_wire: tuple[str, tuple[str, ...]] | None,
+    user_data: Mapping[str, object] | None,
     event_source_url: str | None,
     referrer_url: str | None,
     data_processing_options: Sequence[str] | None,
@@ -98,22 +84,31 @@ def wired_page_views(
     default_country: str | None,
     now: float | None = None,
 ) -> list[ServerEvent] | None:
-    """:func:`page_views` of a visitor's own user data, whose wire form ``user_wire`` is
-    made already: the same events, or None off the usual road (then :func:`page_views`
-    has create build them). Positional, for the page's one call on every request."""
-    if (
-        not pixel_ids
-        or type(event_id) is not str
-        or not 0 < len(event_id) <= 256
-        or "client_user_agent" not in user_wire[1]
-    ):
+    """:func:`page_views` on the usual road, or None off it (then create builds them).
+    Positional, for the page's one call on every request.
+
+    ``user_wire``, the wire JSON and keys of the visitor's own user data, is written as it
+    is; without it ``user_data`` is normalised, and None is off the road: a caller that has
+    the wire form makes the dict only when it must.
+    """
+    # The checks create makes before it normalises come first, so errors come in its order.
+    if not pixel_ids or type(event_id) is not str or not 0 < len(event_id) <= 256:
         return None
-    if default_country is not None:
-        default_country_code(default_country)  # raises what normalising would
+    if user_wire is not None and "client_user_agent" in user_wire[1]:
+        if default_country is not None:
+            default_country_code(default_country)  # raises what normalising would
+        user = user_wire
+    elif user_data is not None:
+        found = _page_user_data(user_data, default_country)
+        if found is None:
+            return None
+        user = found
+    else:
+        return None
     return _written(
         pixel_ids,
         event_id,
-        user_wire,
+        user,
         event_source_url,
         referrer_url,
         data_processing_options,

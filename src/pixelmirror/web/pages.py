@@ -30,7 +30,7 @@ from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
 from pixelmirror.meta import LIMITED_DATA_USE
-from pixelmirror.pageviews import page_views, wired_page_views
+from pixelmirror.pageviews import page_views, straight_page_views
 from pixelmirror.snippet import page_view_snippet, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
@@ -390,11 +390,9 @@ class Pages:
         url, referrer, options, code, country = page_fields
         event_id = visit.page_event_id
         try:
-            events = None
-            if user_wire is not None:
-                events = wired_page_views(
-                    pixel_ids, event_id, user_wire, url, referrer, options, code, country
-                )
+            events = straight_page_views(
+                pixel_ids, event_id, user_wire, None, url, referrer, options, code, country
+            )
             if events is None:
                 events = page_views(
                     pixel_ids,
