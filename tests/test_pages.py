@@ -560,10 +560,23 @@ def test_what_the_browser_fires_is_logged_only_when_the_snippet_went_in(
     assert len(fired) == said
 
 
+def test_the_usual_pages_pageview_is_written_straight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No identify data, an http page: the visitor's wire user data, without the general road.
+    def general(*args: object, **kwargs: object) -> list[ServerEvent]:
+        raise AssertionError("the general road was taken")
+
+    monkeypatch.setattr("pixelmirror.web.pages.page_views", general)
+    site = Site()
+    site.serve(facts(referer="https://ads.example/"))
+    (pageview,) = site.mirrored
+    assert json.loads(pageview.payload)["referrer_url"] == "https://ads.example/"
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: int) -> None:
     # The visitor's own wire user data (no identify data) and the general road (with it)
-    # alike: random addresses, user agents and cookies, two pixels, LDU or not.
+    # alike: random addresses, user agents, cookies, referrers and queries, two pixels, LDU
+    # or not.
     rng = random.Random(seed)
     odd = '"\\é€\u2028\u0000\t😀 ab'
     found: dict[str, object] = {}
@@ -584,7 +597,12 @@ def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: 
         cookies = dict([first.set_cookies[0].split(";")[0].split("=", 1)])  # the visitor's
         if rng.random() < 0.5:
             cookies["_fbp"] = "fb.1.1700000000000.42"
-        request = replace(facts(cookies=cookies, **{"user-agent": agent}), peer=peer)
+        sent = {"user-agent": agent}
+        referrer = rng.choice([None, "https://ads.example/?q=1", "android-app://x", odd])
+        if referrer is not None:
+            sent["referer"] = referrer
+        query = rng.choice(["", "a=1", "fbclid=IwAR1", "x=%22&fbclid=2"])
+        request = replace(facts(cookies=cookies, **sent), peer=peer, query=query)
         chosen.mirrored.clear()
         chosen.serve(request)
         views = [event for event in chosen.mirrored if event.event_name == "PageView"]
@@ -598,8 +616,9 @@ def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: 
             else visitor.external_id,
             "client_ip_address": visitor.client_ip,
             "client_user_agent": found.get("client_user_agent", visitor.user_agent),
+            # Both made on the visitor's first page (an fbclid's _fbc too), at its time.
             "fbp": json.loads(views[0].payload)["user_data"].get("fbp"),
-            "fbc": visitor.fbc,
+            "fbc": json.loads(views[0].payload)["user_data"].get("fbc"),
             **{key: value for key, value in found.items() if key == "email"},
         }
         config = chosen.pages.config
@@ -610,7 +629,8 @@ def test_a_pages_pageview_is_what_create_builds_of_the_requests_user_data(seed: 
                 action_source="website",
                 user_data=user_data,
                 event_id=view.event_id,
-                event_source_url="http://shop.example/",
+                event_source_url="http://shop.example/" + (f"?{query}" if query else ""),
+                referrer_url=referrer if referrer and referrer.startswith("https://") else None,
                 data_processing_options=["LDU"] if config.ldu else None,
                 test_event_code=config.test_event_code,
                 default_country=config.default_country,

@@ -40,39 +40,105 @@ def page_views(
     raises. ``user_wire``: the JSON text and wire keys of ``user_data`` when the caller has
     them already (a visitor's own, :attr:`Visitor.wire <pixelmirror.identity.Visitor.wire>`).
     """
+    events = straight_page_views(
+        pixel_ids,
+        event_id,
+        user_wire,
+        user_data,
+        event_source_url,
+        referrer_url,
+        data_processing_options,
+        test_event_code,
+        default_country,
+        now,
+    )
+    if events is not None:
+        return events
+    return [
+        ServerEvent.create(
+            "PageView",
+            pixel_id=pixel_id,
+            action_source="website",
+            user_data=user_data,
+            event_id=event_id,
+            event_source_url=event_source_url,
+            referrer_url=referrer_url,
+            data_processing_options=data_processing_options,
+            test_event_code=test_event_code,
+            default_country=default_country,
+            now=now,
+        )
+        for pixel_id in pixel_ids
+    ]
+
+
+def straight_page_views(
+    pixel_ids: Sequence[str],
+    event_id: str,
+    user_wire: tuple[str, tuple[str, ...]] | None,
+    user_data: Mapping[str, object] | None,
+    event_source_url: str | None,
+    referrer_url: str | None,
+    data_processing_options: Sequence[str] | None,
+    test_event_code: str | None,
+    default_country: str | None,
+    now: float | None = None,
+) -> list[ServerEvent] | None:
+    """:func:`page_views` on the usual road, or None off it (then create builds them).
+    Positional, for the page's one call on every request.
+
+    ``user_wire``, the wire JSON and keys of the visitor's own user data, is written as it
+    is; without it ``user_data`` is normalised, and None is off the road: a caller that has
+    the wire form makes the dict only when it must.
+    """
     # The checks create makes before it normalises come first, so errors come in its order.
-    usual = bool(pixel_ids) and type(event_id) is str and 0 < len(event_id) <= 256
-    if not usual:
-        user = None
-    elif user_wire is not None and "client_user_agent" in user_wire[1]:
+    if not pixel_ids or type(event_id) is not str or not 0 < len(event_id) <= 256:
+        return None
+    if user_wire is not None and "client_user_agent" in user_wire[1]:
         if default_country is not None:
             default_country_code(default_country)  # raises what normalising would
         user = user_wire
+    elif user_data is not None:
+        found = _page_user_data(user_data, default_country)
+        if found is None:
+            return None
+        user = found
     else:
-        user = _page_user_data(user_data, default_country)
+        return None
+    return _written(
+        pixel_ids,
+        event_id,
+        user,
+        event_source_url,
+        referrer_url,
+        data_processing_options,
+        test_event_code,
+        now,
+    )
+
+
+def _written(
+    pixel_ids: Sequence[str],
+    event_id: str,
+    user: tuple[str, tuple[str, ...]],
+    event_source_url: str | None,
+    referrer_url: str | None,
+    data_processing_options: Sequence[str] | None,
+    test_event_code: str | None,
+    now: float | None,
+) -> list[ServerEvent] | None:
+    """The PageViews with ``user``'s wire JSON and keys written in, or None when the URLs or
+    options are off the usual road."""
     if (
-        user is None
-        or not _is_url(event_source_url)
-        or not (referrer_url is None or _is_url(referrer_url))
+        # http(s) URLs, tested here rather than by a function called for each.
+        not (isinstance(event_source_url, str) and event_source_url.startswith(_HTTP))
+        or not (
+            referrer_url is None
+            or (isinstance(referrer_url, str) and referrer_url.startswith(_HTTP))
+        )
         or not (data_processing_options is None or list(data_processing_options) in _LDU_OR_NONE)
     ):
-        return [
-            ServerEvent.create(
-                "PageView",
-                pixel_id=pixel_id,
-                action_source="website",
-                user_data=user_data,
-                event_id=event_id,
-                event_source_url=event_source_url,
-                referrer_url=referrer_url,
-                data_processing_options=data_processing_options,
-                test_event_code=test_event_code,
-                default_country=default_country,
-                now=now,
-            )
-            for pixel_id in pixel_ids
-        ]
-    assert isinstance(event_source_url, str)
+        return None
     user_json, wire_keys = user
     when = int(time.time() if now is None else now)
     referrer = "" if referrer_url is None else f',"referrer_url":{encode_string(referrer_url)}'
@@ -145,8 +211,7 @@ def _user_data_json(wire: Mapping[str, object]) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def _is_url(url: object) -> bool:
-    return isinstance(url, str) and url.startswith(("http://", "https://"))
+_HTTP = ("http://", "https://")
 
 
 _LDU_OR_NONE: tuple[list[str], ...] = ([], [LIMITED_DATA_USE])

@@ -47,7 +47,7 @@ class MemoryOutbox(Outbox):
         self._lock = threading.Lock()
         self._ids = itertools.count()
         # One FIFO per batch key, so a claim never scans events it cannot take.
-        self._ready: OrderedDict[BatchKey, deque[tuple[ServerEvent, int]]] = OrderedDict()
+        self._ready: OrderedDict[BatchKey, deque[_Entry]] = OrderedDict()
         self._delayed: list[tuple[float, int, ServerEvent, int]] = []
         self._leased: dict[str, tuple[float, ServerEvent, int]] = {}
         self._dead: deque[DeadLetter] = deque(maxlen=self._max_dead)
@@ -58,12 +58,15 @@ class MemoryOutbox(Outbox):
         with self._lock:
             room = self.max_events - self._size
             taken = events[:room] if room < len(events) else events
+            ready = self._ready
             for event in taken:
-                key = event.batch_key
-                queue = self._ready.get(key)
+                # A plain tuple equal to its batch_key finds the queue without the property's
+                # call; a new queue is keyed by the BatchKey itself.
+                plain = (event.destination, event.pixel_id, event.test_event_code)
+                queue = ready.get(plain)  # type: ignore[call-overload]
                 if queue is None:
-                    queue = self._ready[key] = deque()
-                queue.append((event, 0))
+                    queue = ready[event.batch_key] = deque()
+                queue.append(event)
             self._size += len(taken)
         if len(taken) < len(events):
             self._drops.add(len(events) - len(taken), f"outbox full ({self.max_events} events)")
@@ -85,7 +88,7 @@ class MemoryOutbox(Outbox):
                 queue = self._ready[key]
                 claims: list[Claimed] = []
                 while queue and len(claims) < limit:
-                    event, attempts = queue.popleft()
+                    event, attempts = _attempted(queue.popleft())
                     receipt = str(next(self._ids))
                     self._leased[receipt] = (now + lease, event, attempts)
                     claims.append(Claimed(receipt, event, attempts))
@@ -161,7 +164,7 @@ class MemoryOutbox(Outbox):
 
     def unfinished_by_pixel(self) -> dict[str, int]:
         with self._lock:
-            waiting = [event for queue in self._ready.values() for event, _ in queue]
+            waiting = [_attempted(entry)[0] for queue in self._ready.values() for entry in queue]
             waiting += (event for _, _, event, _ in self._delayed)
             waiting += (event for _, event, _ in self._leased.values())
             return dict(Counter(event.pixel_id for event in waiting))
@@ -204,3 +207,13 @@ class MemoryOutbox(Outbox):
 
     def close(self) -> None:
         """Nothing to release; events still queued are lost with the process."""
+
+
+#: A ready event: alone when it was never tried (what a put appends: no tuple kept per
+#: event, so the collector has half as many objects to look at), with its attempts when
+#: it comes back.
+_Entry = ServerEvent | tuple[ServerEvent, int]
+
+
+def _attempted(entry: _Entry) -> tuple[ServerEvent, int]:
+    return entry if isinstance(entry, tuple) else (entry, 0)

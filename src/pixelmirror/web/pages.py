@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 from urllib.parse import urlsplit
 
 from pixelmirror.accounts import Account, AccountSource
@@ -30,7 +29,8 @@ from pixelmirror.config import Config
 from pixelmirror.events import BrowserEvent, ServerEvent, json_default
 from pixelmirror.facts import RequestFacts
 from pixelmirror.identity import Identity
-from pixelmirror.pageviews import page_views
+from pixelmirror.meta import LIMITED_DATA_USE
+from pixelmirror.pageviews import page_views, straight_page_views
 from pixelmirror.snippet import page_view_snippet, render_beacon_snippet, render_snippet
 from pixelmirror.tracking import TrackedEvent, Visit
 from pixelmirror.web.carry import Carry
@@ -312,28 +312,31 @@ class Pages:
         visitor = visit.visitor
         if visitor is None:  # beacon mode, no consent or a crawler: nothing to mirror
             return
-        tracked = visit.tracked_for(status)
+        tracked = visit.tracked_for(status) if visit.tracked else ()
         # In beacon mode the page's PageView comes back through the beacon.
         pageview = injected and self._mirror_pageviews
         if not tracked and not pageview:
             return
-        user_data = self._request_user_data(visit)
+        if visit.identified is None:
+            self.identify(visit)
         fields = self._page_fields(visit)  # once per request, not per copy
         pixels = visit.account.pixel_ids
         events: list[ServerEvent] = []
         if pageview:
             # The visitor's own user data alone has its wire form made already.
             wire = None if visit.identified else visitor.wire
-            events = self._page_views(fields, pixels, visit.page_event_id, user_data, wire)
-        for event in tracked:
-            events += self._copies(
-                fields,
-                (event.pixel_id,) if event.pixel_id else pixels,
-                event.event_name,
-                event.event_id,
-                _merge_user_data(user_data, event.user_data),
-                {**event.custom_data, **event.server_only},
-            )
+            events = self._page_views(fields, pixels, visit, wire)
+        if tracked:
+            user_data = self._request_user_data(visit)
+            for event in tracked:
+                events += self._copies(
+                    fields,
+                    (event.pixel_id,) if event.pixel_id else pixels,
+                    event.event_name,
+                    event.event_id,
+                    _merge_user_data(user_data, event.user_data),
+                    {**event.custom_data, **event.server_only},
+                )
         self._enqueue(events)
 
     def identify(self, visit: Visit) -> None:
@@ -365,41 +368,49 @@ class Pages:
         self.identify(visit)
         return _merge_user_data(user_data, visit.identified) if visit.identified else user_data
 
-    def _page_fields(self, visit: Visit) -> dict[str, Any]:
+    def _page_fields(self, visit: Visit) -> _PageFields:
         """What every server copy of one request shares: the page, its referrer, options."""
         assert self.identity is not None
         account = visit.account
-        referrer = visit.facts.headers.get("referer", "")
-        return {
-            "action_source": "website",
-            "event_source_url": self.identity.page_url(visit.facts),
-            "referrer_url": referrer if referrer.startswith(("http://", "https://")) else None,
-            "data_processing_options": ["LDU"] if self._ldu(account) else None,
-            "test_event_code": account.test_event_code or self.config.test_event_code,
-            "default_country": self.config.default_country,
-        }
+        config = self.config
+        referrer = visit.facts.headers.get("referer")
+        return (
+            self.identity.page_url(visit.facts),
+            referrer if referrer is not None and referrer.startswith(_HTTP) else None,
+            [LIMITED_DATA_USE] if self._ldu(account) else None,
+            account.test_event_code or config.test_event_code,
+            config.default_country,
+        )
 
     def _page_views(
         self,
-        page_fields: Mapping[str, Any],
+        page_fields: _PageFields,
         pixel_ids: Sequence[str],
-        event_id: str,
-        user_data: Mapping[str, object],
+        visit: Visit,
         user_wire: tuple[str, tuple[str, ...]] | None,
     ) -> list[ServerEvent]:
-        """The page's PageView, one per pixel (what :meth:`_copies` makes, on a shorter road)."""
+        """The page's PageView, one per pixel (what :meth:`_copies` makes, on a shorter road).
+        ``user_wire``: the visitor's wire user data, when the request adds none to it; then
+        the usual page makes no user data dict."""
+        url, referrer, options, code, country = page_fields
+        event_id = visit.page_event_id
         try:
-            return page_views(
-                pixel_ids,
-                event_id=event_id,
-                user_data=user_data,
-                user_wire=user_wire,
-                event_source_url=page_fields["event_source_url"],
-                referrer_url=page_fields["referrer_url"],
-                data_processing_options=page_fields["data_processing_options"],
-                test_event_code=page_fields["test_event_code"],
-                default_country=page_fields["default_country"],
+            events = straight_page_views(
+                pixel_ids, event_id, user_wire, None, url, referrer, options, code, country
             )
+            if events is None:
+                events = page_views(
+                    pixel_ids,
+                    event_id=event_id,
+                    user_data=self._request_user_data(visit),
+                    user_wire=user_wire,
+                    event_source_url=url,
+                    referrer_url=referrer,
+                    data_processing_options=options,
+                    test_event_code=code,
+                    default_country=country,
+                )
+            return events
         except ValueError as exc:
             logger.error("PageView %s not mirrored: %s", event_id, exc)
             with self._lock:
@@ -408,7 +419,7 @@ class Pages:
 
     def _copies(
         self,
-        page_fields: Mapping[str, Any],
+        page_fields: _PageFields,
         pixel_ids: Sequence[str],
         event_name: str,
         event_id: str,
@@ -416,15 +427,21 @@ class Pages:
         custom_data: Mapping[str, object],
     ) -> list[ServerEvent]:
         """The server copies of one event, one per pixel; none if the app's data is invalid."""
+        url, referrer, options, code, country = page_fields
         try:
             return [
                 ServerEvent.create(
                     event_name,
                     pixel_id=pixel_id,
+                    action_source="website",
                     event_id=event_id,
                     user_data=user_data,
                     custom_data=custom_data,
-                    **page_fields,
+                    event_source_url=url,
+                    referrer_url=referrer,
+                    data_processing_options=options,
+                    test_event_code=code,
+                    default_country=country,
                 )
                 for pixel_id in pixel_ids
             ]
@@ -433,6 +450,12 @@ class Pages:
             with self._lock:
                 self.invalid += len(pixel_ids)
             return []
+
+
+#: What every server copy of one request shares: the page's URL, its referrer (an http(s)
+#: one), the data processing options, the test event code and the default country.
+_PageFields = tuple[str, str | None, list[str] | None, str | None, str | None]
+_HTTP = ("http://", "https://")
 
 
 def _merge_user_data(base: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, object]:
