@@ -14,6 +14,8 @@ from pixelmirror.identity import (
     Identity,
     Visitor,
 )
+from pixelmirror.normalize import own_visitor_wire
+from pixelmirror.user_fields import Drop, plain
 
 KEY = "k" * 32
 OLD_KEY = "o" * 32
@@ -110,3 +112,29 @@ def cookie(visitor: Visitor, name: str) -> tuple[str, dict[str, str]] | None:
         if cookie_name == name:
             return value, attrs
     return None
+
+
+def visitor_wire(
+    external_id: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    fbc: str | None,
+    fbp: str | None,
+) -> tuple[str, tuple[str, ...]] | None:
+    """``own_visitor_wire`` of any values, after each rule has been run and given its value
+    back; None when a rule would change or drop one, or ``external_id`` is no lowercase
+    SHA-256 hex: what the tests compare the unchecked writer and the events with."""
+    try:
+        if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
+            return None
+        for wire, value in (
+            ("client_ip_address", client_ip),
+            ("client_user_agent", user_agent),
+            ("fbc", fbc),
+            ("fbp", fbp),
+        ):
+            if value is not None and plain(wire, value) != value:
+                return None
+    except (Drop, TypeError, ValueError):  # not a text, or not an address
+        return None
+    return own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from identitykit import visitor_wire
 from pixelmirror.escaping import safe_json
 from pixelmirror.events import BatchKey, BrowserEvent, EventOptions, ServerEvent, new_event_id
 from pixelmirror.meta import DAY
 from pixelmirror.mirror import PixelMirror
-from pixelmirror.normalize import WireUserData, sha256_hex, visitor_wire, wire_user_data
+from pixelmirror.normalize import WireUserData, sha256_hex, wire_user_data
 from pixelmirror.pageviews import page_views
 
 NOW = 1_800_000_000.0

@@ -18,13 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from identitykit import visitor_wire
 from pixelmirror import _geo
 from pixelmirror.meta import HASHED_KEYS, USER_DATA_KEYS, WIRE_KEYS
 from pixelmirror.normalize import (
     normalize_user_data,
     own_visitor_wire,
     sha256_hex,
-    visitor_wire,
     wire_user_data,
 )
 from pixelmirror.phones import _EXTENSION

@@ -98,7 +98,7 @@ class Visitor:
     #: ``Set-Cookie`` header values for cookies that are new or changed; usually empty.
     set_cookies: tuple[str, ...] = ()
     #: Its user data (the fields above) as an event's wire JSON text and keys, made once
-    #: (:func:`~pixelmirror.normalize.visitor_wire`); None: events must normalise it.
+    #: (:func:`~pixelmirror.normalize.own_visitor_wire`); None: events must normalise it.
     wire: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
 
     def __init__(

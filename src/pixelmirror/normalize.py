@@ -42,7 +42,6 @@ __all__ = [
     "normalize_user_data",
     "own_visitor_wire",
     "sha256_hex",
-    "visitor_wire",
     "wire_user_data",
 ]
 
@@ -146,41 +145,6 @@ def wire_user_data(
     return WireUserData(_normalize_general(items, default))
 
 
-def visitor_wire(
-    external_id: str,
-    client_ip: str | None,
-    user_agent: str | None,
-    fbc: str | None,
-    fbp: str | None,
-) -> tuple[str, tuple[str, ...]] | None:
-    """The JSON text and wire keys of a visitor's own user data, what :func:`wire_user_data`
-    gives (and its text writes) for ``{external_id, client_ip_address, client_user_agent,
-    fbp, fbc}``; None when a rule would change or drop a value (the general road then makes
-    them, and logs the drop), or there is no SHA-256 hex ``external_id``.
-
-    pixelmirror makes these values in wire form (a SHA-256 hex id, a canonical IP, a stripped
-    user agent, valid cookies), so each rule has only to give its value back: checked here
-    once per visitor instead of normalised on every event.
-    """
-    try:
-        # hashed() takes 64 hex digits as a hash and lowercases it: lowercase ones stay.
-        if len(external_id) != 64 or bytes.fromhex(external_id).hex() != external_id:
-            return None
-        # plain() gives a text back as it is, or changes it, or drops it (raising Drop); a
-        # None value is skipped, as wire_user_data skips it.
-        for wire, value in (
-            ("client_ip_address", client_ip),
-            ("client_user_agent", user_agent),
-            ("fbc", fbc),
-            ("fbp", fbp),
-        ):
-            if value is not None and plain(wire, value) != value:
-                return None
-    except (Drop, TypeError, ValueError):  # not a text, or not an address
-        return None
-    return own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
-
-
 def own_visitor_wire(
     external_id: str,
     client_ip: str | None,
@@ -188,7 +152,9 @@ def own_visitor_wire(
     fbc: str | None,
     fbp: str | None,
 ) -> tuple[str, tuple[str, ...]]:
-    """:func:`visitor_wire` of values known to be in wire form, as ``Identity`` makes them:
+    """The JSON text and wire keys of a visitor's own user data, what :func:`wire_user_data`
+    gives (and its text writes) for ``{external_id, client_ip_address, client_user_agent,
+    fbp, fbc}``, for values known to be in wire form, as ``Identity`` makes them:
     a lowercase SHA-256 hex id, an IP as ``Proxies`` writes it, a stripped User-Agent that is
     not blank, ``_fbp`` / ``_fbc`` that passed their patterns (or None each). No rule is run:
     each would give its value back."""
