@@ -16,6 +16,8 @@ import pytest
 from conftest import PIXEL, SECRET, TOKEN, MakeMirror, record_outbox_calls
 from pixelmirror import EVENTS_HEADER, ConfigError, PixelMirror, current_event, track
 from pixelmirror.testing import FakeGraphAPI
+from pixelmirror.web import environ as environ_reader
+from pixelmirror.web import wsgi as wsgi_adapter
 from pixelmirror.wsgi import EnvironHeaders, PixelMirrorWSGI, request_facts
 from webkit import CHROME, HTML, browser_events, call, environ, header, page_external_id
 
@@ -537,7 +539,7 @@ def test_a_missing_signing_key_fails_at_start_up(make_mirror: MakeMirror) -> Non
 def test_a_request_path_is_what_quote_makes_of_it_byte_for_byte() -> None:
     # request_facts leaves a path that quote() would not change as it is: the same text.
     rng = random.Random(12)
-    kept = "aZ09_.-~/:@!$&'()*+,;=%"
+    kept = "azAZ09_.-~/:@!$&'()*+,;=%"
     changed = '?#[] "<>\\^`{|}\t\x7f\x80\xe9\xff'
     for _ in range(5000):
         alphabet = kept if rng.random() < 0.5 else kept + changed
@@ -555,3 +557,80 @@ def test_environ_headers_get_and_in_answer_as_a_mapping_does() -> None:
         assert headers.get(name) == Mapping.get(headers, name)
         assert headers.get(name, "-") == Mapping.get(headers, name, "-")
         assert (name in headers) == Mapping.__contains__(headers, name)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_header_keys_and_status_codes_through_their_caches_as_without_them(seed: int) -> None:
+    rng = random.Random(seed)
+    names = ["referer", "Referer", "content-type", "CONTENT-LENGTH", "x-odd", "sec_gpc", "", "é"]
+    statuses = ["200 OK", "404 Not Found", "500", "20", "abc", "301 Moved", ""]
+    for _ in range(500):
+        name = "".join(rng.choice(names) for _ in range(rng.randint(1, 2)))
+        key = name.upper().replace("-", "_")
+        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+        env = {key: "v"} if rng.random() < 0.5 else {key: 3}
+        expected = env[key] if isinstance(env[key], str) else None
+        headers = EnvironHeaders(env)  # type: ignore[arg-type]
+        assert headers.get(name) == expected
+        assert (name in headers) == (expected is not None)
+        status = rng.choice(statuses)
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 500
+        assert wsgi_adapter._status_code(status) == code
+        assert (wsgi_adapter._STATUS_CODES.get(status) or wsgi_adapter._status_code(status)) == code
+        if rng.random() < 0.1:  # now and then, names the caches have not seen yet
+            environ_reader._KEYS.clear()
+            wsgi_adapter._STATUS_CODES.clear()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_page_let_go_of_streams_the_rest_as_the_app_made_it(
+    make_mirror: MakeMirror, seed: int
+) -> None:
+    rng = random.Random(seed)
+    mirror = make_mirror(max_buffer=1024)
+    pieces = [
+        b"<html>",
+        b"<head>",
+        b"<title>t</title>",
+        b"</he",
+        b"ad>",
+        b"<body>",
+        b"x" * 400,
+        b"",
+    ]
+    for _ in range(100):
+        chunks = [rng.choice(pieces) for _ in range(rng.randint(0, 10))]
+        sent: list[bytes] = []
+        started: list[int] = []
+
+        def start_response(
+            status: str,
+            headers: Headers,
+            exc_info: Any = None,
+            sent: list[bytes] = sent,
+            started: list[int] = started,
+        ) -> Any:
+            started.append(len(sent))
+            return sent.append
+
+        body = Body(list(chunks))
+        result = mirror.wsgi(app_returning(body))(environ(), start_response)
+        sent.extend(result)
+        result.close()  # type: ignore[attr-defined]
+        assert body.closed
+        assert started == [0]
+        assert b"" not in sent
+        page = b"".join(chunks)
+        out = b"".join(sent)
+        if out != page:  # the snippet went in, once, where the scanner put it
+            at = out.index(b"<script data-pixelmirror")
+            snippet = out[at : at + len(out) - len(page)]
+            assert out.replace(snippet, b"") == page
+        # After the first bytes sent, the app's own chunks, as they came (empty ones left out).
+        assert any(sent[1:] == [c for c in chunks[k:] if c] for k in range(len(chunks) + 1)), (
+            chunks,
+            sent,
+        )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,14 +23,8 @@ class EnvironHeaders(Mapping[str, str]):
     def __init__(self, environ: WSGIEnvironment) -> None:
         self._environ = environ
 
-    @staticmethod
-    @functools.lru_cache(maxsize=256)  # the same few names on every request
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-
     def __getitem__(self, name: str) -> str:
-        value = self._environ[self._key(name)]
+        value = self._environ[_KEYS.get(name) or _key(name)]
         if not isinstance(value, str):
             raise KeyError(name)
         return value
@@ -39,11 +32,13 @@ class EnvironHeaders(Mapping[str, str]):
     # Mapping's get and ``in`` go through __getitem__ and raise KeyError for each header
     # the request lacks: most of those asked for (proxy headers, Sec-GPC, ...).
     def get(self, name: str, default: Any = None) -> Any:
-        value = self._environ.get(self._key(name))
+        value = self._environ.get(_KEYS.get(name) or _key(name))
         return value if isinstance(value, str) else default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and isinstance(self._environ.get(self._key(name)), str)
+        return isinstance(name, str) and isinstance(
+            self._environ.get(_KEYS.get(name) or _key(name)), str
+        )
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -54,13 +49,26 @@ class EnvironHeaders(Mapping[str, str]):
         return sum(1 for _ in self)
 
 
+#: Header names and their environ keys: the same few on every request, each made once;
+#: bounded, as the names asked for may be the app's.
+_KEYS: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+    if type(name) is str and len(_KEYS) < 512:
+        _KEYS[name] = key
+    return key
+
+
 def request_facts(environ: WSGIEnvironment) -> RequestFacts:
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST") or server_host(
         environ.get("SERVER_NAME", "localhost"), environ.get("SERVER_PORT"), scheme
     )
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    if not _QUOTED.fullmatch(path):  # what quote() would change: PEP 3333 strings are
+    if _UNQUOTED.search(path):  # what quote() would change: PEP 3333 strings are
         path = quote(path.encode("latin-1"), safe=_PATH_SAFE)  # bytes decoded as latin-1
     return RequestFacts(
         environ.get("REQUEST_METHOD", "GET"),
@@ -74,8 +82,9 @@ def request_facts(environ: WSGIEnvironment) -> RequestFacts:
 
 
 _PATH_SAFE = "/:@!$&'()*+,;=%~"
-#: A path quote(path, safe=_PATH_SAFE) leaves as it is: ASCII letters, digits, "_.-~", safe.
-_QUOTED = re.compile(r"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
+#: A character quote(path, safe=_PATH_SAFE) changes: all but ASCII letters, digits, "_.-~"
+#: and the safe ones. A search finding none makes no match object, unlike a full match.
+_UNQUOTED = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&'()*+,;=%]")
 
 
 __all__ = ["EnvironHeaders", "request_facts"]

@@ -41,7 +41,17 @@ class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
         request = pages.start(facts)
         if request is None:
             return self.app(environ, start_response)
-        return _Responder(request, start_response).run(self.app, environ)
+        responder = _Responder(request, start_response)
+        app: WSGIApplication = self.app
+        with request:
+            result = app(environ, responder.start_response)
+        if request.holding or request.status is None:
+            responder.result = result
+            return responder
+        # Started and not held for injection: hand back the app's own iterable (a
+        # wsgi.file_wrapper keeps its sendfile path) and mirror now.
+        request.done()
+        return result
 
     def _beacon(
         self, facts: RequestFacts, environ: WSGIEnvironment, start_response: StartResponse
@@ -63,75 +73,68 @@ class PixelMirrorWSGI(Adapter["WSGIApplication", Served]):
 
 
 class _Responder:
-    """One request's ``start_response`` and body, fed through its :class:`PageRequest`."""
+    """One request's ``start_response`` and, for a page held for the snippet, its body: the
+    app's iterable fed through the :class:`PageRequest`. ``close()`` always reaches the
+    app's; the request's events are mirrored once the body is exhausted or closed."""
 
-    __slots__ = ("request", "server_start_response", "status_line", "written")
+    __slots__ = ("request", "result", "server_start_response", "status_line", "written")
 
     def __init__(self, request: PageRequest, start_response: StartResponse) -> None:
         self.request = request
         self.server_start_response = start_response
         self.status_line = ""
-        self.written = bytearray()  # legacy write() calls while the page is held
-
-    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> Iterable[bytes]:
-        request = self.request
-        with request:
-            result = app(environ, self.start_response)
-        if not request.holding and request.status is not None:
-            # Started and not held for injection: hand back the app's own iterable (a
-            # wsgi.file_wrapper keeps its sendfile path) and mirror now.
-            request.done()
-            return result
-        return _Body(result, self)
+        self.written: bytearray | None = None  # legacy write() calls while the page is held
+        self.result: Iterable[bytes] = ()  # the app's body, once it is held
 
     def start_response(
         self, status: str, headers: Headers, exc_info: OptExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
         self.status_line = status
+        code = _STATUS_CODES.get(status) or _status_code(status)
         if exc_info is not None:
-            self.request.replaced(_status_code(status))
+            self.request.replaced(code)
             return self.server_start_response(status, headers, exc_info)
-        start = self.request.respond(_status_code(status), headers)
+        start = self.request.respond(code, headers)
         if start is None:
-            return self.written.extend
+            written = self.written = bytearray()
+            return written.extend
         return self.server_start_response(status, start)
 
-    def feed(self, chunk: bytes, *, more: bool = True) -> bytes:
-        """Bytes to send for this chunk of the app's body (empty while holding back).
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self.result)
+        for chunk in chunks:
+            released, body = self._feed(chunk, more=True)
+            if body:
+                yield body
+            if released:
+                # Let go: the rest of the body goes as the app made it, past the request.
+                for rest in chunks:
+                    if rest:
+                        yield rest
+                break
+        else:
+            _, tail = self._feed(b"", more=False)
+            if tail:
+                yield tail
+        # The body is all out: mirror now rather than at close(), which a test client may
+        # never call (done() runs once, whichever comes first).
+        self.request.done()
+
+    def _feed(self, chunk: bytes, *, more: bool) -> tuple[bool, bytes]:
+        """Whether the request let go of the start with this chunk, and the bytes to send
+        for it (empty while holding).
 
         While holding, nothing is yielded: servers refuse even an empty body before the
         headers, and the headers wait for the splice.
         """
-        if self.written and self.request.holding:
-            chunk, self.written = bytes(self.written) + chunk, bytearray()
-        start, body = self.request.feed(chunk, more=more)
-        if start is not None:
-            self.server_start_response(self.status_line, start)
-        return body
-
-
-class _Body:
-    """The app's iterable, fed through the responder; ``close()`` always reaches the app's.
-    The request's events are mirrored once the body is exhausted or closed."""
-
-    __slots__ = ("responder", "result")
-
-    def __init__(self, result: Iterable[bytes], responder: _Responder) -> None:
-        self.result = result
-        self.responder = responder
-
-    def __iter__(self) -> Iterator[bytes]:
-        responder = self.responder
-        for chunk in self.result:
-            out = responder.feed(chunk)
-            if out:
-                yield out
-        tail = responder.feed(b"", more=False)
-        if tail:
-            yield tail
-        # The body is all out: mirror now rather than at close(), which a test client may
-        # never call (done() runs once, whichever comes first).
-        responder.request.done()
+        request = self.request
+        if self.written and request.holding:
+            chunk, self.written = bytes(self.written) + chunk, None
+        start, body = request.feed(chunk, more=more)
+        if start is None:
+            return False, body
+        self.server_start_response(self.status_line, start)
+        return True, body
 
     def close(self) -> None:
         try:
@@ -139,7 +142,7 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self.responder.request.done()
+            self.request.done()
 
 
 def flask_settings(app: Any) -> dict[str, object]:
@@ -153,11 +156,19 @@ def init_flask(app: Any, mirror: Served) -> None:
     app.extensions["pixelmirror"] = mirror
 
 
+#: Status lines and their codes: the same few on every response, each read once; bounded,
+#: as the lines are the app's.
+_STATUS_CODES: dict[str, int] = {}
+
+
 def _status_code(status: str) -> int:
     try:
-        return int(status[:3])
+        code = int(status[:3])
     except ValueError:
         return 500
+    if type(status) is str and len(_STATUS_CODES) < 64:
+        _STATUS_CODES[status] = code
+    return code
 
 
 __all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask"]
