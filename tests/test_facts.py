@@ -73,6 +73,13 @@ def test_a_request_without_cookies_has_none() -> None:
     assert facts.cookie_values("_pm_vid") == []
 
 
+def test_the_cookies_of_a_header_kept_for_all_cannot_be_changed() -> None:
+    facts = _facts("a=1")
+    with pytest.raises(TypeError):
+        facts.cookies["a"] = "2"  # type: ignore[index]
+    assert _facts("a=1").cookies == {"a": "1"}
+
+
 def test_cookie_values_hands_out_a_copy() -> None:
     facts = _facts("a=1; a=2")
     facts.cookie_values("a").append("3")

@@ -514,3 +514,24 @@ def test_a_visitor_carries_the_wire_user_data_normalising_gives(seed: int) -> No
         assert visitor.wire == (normalised.text(), tuple(normalised.data)), facts
         straight += visitor.user_agent is not None
     assert straight > 200
+
+
+def test_a_returning_visitor_with_an_outsized_user_agent_is_read_afresh_not_kept() -> None:
+    # The client chooses its headers: a User-Agent longer than any browser's is answered the
+    # same, page after page, without a copy of it kept per request.
+    identity = make()
+    long_agent = "Mozilla/5.0 " + "x" * 5000
+    cookies = {"_pm_vid": signed(), "_fbp": FBP}
+    first = identity.resolve(request(cookies=cookies, ua=long_agent), now=NOW)
+    again = identity.resolve(request(cookies=cookies, ua=long_agent), now=NOW)
+    assert first == again
+    assert first.user_agent == long_agent
+    assert not first.set_cookies
+    assert first.wire is not None
+    assert long_agent in first.wire[0]
+    assert not identity._returning
+    assert not identity._asked
+    usual = identity.resolve(request(cookies=cookies), now=NOW)
+    assert usual.user_agent == CHROME
+    assert identity._returning
+    assert identity._asked

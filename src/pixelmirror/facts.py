@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
@@ -80,8 +81,8 @@ class RequestFacts:
     @property
     def cookies(self) -> Mapping[str, str]:
         """Cookies of the request; the first of two same-named cookies wins, as browsers send
-        the most specific first. Malformed pairs are skipped. Shared with other requests
-        sending the same header: read it, never change it."""
+        the most specific first. Malformed pairs are skipped. Read-only: it is shared with
+        the other requests that send the same header."""
         return self._cookie_jar[0]
 
     def cookie_values(self, name: str) -> list[str]:
@@ -97,13 +98,14 @@ class RequestFacts:
         return [] if value is None else [value]
 
     @_computed_once
-    def _cookie_jar(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+    def _cookie_jar(self) -> tuple[Mapping[str, str], dict[str, list[str]]]:
         """Each cookie name's first value, and every value of the names sent more than once:
         the header parsed once per request, and once for all the requests sending it."""
         header = self.headers.get("cookie", "")
         jar = _JARS.get(header)
         if jar is None:
-            jar = parse_cookies(header)
+            first, repeated = parse_cookies(header)
+            jar = MappingProxyType(first), repeated
             if len(header) <= _MAX_KEPT_HEADER:
                 if len(_JARS) >= _JARS_KEPT:
                     _JARS.clear()
@@ -142,4 +144,4 @@ def parse_cookies(header: str) -> tuple[dict[str, str], dict[str, list[str]]]:
 # choose, and one far longer than usual is parsed each time).
 _JARS_KEPT = 512
 _MAX_KEPT_HEADER = 4096
-_JARS: dict[str, tuple[dict[str, str], dict[str, list[str]]]] = {}
+_JARS: dict[str, tuple[Mapping[str, str], dict[str, list[str]]]] = {}

@@ -41,13 +41,15 @@ _MAX_VISITOR_COOKIE = 256
 CLOCK_SKEW = 300.0
 # Visitor tokens whose verdict is kept (~0.8 MB at most).
 _OPENED_KEPT = 2048
-# Returning visitors kept by their requests' Cookie header (up to 4 KB), User-Agent and
-# addresses (~6 MB at most).
+# Returning visitors kept by their requests' Cookie header, User-Agent and addresses, when
+# these come to at most 6 KB, as an ordinary browser's do (~7 MB at most): the client
+# chooses them, and a longer set is read afresh each time rather than kept.
 _ASKED_KEPT = 1024
-_MAX_ASKED_COOKIES = 4096
+_MAX_ASKED_TEXT = 6144
 # Returning visitors whose Visitor is kept (~2 MB at most, their User-Agents and wire user
-# data included).
+# data included); a User-Agent longer than any browser's is not kept.
 _RETURNING_KEPT = 2048
+_MAX_KEPT_AGENT = 1024
 # 16 random bytes in URL-safe base64 without padding, as secrets.token_urlsafe(16) makes
 # them: 22 characters.
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -249,18 +251,21 @@ class Identity:
         # A returning visitor tells the same on page after page: the same (immutable) Visitor
         # serves them all.
         said = (visitor_id, fbp, fbc, client_ip, user_agent)
+        keep = user_agent is None or len(user_agent) <= _MAX_KEPT_AGENT
         visitor = self._returning.get(said)
         if visitor is None:
             wire = own_visitor_wire(external_id, client_ip, user_agent, fbc, fbp)
             visitor = Visitor(visitor_id, external_id, fbp, fbc, client_ip, user_agent, (), wire)
-            if len(self._returning) >= _RETURNING_KEPT:
-                self._returning.clear()
-            self._returning[said] = visitor
+            if keep:
+                if len(self._returning) >= _RETURNING_KEPT:
+                    self._returning.clear()
+                self._returning[said] = visitor
         if (
-            by_asked is not None
+            keep
+            and by_asked is not None
             and asked is not None
             and signed_at is not None
-            and len(asked[0] or "") <= _MAX_ASKED_COOKIES
+            and sum(len(part) for part in asked if part) <= _MAX_ASKED_TEXT
         ):
             if len(by_asked) >= _ASKED_KEPT:
                 by_asked.clear()

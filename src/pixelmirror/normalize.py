@@ -168,9 +168,11 @@ def own_visitor_wire(
     if user_agent is not None:
         agent = _AGENTS.get(user_agent)
         if agent is None:
-            if len(_AGENTS) >= _AGENTS_KEPT:
-                _AGENTS.clear()
-            agent = _AGENTS[user_agent] = ',"client_user_agent":' + encode_basestring(user_agent)
+            agent = ',"client_user_agent":' + encode_basestring(user_agent)
+            if len(user_agent) <= _AGENT_KEPT_LENGTH:
+                if len(_AGENTS) >= _AGENTS_KEPT:
+                    _AGENTS.clear()
+                _AGENTS[user_agent] = agent
         text += agent
         keys += ("client_user_agent",)
     if fbc is not None:
@@ -185,6 +187,8 @@ def own_visitor_wire(
 # Visitors share a few hundred browsers: each User-Agent's JSON, written once (a blank one,
 # which the rule drops, is never kept).
 _AGENTS_KEPT = 512
+# Longer than any browser's: written each time rather than kept (the client chooses it).
+_AGENT_KEPT_LENGTH = 1024
 _AGENTS: dict[str, str] = {}
 
 
