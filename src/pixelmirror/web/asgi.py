@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Protocol
 
+from pixelmirror._memo import Memo
 from pixelmirror.web.adapter import Adapter
 from pixelmirror.web.adapter import Served as ServesPages
 from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
@@ -138,34 +139,18 @@ def _decode(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
         raw = list(raw)  # any iterable, read twice below
     try:  # the same few names on every response: each decoded once
         return [(_DECODED[n], v.decode("latin-1")) for n, v in raw]
-    except (KeyError, TypeError):
-        return [(_decoded(n), v.decode("latin-1")) for n, v in raw]
+    except TypeError:  # a name that cannot be kept (a bytearray): decoded each time
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
 
 
 def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    try:  # ... and encoded once, in lower case
-        return [(_ENCODED[n], v.encode("latin-1")) for n, v in headers]
-    except (KeyError, TypeError):
-        return [(_encoded(n), v.encode("latin-1")) for n, v in headers]
+    # ... and encoded once, in lower case
+    return [(_ENCODED[n], v.encode("latin-1")) for n, v in headers]
 
 
-#: Header names as the app sends them and as they go out; bounded, as names are the app's.
-_DECODED: dict[bytes, str] = {}
-_ENCODED: dict[str, bytes] = {}
-
-
-def _decoded(raw: bytes) -> str:
-    name = raw.decode("latin-1")
-    if type(raw) is bytes and len(_DECODED) < 512:
-        _DECODED[raw] = name
-    return name
-
-
-def _encoded(name: str) -> bytes:
-    raw = name.lower().encode("latin-1")
-    if type(name) is str and len(_ENCODED) < 512:
-        _ENCODED[name] = raw
-    return raw
+#: Header names as the app sends them and as they go out.
+_DECODED: Memo[bytes, str] = Memo(lambda raw: raw.decode("latin-1"))
+_ENCODED: Memo[str, bytes] = Memo(lambda name: name.lower().encode("latin-1"))
 
 
 __all__ = ["ASGIApp", "Message", "PixelMirrorMiddleware", "Receive", "Scope", "Send"]

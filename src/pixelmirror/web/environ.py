@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pixelmirror._memo import Memo
 from pixelmirror.facts import RequestFacts
 from pixelmirror.web.response import server_host
 
@@ -24,7 +25,7 @@ class EnvironHeaders(Mapping[str, str]):
         self._environ = environ
 
     def __getitem__(self, name: str) -> str:
-        value = self._environ[_KEYS.get(name) or _key(name)]
+        value = self._environ[_KEYS[name]]
         if not isinstance(value, str):
             raise KeyError(name)
         return value
@@ -32,13 +33,11 @@ class EnvironHeaders(Mapping[str, str]):
     # Mapping's get and ``in`` go through __getitem__ and raise KeyError for each header
     # the request lacks: most of those asked for (proxy headers, Sec-GPC, ...).
     def get(self, name: str, default: Any = None) -> Any:
-        value = self._environ.get(_KEYS.get(name) or _key(name))
+        value = self._environ.get(_KEYS[name])
         return value if isinstance(value, str) else default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and isinstance(
-            self._environ.get(_KEYS.get(name) or _key(name)), str
-        )
+        return isinstance(name, str) and isinstance(self._environ.get(_KEYS[name]), str)
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -49,17 +48,13 @@ class EnvironHeaders(Mapping[str, str]):
         return sum(1 for _ in self)
 
 
-#: Header names and their environ keys: the same few on every request, each made once;
-#: bounded, as the names asked for may be the app's.
-_KEYS: dict[str, str] = {}
-
-
 def _key(name: str) -> str:
     key = name.upper().replace("-", "_")
-    key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-    if type(name) is str and len(_KEYS) < 512:
-        _KEYS[name] = key
-    return key
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+#: Header names and their environ keys: the same few on every request, each made once.
+_KEYS: Memo[str, str] = Memo(_key)
 
 
 def request_facts(environ: WSGIEnvironment) -> RequestFacts:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from pixelmirror._memo import Memo
+
 __all__ = ["csp_nonce", "page_policies", "rewrite_headers", "should_inject"]
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -105,9 +107,7 @@ def page_policies(
         kinds = _KINDS
         for pair in headers:
             name, value = pair
-            kind = kinds.get(name)
-            if kind is None:
-                kind = _kind(name)
+            kind = kinds[name]
             if kind == _OTHER:
                 continue
             if kind == _CONTENT_TYPE:
@@ -132,15 +132,8 @@ def page_policies(
 
 
 # What a header name is to should_inject, for the names a site sends again and again:
-# one dictionary lookup, not two new strings per header. Bounded, as names are the app's.
-_KINDS: dict[str, int] = {}
-
-
-def _kind(name: str) -> int:
-    kind = _READ.get(name.strip().lower(), _OTHER)
-    if len(_KINDS) < 512:
-        _KINDS[name] = kind
-    return kind
+# one dictionary lookup, not two new strings per header.
+_KINDS: Memo[str, int] = Memo(lambda name: _READ.get(name.strip().lower(), _OTHER))
 
 
 def rewrite_headers(
@@ -180,17 +173,15 @@ def rewrite_headers(
 # How _plain_rewrite reads a header name: kept, a Content-Length, or one only the general
 # way rewrites; plus _NOT_LOWER when the name is not all lower case.
 _KEEP, _LENGTH, _GENERAL, _NOT_LOWER = 0, 2, 4, 1
-_PLAIN_KINDS: dict[str, int] = {}
 
 
 def _plain_kind(name: str) -> int:
     key = name.lower()
     kind = _KEEP if key not in _REWRITTEN else _LENGTH if key == "content-length" else _GENERAL
-    if key != name:
-        kind |= _NOT_LOWER
-    if len(_PLAIN_KINDS) < 512:
-        _PLAIN_KINDS[name] = kind
-    return kind
+    return kind | _NOT_LOWER if key != name else kind
+
+
+_PLAIN_KINDS: Memo[str, int] = Memo(_plain_kind)
 
 
 def _plain_rewrite(
@@ -204,9 +195,7 @@ def _plain_rewrite(
     kinds = _PLAIN_KINDS
     for pair in headers:
         name, value = pair
-        kind = kinds.get(name)
-        if kind is None:
-            kind = _plain_kind(name)
+        kind = kinds[name]
         if kind & _NOT_LOWER:
             lower = False
             kind ^= _NOT_LOWER

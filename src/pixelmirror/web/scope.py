@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from pixelmirror._memo import Memo
 from pixelmirror.facts import RequestFacts
 from pixelmirror.web.response import server_host
 
@@ -15,9 +16,7 @@ def request_facts(scope: Scope) -> RequestFacts:
     headers: dict[str, str] = {}
     names = _NAMES
     for raw_name, raw_value in scope.get("headers", ()):
-        name = names.get(raw_name)
-        if name is None:
-            name = _name(raw_name)
+        name = names[raw_name]
         if name in headers:
             headers[name] += ("; " if name == "cookie" else ", ") + raw_value.decode("latin-1")
         else:
@@ -46,14 +45,7 @@ def request_facts(scope: Scope) -> RequestFacts:
 
 
 #: Header names as sent and as read: the same few on every request, decoded once.
-_NAMES: dict[bytes, str] = {}
-
-
-def _name(raw: bytes) -> str:
-    name = raw.decode("latin-1").lower()
-    if len(_NAMES) < 512:
-        _NAMES[raw] = name
-    return name
+_NAMES: Memo[bytes, str] = Memo(lambda raw: raw.decode("latin-1").lower())
 
 
 __all__ = ["Scope", "request_facts"]

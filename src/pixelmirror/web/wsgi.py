@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from pixelmirror._memo import Memo
 from pixelmirror.web.adapter import Adapter, Served
 from pixelmirror.web.environ import request_facts
 from pixelmirror.web.pages import MAX_BODY, PageRequest, RequestFacts
@@ -90,7 +91,7 @@ class _Responder:
         self, status: str, headers: Headers, exc_info: OptExcInfo | None = None, /
     ) -> Callable[[bytes], object]:
         self.status_line = status
-        code = _STATUS_CODES.get(status) or _status_code(status)
+        code = _STATUS_CODES[status]
         if exc_info is not None:
             self.request.replaced(code)
             return self.server_start_response(status, headers, exc_info)
@@ -156,19 +157,15 @@ def init_flask(app: Any, mirror: Served) -> None:
     app.extensions["pixelmirror"] = mirror
 
 
-#: Status lines and their codes: the same few on every response, each read once; bounded,
-#: as the lines are the app's.
-_STATUS_CODES: dict[str, int] = {}
-
-
 def _status_code(status: str) -> int:
     try:
-        code = int(status[:3])
+        return int(status[:3])
     except ValueError:
         return 500
-    if type(status) is str and len(_STATUS_CODES) < 64:
-        _STATUS_CODES[status] = code
-    return code
+
+
+#: Status lines and their codes: the same few on every response, each read once.
+_STATUS_CODES: Memo[str, int] = Memo(_status_code, limit=64)
 
 
 __all__ = ["PixelMirrorWSGI", "flask_settings", "init_flask"]
