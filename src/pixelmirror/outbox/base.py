@@ -16,10 +16,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pixelmirror.events import ServerEvent
+from pixelmirror.events import ServerEvent, _slot_setter
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Claimed:
     """An event handed to a sender, with the outbox's handle to answer for it."""
 
@@ -27,6 +27,18 @@ class Claimed:
     event: ServerEvent
     #: Failed deliveries before this claim.
     attempts: int
+
+    def __init__(self, receipt: str, event: ServerEvent, attempts: int) -> None:
+        # Through the slots' descriptors: a claim makes up to a thousand, and a frozen
+        # dataclass's own __init__ calls object.__setattr__ per field.
+        _set_receipt(self, receipt)
+        _set_event(self, event)
+        _set_attempts(self, attempts)
+
+
+_set_receipt = _slot_setter(Claimed, "receipt")
+_set_event = _slot_setter(Claimed, "event")
+_set_attempts = _slot_setter(Claimed, "attempts")
 
 
 @dataclass(frozen=True, slots=True)

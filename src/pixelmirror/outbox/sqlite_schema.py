@@ -86,16 +86,9 @@ EventRow = tuple[str, "str | None", str, str, int, str, bytes, str]
 def event_from_row(row: EventRow, match: str | None = None) -> ServerEvent:
     """The event stored in ``EVENT_COLUMNS``, with its stored ``match_signature``."""
     pixel_id, code, event_id, name, when, source, payload, destination = row
+    # Positional: a claim rebuilds up to a thousand, and keywords cost each call more.
     return ServerEvent(
-        pixel_id=pixel_id,
-        test_event_code=code,
-        event_id=event_id,
-        event_name=name,
-        event_time=when,
-        action_source=source,
-        payload=payload,
-        destination=destination,
-        match=stored_signature(match),
+        pixel_id, event_id, name, when, source, payload, code, destination, stored_signature(match)
     )
 
 
