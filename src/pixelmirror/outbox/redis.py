@@ -18,7 +18,13 @@ from redis.retry import Retry
 
 from pixelmirror.events import ServerEvent
 from pixelmirror.outbox.base import Claimed, DeadLetter, Drops, Outbox, OutboxCounts, Progress
-from pixelmirror.outbox.redis_entries import entry_event, receipt_args, text, write_args
+from pixelmirror.outbox.redis_entries import (
+    claimed_event,
+    entry_event,
+    receipt_args,
+    text,
+    write_args,
+)
 from pixelmirror.outbox.redis_options import RedisOptions, connection_url
 from pixelmirror.outbox.redis_scripts import (
     ACK,
@@ -256,8 +262,8 @@ class RedisOutbox(Outbox):
         )
         self._cursor = text(reply[0])
         return [
-            Claimed(f"{text(entry_id)}:{count}", entry_event(fields), int(attempts))
-            for entry_id, count, attempts, fields in reply[1:]
+            Claimed(f"{entry_id.decode()}:{count}", claimed_event(fields), attempts)
+            for entry_id, count, attempts, *fields in reply[1:]
         ]
 
     def renew(self, claims: Sequence[Claimed], *, lease: float) -> list[Claimed]:

@@ -76,6 +76,25 @@ def entry_event(raw: Any) -> ServerEvent:
     )
 
 
+def claimed_event(fields: Sequence[Any]) -> ServerEvent:
+    """Rebuild an event from the CLAIM script's answer: its fields by position (pixel_id,
+    event_id, event_name, event_time, action_source, payload, test_event_code, destination,
+    match), the last three None when the entry lacks them, as :func:`entry_event` reads
+    them."""
+    pixel_id, event_id, name, when, source, payload, code, destination, match = fields
+    return ServerEvent(
+        pixel_id.decode(),
+        event_id.decode(),
+        name.decode(),
+        int(when),
+        source.decode(),
+        payload,
+        None if code is None else code.decode(),
+        META if destination is None else destination.decode(),
+        None if match is None else stored_signature(match.decode()),
+    )
+
+
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

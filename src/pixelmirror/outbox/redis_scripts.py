@@ -81,7 +81,7 @@ local skip = {}
 for i = 9, #ARGV do skip[ARGV[i]] = true end
 local required = {'pixel_id', 'event_id', 'event_name', 'event_time', 'action_source', 'payload'}
 
-local batch, taken, rest, counts = nil, {}, {}, {}
+local batch, taken, rest, counts, parsed = nil, {}, {}, {}, {}
 local function consider(entry, count)
   local id, fields = entry[1], entry[2]
   if not fields then return end  -- trimmed away while pending
@@ -108,6 +108,7 @@ local function consider(entry, count)
     batch = key
     taken[#taken + 1] = entry
     counts[id] = count
+    parsed[id] = f
   else
     rest[#rest + 1] = id
   end
@@ -134,7 +135,12 @@ if #taken > 0 then
     local id = entry[1]
     -- A new entry's first delivery counts 1; a taken-over one's count must be asked.
     local count = counts[id] or redis.call('XPENDING', stream, group, id, id, 1)[1][4]
-    out[#out + 1] = {id, count, tonumber(attempts[i] or '0'), entry[2]}
+    local f = parsed[id]
+    -- The fields by position, in redis_entries.claimed_event's order (false: absent), not
+    -- the entry's names and values: half the strings for the client to read.
+    out[#out + 1] = {id, count, tonumber(attempts[i] or '0'), f.pixel_id, f.event_id,
+      f.event_name, f.event_time, f.action_source, f.payload, f.test_event_code or false,
+      f.destination or false, f.match or false}
   end
 end
 return out
