@@ -249,6 +249,23 @@ def test_ack_forgets(outbox: Outbox, make_event: MakeEvent) -> None:
     assert outbox.claim(10, lease=0) == []
 
 
+def test_one_ack_answers_many_claims_and_ignores_stale_receipts(
+    outbox: Outbox, make_event: MakeEvent
+) -> None:
+    # More events than one statement's ids, under two claims, with stale receipts among them.
+    outbox.put([make_event() for _ in range(1300)])
+    first = outbox.claim(700, lease=0)
+    taken_over = outbox.claim(1300, lease=HOUR)  # the first claim's leases ran out
+    assert len(set(ids(taken_over))) == 1300
+    assert set(ids(first)) < set(ids(taken_over))
+
+    outbox.ack([*first, *taken_over[:-1]])
+
+    assert outbox.counts() == counts(in_flight=1)
+    outbox.ack(taken_over[-1:])
+    assert outbox.counts() == counts()
+
+
 def test_release_makes_events_claimable_after_the_delay(
     outbox: Outbox, make_event: MakeEvent
 ) -> None:

@@ -27,6 +27,7 @@ from pixelmirror.delivery.graph import GraphClient
 from pixelmirror.events import MatchSignature, ServerEvent, signature_text
 from pixelmirror.outbox import Claimed, OutboxCounts, open_outbox
 from pixelmirror.outbox.redis import RedisOutbox
+from pixelmirror.outbox.redis_entries import entry_event
 from pixelmirror.outbox.redis_options import DEFAULT_GROUP, RedisOptions
 from pixelmirror.outbox.redis_scripts import HORIZON, PARKED
 from pixelmirror.testing import FakeGraphAPI
@@ -288,7 +289,7 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
 ) -> None:
     # One packed argument per event, unpacked by the script: the same entries as XADD with
     # the fields as arguments, for any text (colons and digits included) and any payload;
-    # claims give back the match signatures written.
+    # claims give back the events written, match signatures included, as the entries read.
     rng = random.Random(12)
     alphabet = "0123456789:az_- \u00e9\u4e2d\U0001f600"
 
@@ -340,10 +341,14 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
     written = [list(entry.items()) for _, entry in server.xrange(stream)]
     expected = [list(entry.items()) for _, entry in server.xrange(f"{stream}:expected")]
     assert written == expected
-    claimed = {}
+    entries = {entry_id.decode(): entry_event(entry) for entry_id, entry in server.xrange(stream)}
+    claimed = []
     while claims := outbox.claim(1000, lease=HOUR):
-        claimed.update((claim.event.event_id, claim.event.match) for claim in claims)
-    assert claimed == {event.event_id: event.match for event in events}
+        for claim in claims:
+            read = entries[claim.receipt.rpartition(":")[0]]
+            assert (claim.event, claim.event.match) == (read, read.match)
+            claimed.append((claim.event, claim.event.match))
+    assert sorted(claimed, key=repr) == sorted(((e, e.match) for e in events), key=repr)
 
 
 def test_maxlen_trims_the_oldest_and_counts_them_as_dropped(
