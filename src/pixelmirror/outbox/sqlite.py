@@ -18,9 +18,8 @@ from pixelmirror.outbox.sqlite_schema import (
     EVENT_COLUMNS,
     KEY_COLUMNS,
     WRITTEN_BODY_COLUMNS,
-    body_row,
     event_from_row,
-    key_row,
+    written_rows,
 )
 
 Synchronous = Literal["normal", "full"]
@@ -149,12 +148,9 @@ class SQLiteOutbox(Outbox):
         now = time.time()
         with self._db.transaction() as conn:
             taken = events[: self._room(conn, len(events))]
-            keys, bodies = [], []
-            for row_id, event in enumerate(taken, _next_id(conn)):
-                keys.append((row_id, *key_row(event), now))
-                bodies.append((row_id, *body_row(event)))
+            queue, bodies = written_rows(taken, _next_id(conn), now)
             conn.executemany(
-                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)", keys
+                f"INSERT INTO events (id, {KEY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?)", queue
             )
             conn.executemany(
                 f"INSERT INTO bodies (id, {WRITTEN_BODY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -18,8 +18,9 @@ sees one schema or the other: version 1 (pixelmirror 0.1) had no ``destination``
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
-from pixelmirror.events import META, ServerEvent, signature_text, stored_signature
+from pixelmirror.events import META, MatchSignature, ServerEvent, signature_text, stored_signature
 
 SCHEMA_VERSION = 3
 
@@ -27,7 +28,7 @@ SCHEMA_VERSION = 3
 KEY_COLUMNS = "destination, pixel_id, test_event_code"
 #: What is sent, in ``bodies`` (and ``dead``).
 BODY_COLUMNS = "event_id, event_name, event_time, action_source, payload"
-#: ``bodies``' columns the writer fills, in :func:`body_row`'s order.
+#: ``bodies``' columns the writer fills, in :func:`written_rows`' order.
 WRITTEN_BODY_COLUMNS = f"{BODY_COLUMNS}, match_signature"
 #: An event's columns, in :func:`event_from_row`'s order: ``dead``'s, or ``events`` joined
 #: with ``bodies`` (``USING (id)``).
@@ -78,8 +79,8 @@ _TABLES = (
         BEGIN DELETE FROM bodies WHERE id = old.id; END""",
 )
 
-KeyRow = tuple[str, str, "str | None"]
-BodyRow = tuple[str, str, int, str, bytes, "str | None"]
+QueueRow = tuple[int, str, str, "str | None", float]
+BodyRow = tuple[int, str, str, int, str, bytes, "str | None"]
 EventRow = tuple[str, "str | None", str, str, int, str, bytes, str]
 
 
@@ -92,22 +93,33 @@ def event_from_row(row: EventRow, match: str | None = None) -> ServerEvent:
     )
 
 
-def key_row(event: ServerEvent) -> KeyRow:
-    """``event``'s ``KEY_COLUMNS``."""
-    return event.destination, event.pixel_id, event.test_event_code
-
-
-def body_row(event: ServerEvent) -> BodyRow:
-    """``event``'s ``WRITTEN_BODY_COLUMNS``."""
-    match = None if event.match is None else signature_text(event.match)
-    return (
-        event.event_id,
-        event.event_name,
-        event.event_time,
-        event.action_source,
-        event.payload,
-        match,
-    )
+def written_rows(
+    events: Iterable[ServerEvent], first_id: int, due: float
+) -> tuple[list[QueueRow], list[BodyRow]]:
+    """New events' rows, ids from ``first_id``: ``events``' (``id, KEY_COLUMNS, due``) and
+    ``bodies``' (``id, WRITTEN_BODY_COLUMNS``)."""
+    queue: list[QueueRow] = []
+    bodies: list[BodyRow] = []
+    # Events alike share one signature object: a group's run of them is looked up once.
+    last_match: MatchSignature | None = None
+    match_text: str | None = None
+    for row_id, event in enumerate(events, first_id):
+        match = event.match
+        if match is not last_match:
+            last_match, match_text = match, None if match is None else signature_text(match)
+        queue.append((row_id, event.destination, event.pixel_id, event.test_event_code, due))
+        bodies.append(
+            (
+                row_id,
+                event.event_id,
+                event.event_name,
+                event.event_time,
+                event.action_source,
+                event.payload,
+                match_text,
+            )
+        )
+    return queue, bodies
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
