@@ -31,6 +31,7 @@ from pixelmirror.outbox import redis as redis_outbox
 from pixelmirror.outbox import sqlite as sqlite_outbox
 from pixelmirror.outbox.base import DeadLetter, dead_letter_matches
 from pixelmirror.outbox.sqlite import SQLiteOutbox
+from pixelmirror.outbox.sqlite_connection import PAGE_SIZE
 
 MakeEvent = Callable[..., ServerEvent]
 OutboxFactory = Callable[..., Outbox]
@@ -794,6 +795,23 @@ def test_an_older_file_is_upgraded_and_nothing_is_lost(
         assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         assert conn.execute("SELECT id FROM bodies").fetchall() == [(2,)]  # the replayed letter
     conn.close()
+
+
+def test_a_new_file_gets_large_pages_and_an_existing_one_keeps_its_own(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE unrelated (x)")
+    conn.close()
+    for name, size in (("new.db", PAGE_SIZE), ("old.db", 4096)):
+        outbox = SQLiteOutbox(tmp_path / name)
+        outbox.put([make_event(event_id=name)])
+        assert ids(outbox.claim(10, lease=HOUR)) == [name]
+        with sqlite3.connect(tmp_path / name) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (size,)
+        conn.close()
+        outbox.close()
 
 
 def test_an_upgrade_that_fails_leaves_the_file_as_it_was(

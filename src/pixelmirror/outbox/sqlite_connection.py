@@ -14,6 +14,9 @@ from pixelmirror.outbox.sqlite_schema import ensure_schema
 
 logger = logging.getLogger("pixelmirror.outbox")
 
+#: Page size of a new outbox file, in bytes.
+PAGE_SIZE = 16384
+
 # Connections inherited over fork(): never used, and never closed either, since closing
 # one in the child could disturb locks or the WAL the parent still holds.
 _inherited: list[sqlite3.Connection] = []
@@ -79,6 +82,10 @@ class SharedConnection:
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
+            # A new file's pages (an existing file keeps its own size): a queue of ~1.4 KB
+            # events writes each page to the log and the file once, a syscall or two per
+            # page, so 16 KB pages make a quarter of the calls for the same bytes.
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode != "wal":
                 logger.warning("outbox %s: WAL unavailable, using %s", self.url, mode)
