@@ -294,7 +294,11 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
     alphabet = "0123456789:az_- \u00e9\u4e2d\U0001f600"
 
     def some_text(empty: bool = False) -> str:
-        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0 if empty else 1, 12)))
+        size = rng.choice([rng.randint(0 if empty else 1, 12), rng.randint(13, 300)])
+        return "".join(rng.choice(alphabet) for _ in range(size))
+
+    # Every size of MessagePack string header, at its edges.
+    sizes = [0, 31, 32, 255, 256, 65535, 65536, 70_000]
 
     events = [
         ServerEvent(
@@ -303,7 +307,7 @@ def test_a_written_entry_is_what_redis_py_writes_for_the_event_fields(
             event_name=some_text(),
             event_time=rng.randint(0, 2**40),
             action_source=some_text(),
-            payload=rng.randbytes(rng.randint(0, 3000)),
+            payload=rng.randbytes(rng.choice([*sizes, rng.randint(0, 3000)])),
             test_event_code=rng.choice([None, "", some_text()]),
             destination=rng.choice(["meta", "audit", some_text()]),
             match=rng.choice(
