@@ -190,7 +190,7 @@ def run(quick: bool = False) -> list[Row]:
                     start = cpu_ns()
                     loop.run_until_complete(batch())
                     elapsed = (cpu_ns() - start) / number / 1000
-                    _drain(mirror)
+                    drain(mirror)
                     return elapsed
 
                 return case
@@ -199,7 +199,7 @@ def run(quick: bool = False) -> list[Row]:
                 for app in apps.values():  # warm up caches and code paths
                     for _ in range(50):
                         loop.run_until_complete(call(app, scope))
-                _drain(mirror)
+                drain(mirror)
                 results = interleaved(
                     {name: timer(app, scope) for name, app in apps.items()}, rounds
                 )
@@ -256,7 +256,7 @@ def _outbox_rows(
                     if mirror.handoff is not None and not mirror.handoff.flush(60):
                         raise RuntimeError(f"{name}: the handoff was not written in time")
                     elapsed = (cpu_ns() - start) / number / 1000
-                    _drain(mirror)
+                    drain(mirror)
                     return elapsed
 
                 return case
@@ -304,7 +304,7 @@ def _drop_stream(stream: str) -> None:
         client.close()
 
 
-def _drain(mirror: PixelMirror) -> None:
+def drain(mirror: PixelMirror) -> None:
     """Empty the memory outbox between batches, outside the timing: a dispatcher would."""
     outbox = mirror.outbox
     while claims := outbox.claim(100_000, lease=60.0):

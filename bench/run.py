@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asgi_overhead
 import delivery
+import instructions
 import memory
 import normalize_bench
 import outage
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "delivery": delivery.run,
     "memory": memory.run,
     "outage": outage.run,
+    "instructions": instructions.run,
 }
 
 

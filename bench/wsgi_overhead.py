@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from asgi_overhead import THIRD_PARTY_COOKIES, _drain, _rows, make_mirror
+from asgi_overhead import THIRD_PARTY_COOKIES, _rows, drain, make_mirror
 from flask import Flask, session
 from harness import BROWSER_HEADERS, PAGE, SECRET_KEY, Row, cpu_ns, interleaved, quiet_logs
 
@@ -135,7 +135,7 @@ def run(quick: bool = False) -> list[Row]:
                     for _ in range(number):
                         call(app, environ)
                     elapsed = (cpu_ns() - start) / number / 1000
-                    _drain(mirror)
+                    drain(mirror)
                     return elapsed
 
                 return case
@@ -144,7 +144,7 @@ def run(quick: bool = False) -> list[Row]:
                 for app in apps.values():
                     for _ in range(50):
                         call(app, environ)
-                _drain(mirror)
+                drain(mirror)
                 results = interleaved(
                     {name: timer(app, environ) for name, app in apps.items()}, rounds
                 )

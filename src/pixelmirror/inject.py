@@ -120,14 +120,16 @@ _WINDOW = 64 * 1024
 # its text), all of which _ORDINARY steps over too, and then, in group 1, the ``</head``
 # that is the point. Fewer alternatives and no lookaheads at names that matter, so about
 # twice as fast; the scanner starts a page with it and, without that ``</head``, goes on the
-# general way from the first thing it does not know.
+# general way from the first thing it does not know. Possessive throughout: no shorter
+# match of any part lets the rest match, so the engine keeps no state to backtrack to (a
+# third fewer instructions).
 _PLAIN_HEAD = re.compile(
-    rb"[^<]*(?:<(?:"
+    rb"[^<]*+(?:<(?:"
     rb"(?:html|head|meta|link|base)"
-    rb"""(?:[\t\n\f\r ]+[a-z-]+(?:="[^"]*"|(?=[\t\n\f\r />])))*[\t\n\f\r ]*/?>"""
-    rb"|title>[^<]*</title>"
-    rb"|![A-Za-z][^>]*>"
-    rb")[^<]*)*"
+    rb"""(?:[\t\n\f\r ]++[a-z-]++(?:="[^"]*+"|(?=[\t\n\f\r />])))*+[\t\n\f\r ]*+/?>"""
+    rb"|title>[^<]*+</title>"
+    rb"|![A-Za-z][^>]*+>"
+    rb")[^<]*+)*+"
     rb"(</head(?=[\t\n\f\r />]))?"
 )
 

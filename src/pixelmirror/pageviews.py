@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 
-from pixelmirror.events import ENCODER, ServerEvent, encode_string, match_signature
+from pixelmirror.events import ENCODER, META, ServerEvent, encode_string, match_signature
 from pixelmirror.meta import LIMITED_DATA_USE, identifies_user
 from pixelmirror.normalize import default_country_code, normalize_user_data
 
@@ -154,7 +154,7 @@ def _written(
     code = test_event_code or None
     match = match_signature("PageView", wire_keys, "website", event_source_url)
     return [
-        ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code, match=match)
+        ServerEvent(pixel_id, event_id, "PageView", when, "website", payload, code, META, match)
         for pixel_id in pixel_ids
     ]
 
