@@ -310,7 +310,7 @@ class ServerEvent:
         )
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+def slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
     """How a hand-written ``__init__`` of a frozen slots dataclass writes field ``name``."""
     setter: Callable[[Any, Any], None] = getattr(cls, name).__set__
     return setter
@@ -438,10 +438,10 @@ class BrowserEvent:
         return announced
 
 
-_set_name = _slot_setter(BrowserEvent, "name")
-_set_browser_event_id = _slot_setter(BrowserEvent, "event_id")
-_set_custom_data = _slot_setter(BrowserEvent, "custom_data")
-_set_pixel_id_of_browser = _slot_setter(BrowserEvent, "pixel_id")
+_set_name = slot_setter(BrowserEvent, "name")
+_set_browser_event_id = slot_setter(BrowserEvent, "event_id")
+_set_custom_data = slot_setter(BrowserEvent, "custom_data")
+_set_pixel_id_of_browser = slot_setter(BrowserEvent, "pixel_id")
 
 
 def check_event_name(event_name: object) -> None:

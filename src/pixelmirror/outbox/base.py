@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pixelmirror.events import ServerEvent, _slot_setter
+from pixelmirror.events import ServerEvent, slot_setter
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -36,9 +36,9 @@ class Claimed:
         _set_attempts(self, attempts)
 
 
-_set_receipt = _slot_setter(Claimed, "receipt")
-_set_event = _slot_setter(Claimed, "event")
-_set_attempts = _slot_setter(Claimed, "attempts")
+_set_receipt = slot_setter(Claimed, "receipt")
+_set_event = slot_setter(Claimed, "event")
+_set_attempts = slot_setter(Claimed, "attempts")
 
 
 @dataclass(frozen=True, slots=True)
