@@ -21,6 +21,8 @@ from typing import Protocol
 from itsdangerous import TimestampSigner
 from itsdangerous.signer import HMACAlgorithm
 
+from pixelmirror.user_fields import builtin_hash
+
 __all__ = ["Seal", "urlsafe_b64encode"]
 
 # The last second a datetime can hold (9999-12-31 23:59:59 UTC): itsdangerous refuses a
@@ -31,6 +33,7 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _XOR_36 = bytes(byte ^ 0x36 for byte in range(256))
 _XOR_5C = bytes(byte ^ 0x5C for byte in range(256))
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_FIXED_SHA = frozenset({"sha1", "sha224", "sha256", "sha384", "sha512"})
 
 
 def urlsafe_b64encode(data: bytes | bytearray) -> bytes:
@@ -138,10 +141,16 @@ def _hmac_pads(signer: TimestampSigner, key: bytes) -> tuple[_Hash, _Hash] | Non
     if type(algorithm) is not HMACAlgorithm:
         return None
     new = algorithm.digest_method
-    block = getattr(new(), "block_size", 0)
+    probe = new()
+    block = getattr(probe, "block_size", 0)
     if block < 16:  # hmac.py would warn and assume 64: leave such a digest to it
         return None
     if len(key) > block:
         key = new(key).digest()
     key = key.ljust(block, b"\0")
+    # The same digests from CPython's own object, cheaper to copy and finish per token (only
+    # for fixed-size SHA-2/SHA-1: a name alone does not tell a BLAKE2's size).
+    name = getattr(probe, "name", "")
+    if name in _FIXED_SHA:
+        new = builtin_hash(name) or new
     return new(key.translate(_XOR_36)), new(key.translate(_XOR_5C))
