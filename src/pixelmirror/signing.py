@@ -3,7 +3,8 @@
 Why a signer of our own: every new visitor's page seals a token, and a returning visitor's
 first page in a process opens one. itsdangerous derives the key again for each signature and
 computes the HMAC through ``hmac.new`` with a Python digest wrapper; :class:`Seal` hashes
-each key's HMAC pads once and copies the two hashes per token, reads the timestamp as an
+each key's HMAC pads once (in CPython's own SHA objects, cheaper to copy and finish than
+OpenSSL's) and copies the two hashes per token, reads the timestamp as an
 integer (no ``datetime``), does the URL-safe base64 in ``binascii`` calls, and encodes each
 second's stamp once. Opening a visitor cookie measured about 13 µs with itsdangerous and
 under 3.5 µs here, sealing one 8 µs and under 3. The tokens are itsdangerous' byte for byte
