@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import hashlib
 import os
 import random
 from typing import TypeVar
@@ -41,9 +42,11 @@ def _seeded_draws(
 def test_visitor_ids_are_what_token_urlsafe_makes_of_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    drawn, made_of = _seeded_draws(monkeypatch, seed, identity._visitor_ids, 16)
-    assert drawn == [base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") for raw in made_of]
-    assert all(identity._VISITOR_ID.fullmatch(drawn_id) for drawn_id in drawn)
+    drawn, made_of = _seeded_draws(monkeypatch, seed, identity._new_visitors, 16)
+    ids = [base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") for raw in made_of]
+    # With each its external id and the bytes its token signs.
+    assert drawn == [(id_, hashlib.sha256(id_.encode()).hexdigest(), id_.encode()) for id_ in ids]
+    assert all(identity._VISITOR_ID.fullmatch(drawn_id) for drawn_id, _, _ in drawn)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -59,7 +62,7 @@ def test_fbp_numbers_are_what_getrandbits_31_makes_of_the_same_bytes(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.parametrize("pool", [identity._visitor_ids, fbcookies._fbp_numbers])
+@pytest.mark.parametrize("pool", [identity._new_visitors, fbcookies._fbp_numbers])
 def test_a_forked_child_draws_none_of_the_values_its_parent_left(pool: Pool[object]) -> None:
     pool.draw()  # the parent holds a batch now
     left = list(pool._values)
@@ -79,7 +82,7 @@ def test_a_forked_child_draws_none_of_the_values_its_parent_left(pool: Pool[obje
     assert not set(left) & set(drawn)
 
 
-@pytest.mark.parametrize("pool", [identity._visitor_ids, fbcookies._fbp_numbers])
+@pytest.mark.parametrize("pool", [identity._new_visitors, fbcookies._fbp_numbers])
 @pytest.mark.parametrize("seed", range(3))
 def test_a_batch_minted_at_once_is_each_value_minted_alone(pool: Pool[object], seed: int) -> None:
     rng = random.Random(seed)

@@ -28,6 +28,7 @@ from pixelmirror.fbcookies import FbCookies
 from pixelmirror.normalize import own_visitor_wire, sha256_hex
 from pixelmirror.proxies import Proxies
 from pixelmirror.signing import Seal, urlsafe_b64encode
+from pixelmirror.user_fields import SHA256
 
 # is_crawler: documented here since 0.1 for sites composing their own is_bot.
 __all__ = ["Identity", "Visitor", "is_crawler"]
@@ -66,9 +67,17 @@ def _visitor_ids_of(raw: bytes) -> list[str]:
     return [text[at : at + 22] for at in range(0, 24 * count, 24)]
 
 
-_visitor_ids = Pool(
-    lambda raw: urlsafe_b64encode(raw).decode("ascii"), size=16, mint_all=_visitor_ids_of
-)
+def _new_visitors_of(raw: bytes) -> list[tuple[str, str, bytes]]:
+    """``(visitor id, its sha256_hex, its ASCII bytes)`` of each 16 bytes: a new visitor's
+    hash and the bytes its token signs, made in the batch rather than on its page."""
+    return [
+        (visitor_id, SHA256(ascii).hexdigest(), ascii)
+        for visitor_id in _visitor_ids_of(raw)
+        for ascii in (visitor_id.encode("ascii"),)
+    ]
+
+
+_new_visitors = Pool(lambda raw: _new_visitors_of(raw)[0], size=16, mint_all=_new_visitors_of)
 
 
 class _Opened(NamedTuple):
@@ -302,11 +311,11 @@ class Identity:
             age = now - signed_at
             if -CLOCK_SKEW <= age <= self._max_age:
                 if not by_newest_key or age > self._max_age / 2:
-                    set_cookies.append(self._visitor_cookie(visitor_id, now))
+                    set_cookies.append(self._visitor_cookie(visitor_id.encode("ascii"), now))
                 return visitor_id, external_id, signed_at if token is tokens[0] else None
-        visitor_id = _visitor_ids.draw()
-        set_cookies.append(self._visitor_cookie(visitor_id, now))
-        return visitor_id, sha256_hex(visitor_id), None
+        visitor_id, external_id, ascii = _new_visitors.draw()
+        set_cookies.append(self._visitor_cookie(ascii, now))
+        return visitor_id, external_id, None
 
     def _open(self, token: str) -> _Opened | None:
         """What a token says, or None when it is not ours (oversized, tampered, another key,
@@ -340,8 +349,8 @@ class Identity:
             host,
         )
 
-    def _visitor_cookie(self, visitor_id: str, now: float) -> str:
-        token = self._visitor_seal.seal(visitor_id.encode("ascii"), now)
+    def _visitor_cookie(self, visitor_id: bytes, now: float) -> str:
+        token = self._visitor_seal.seal(visitor_id, now)
         return f"{self._cookie_name}={token}{self._visitor_suffix}"
 
     # -- page URL ----------------------------------------------------------------------------

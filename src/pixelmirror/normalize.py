@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date
 from json.encoder import encode_basestring
 from typing import cast
@@ -158,30 +159,41 @@ def own_visitor_wire(
     a lowercase SHA-256 hex id, an IP as ``Proxies`` writes it, a stripped User-Agent that is
     not blank, ``_fbp`` / ``_fbc`` that passed their patterns (or None each). No rule is run:
     each would give its value back."""
-    # In WIRE_KEYS order.
-    text = '{"external_id":"' + external_id + '"'
-    if client_ip is None:
-        keys: tuple[str, ...] = ("external_id",)
-    else:
-        text += ',"client_ip_address":"' + client_ip + '"'  # a canonical IP needs no escape
-        keys = ("external_id", "client_ip_address")
+    # In WIRE_KEYS order, in one format. A hex id and a canonical IP need no escape.
+    ip = "" if client_ip is None else f',"client_ip_address":"{client_ip}"'
+    agent = ""
     if user_agent is not None:
-        agent = _AGENTS.get(user_agent)
-        if agent is None:
+        kept = _AGENTS.get(user_agent)
+        if kept is not None:
+            agent = kept
+        else:
             agent = ',"client_user_agent":' + encode_basestring(user_agent)
             if len(user_agent) <= _AGENT_KEPT_LENGTH:
                 if len(_AGENTS) >= _AGENTS_KEPT:
                     _AGENTS.clear()
                 _AGENTS[user_agent] = agent
-        text += agent
-        keys += ("client_user_agent",)
-    if fbc is not None:
-        text += ',"fbc":' + encode_basestring(fbc)
-        keys += ("fbc",)
-    if fbp is not None:
-        text += ',"fbp":' + encode_basestring(fbp)
-        keys += ("fbp",)
-    return text + "}", keys
+    fb_c = "" if fbc is None else ',"fbc":' + encode_basestring(fbc)
+    fb_p = "" if fbp is None else ',"fbp":' + encode_basestring(fbp)
+    keys = _OWN_KEYS[client_ip is None, user_agent is None, fbc is None, fbp is None]
+    return f'{{"external_id":"{external_id}"{ip}{agent}{fb_c}{fb_p}}}', keys
+
+
+# The wire keys of a visitor's own user data, by which of its optional values are absent.
+_OWN_KEYS: dict[tuple[bool, bool, bool, bool], tuple[str, ...]] = {
+    absent: (
+        "external_id",
+        *(
+            key
+            for key, gone in zip(
+                ("client_ip_address", "client_user_agent", "fbc", "fbp"), absent, strict=True
+            )
+            if not gone
+        ),
+    )
+    for absent in cast(
+        "Iterator[tuple[bool, bool, bool, bool]]", itertools.product((False, True), repeat=4)
+    )
+}
 
 
 # Visitors share a few hundred browsers: each User-Agent's JSON, written once (a blank one,

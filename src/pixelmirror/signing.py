@@ -3,7 +3,8 @@
 Why a signer of our own: every new visitor's page seals a token, and a returning visitor's
 first page in a process opens one. itsdangerous derives the key again for each signature and
 computes the HMAC through ``hmac.new`` with a Python digest wrapper; :class:`Seal` hashes
-each key's HMAC pads once and copies the two hashes per token, reads the timestamp as an
+each key's HMAC pads once (in CPython's own SHA objects, cheaper to copy and finish than
+OpenSSL's) and copies the two hashes per token, reads the timestamp as an
 integer (no ``datetime``), does the URL-safe base64 in ``binascii`` calls, and encodes each
 second's stamp once. Opening a visitor cookie measured about 13 µs with itsdangerous and
 under 3.5 µs here, sealing one 8 µs and under 3. The tokens are itsdangerous' byte for byte
@@ -21,6 +22,8 @@ from typing import Protocol
 from itsdangerous import TimestampSigner
 from itsdangerous.signer import HMACAlgorithm
 
+from pixelmirror.user_fields import builtin_hash
+
 __all__ = ["Seal", "urlsafe_b64encode"]
 
 # The last second a datetime can hold (9999-12-31 23:59:59 UTC): itsdangerous refuses a
@@ -31,6 +34,7 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _XOR_36 = bytes(byte ^ 0x36 for byte in range(256))
 _XOR_5C = bytes(byte ^ 0x5C for byte in range(256))
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_FIXED_SHA = frozenset({"sha1", "sha224", "sha256", "sha384", "sha512"})
 
 
 def urlsafe_b64encode(data: bytes | bytearray) -> bytes:
@@ -138,10 +142,16 @@ def _hmac_pads(signer: TimestampSigner, key: bytes) -> tuple[_Hash, _Hash] | Non
     if type(algorithm) is not HMACAlgorithm:
         return None
     new = algorithm.digest_method
-    block = getattr(new(), "block_size", 0)
+    probe = new()
+    block = getattr(probe, "block_size", 0)
     if block < 16:  # hmac.py would warn and assume 64: leave such a digest to it
         return None
     if len(key) > block:
         key = new(key).digest()
     key = key.ljust(block, b"\0")
+    # The same digests from CPython's own object, cheaper to copy and finish per token (only
+    # for fixed-size SHA-2/SHA-1: a name alone does not tell a BLAKE2's size).
+    name = getattr(probe, "name", "")
+    if name in _FIXED_SHA:
+        new = builtin_hash(name) or new
     return new(key.translate(_XOR_36)), new(key.translate(_XOR_5C))
