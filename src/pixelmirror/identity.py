@@ -70,11 +70,11 @@ def _visitor_ids_of(raw: bytes) -> list[str]:
 def _new_visitors_of(raw: bytes) -> list[tuple[str, str, bytes]]:
     """``(visitor id, its sha256_hex, its ASCII bytes)`` of each 16 bytes: a new visitor's
     hash and the bytes its token signs, made in the batch rather than on its page."""
-    return [
-        (visitor_id, SHA256(ascii).hexdigest(), ascii)
-        for visitor_id in _visitor_ids_of(raw)
-        for ascii in (visitor_id.encode("ascii"),)
-    ]
+    visitors = []
+    for visitor_id in _visitor_ids_of(raw):
+        encoded = visitor_id.encode("ascii")
+        visitors.append((visitor_id, SHA256(encoded).hexdigest(), encoded))
+    return visitors
 
 
 _new_visitors = Pool(lambda raw: _new_visitors_of(raw)[0], size=16, mint_all=_new_visitors_of)
@@ -313,8 +313,8 @@ class Identity:
                 if not by_newest_key or age > self._max_age / 2:
                     set_cookies.append(self._visitor_cookie(visitor_id.encode("ascii"), now))
                 return visitor_id, external_id, signed_at if token is tokens[0] else None
-        visitor_id, external_id, ascii = _new_visitors.draw()
-        set_cookies.append(self._visitor_cookie(ascii, now))
+        visitor_id, external_id, encoded = _new_visitors.draw()
+        set_cookies.append(self._visitor_cookie(encoded, now))
         return visitor_id, external_id, None
 
     def _open(self, token: str) -> _Opened | None:
