@@ -28,7 +28,6 @@ from pixelmirror.fbcookies import FbCookies
 from pixelmirror.normalize import own_visitor_wire, sha256_hex
 from pixelmirror.proxies import Proxies
 from pixelmirror.signing import Seal, urlsafe_b64encode
-from pixelmirror.user_fields import SHA256
 
 # is_crawler: documented here since 0.1 for sites composing their own is_bot.
 __all__ = ["Identity", "Visitor", "is_crawler"]
@@ -73,7 +72,7 @@ def _new_visitors_of(raw: bytes) -> list[tuple[str, str, bytes]]:
     visitors = []
     for visitor_id in _visitor_ids_of(raw):
         encoded = visitor_id.encode("ascii")
-        visitors.append((visitor_id, SHA256(encoded).hexdigest(), encoded))
+        visitors.append((visitor_id, sha256_hex(visitor_id), encoded))
     return visitors
 
 

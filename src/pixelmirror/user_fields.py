@@ -40,12 +40,12 @@ def builtin_hash(name: str) -> Callable[..., hashlib._Hash] | None:
 
 
 #: ``hashlib.sha256``, cheaper for short texts.
-SHA256 = builtin_hash("sha256") or hashlib.sha256
+_SHA256 = builtin_hash("sha256") or hashlib.sha256
 
 
 def sha256_hex(value: str) -> str:
     """Lowercase hex SHA-256 of ``value`` encoded as UTF-8."""
-    return SHA256(value.encode("utf-8")).hexdigest()
+    return _SHA256(value.encode("utf-8")).hexdigest()
 
 
 def _fold(value: str) -> str:
